@@ -1,0 +1,32 @@
+# Every target creates .venv and installs what it needs: torch==2.13.0 (a CPU wheel) first, then the package.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,bench]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/bayesclust demo --out demo_output
+
+test: $(STAMP)
+	$(BIN)/ruff check bayesclust tests benchmarks examples
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check bayesclust tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

@@ -1,0 +1,71 @@
+"""The one place that resolves devices, dtypes and seeds."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Turn ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:1"`` / a ``torch.device`` into a device.
+
+    ``"auto"`` (or ``None``) picks CUDA when it is available, else the CPU.
+    """
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a valid device; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available on this machine; "
+            "use device='cpu' or device='auto'."
+        )
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None = "float32") -> torch.dtype:
+    """``"float32"`` / ``"float64"`` / a floating ``torch.dtype`` -> ``torch.dtype``."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype={dtype} is not supported; use 'float32' or 'float64'.")
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"dtype={dtype!r} is not supported; use 'float32' or 'float64'.")
+
+
+def make_generator(random_state: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator seeded from ``random_state`` (a fresh random seed when ``None``)."""
+    if random_state is not None and (
+        isinstance(random_state, bool) or not isinstance(random_state, int | np.integer)
+    ):
+        raise TypeError(
+            f"random_state must be an int or None, got {type(random_state).__name__}."
+        )
+    seed = int(random_state) if random_state is not None else int(torch.seed() % (2**63))
+    gen = torch.Generator(device=torch.device(device))
+    gen.manual_seed(seed)
+    return gen
+
+
+def seed_everything(random_state: int | None) -> None:
+    """Seed Python, NumPy, torch and Pyro global RNGs (Pyro SVI/NUTS draw from them)."""
+    if random_state is None:
+        return
+    import pyro
+
+    seed = int(random_state)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)

@@ -1,0 +1,286 @@
+"""The inference engine: the one loop that every model's fit goes through.
+
+A model builds a *state* (a dict of tensors, ``nn.Module`` s and optimisers) and a *schedule* of
+:class:`Step` s (EM, SVI, MCMC, neural ...). :class:`Engine` runs the schedule for up to
+``max_iter`` iterations and owns everything around it: device, dtype, seeding, mini-batches,
+``history`` (objective per iteration), convergence on ``tol``, a progress bar, callbacks,
+checkpoint / resume, non-finite checks and keeping the best state on ``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._device import make_generator, resolve_device, resolve_dtype, seed_everything
+
+
+class ConvergenceWarning(UserWarning):
+    """The fit stopped at ``max_iter`` before the objective changed by less than ``tol``."""
+
+
+class NonFiniteError(FloatingPointError):
+    """A step produced a non-finite objective or state."""
+
+
+StepFn = Callable[[dict[str, Any], int], float | None]
+
+
+@dataclass
+class Step:
+    """One update of the schedule.
+
+    ``fn(state, iteration)`` updates ``state`` in place and returns the objective it measured
+    (or ``None``). ``every`` runs the step every n-th iteration only (e.g. split/merge moves),
+    ``start`` delays it (a curriculum).
+    """
+
+    name: str
+    fn: StepFn
+    every: int = 1
+    start: int = 0
+
+    def due(self, iteration: int) -> bool:
+        return iteration >= self.start and (iteration - self.start) % self.every == 0
+
+
+@dataclass
+class FitResult:
+    history: list[float] = field(default_factory=list)
+    n_iter: int = 0
+    converged: bool = False
+    interrupted: bool = False
+    best_objective: float = -math.inf
+    step_history: dict[str, list[float]] = field(default_factory=dict)
+
+
+class Engine:
+    """Runs a schedule of steps.
+
+    Parameters
+    ----------
+    device : "auto" | "cpu" | "cuda" | torch.device
+    dtype : "float32" | "float64"
+    random_state : int or None; seeds the engine's generator and Python/NumPy/torch/Pyro.
+    max_iter, tol : stop after ``max_iter`` iterations or when the objective changes by less
+        than ``tol`` (absolute); ``tol=0`` runs all iterations.
+    maximize : whether a larger objective is better (log-likelihood) or smaller (a loss).
+    verbose : show a tqdm progress bar.
+    callbacks : callables ``cb(engine, iteration, objective, state)``; returning ``True`` stops.
+    checkpoint_path, checkpoint_every : write the state every n iterations; ``resume=True``
+        continues from an existing checkpoint.
+    keep_best : restore the best state seen when the run is interrupted.
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = "float32",
+        random_state: int | None = None,
+        max_iter: int = 100,
+        tol: float = 1e-3,
+        maximize: bool = True,
+        verbose: bool = False,
+        callbacks: Sequence[Callable[..., Any]] | None = None,
+        checkpoint_path: str | Path | None = None,
+        checkpoint_every: int = 10,
+        resume: bool = False,
+        keep_best: bool = True,
+        check_convergence_after: int = 1,
+        warn_not_converged: bool = True,
+        desc: str = "fit",
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.random_state = random_state
+        seed_everything(random_state)
+        self.generator = make_generator(random_state, "cpu")
+        self.max_iter = int(max_iter)
+        self.tol = float(tol)
+        self.maximize = maximize
+        self.verbose = verbose
+        self.callbacks = list(callbacks or [])
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.checkpoint_every = int(checkpoint_every)
+        self.resume = resume
+        self.keep_best = keep_best
+        self.check_convergence_after = check_convergence_after
+        self.warn_not_converged = warn_not_converged
+        self.desc = desc
+
+    # ------------------------------------------------------------------ data helpers
+    def to(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def randperm(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.generator).to(self.device)
+
+    def batches(self, n: int, batch_size: int | None, shuffle: bool = True) -> Iterator[torch.Tensor]:
+        """Index tensors covering ``range(n)`` in mini-batches (one batch when ``batch_size`` is None)."""
+        if batch_size is None or batch_size >= n:
+            yield self.randperm(n) if shuffle else torch.arange(n, device=self.device)
+            return
+        order = self.randperm(n) if shuffle else torch.arange(n, device=self.device)
+        for start in range(0, n, batch_size):
+            yield order[start : start + batch_size]
+
+    @staticmethod
+    def chunks(n: int, chunk_size: int) -> Iterator[slice]:
+        """Contiguous slices of ``range(n)``; the unit every streaming step loops over."""
+        for start in range(0, n, max(1, int(chunk_size))):
+            yield slice(start, min(n, start + chunk_size))
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, schedule: Sequence[Step], state: dict[str, Any]) -> FitResult:
+        """Run ``schedule`` on ``state`` (updated in place) and return the :class:`FitResult`."""
+        result = FitResult(step_history={s.name: [] for s in schedule})
+        start_iter = 0
+        if self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            start_iter, result = self._load_checkpoint(state)
+        best_snapshot = None
+        sign = 1.0 if self.maximize else -1.0
+        result.best_objective = (
+            -math.inf if not result.history else max(sign * h for h in result.history)
+        )
+        bar = self._progress(start_iter)
+        prev = result.history[-1] if result.history else None
+        iteration = start_iter
+        try:
+            for iteration in range(start_iter, self.max_iter):
+                objective = None
+                for step in schedule:
+                    if not step.due(iteration):
+                        continue
+                    value = step.fn(state, iteration)
+                    if value is not None:
+                        value = float(value)
+                        if not math.isfinite(value):
+                            raise NonFiniteError(
+                                f"step '{step.name}' produced a non-finite objective ({value}) at "
+                                f"iteration {iteration}; the data may be degenerate (duplicated "
+                                "points, constant features) or the learning rate too large — "
+                                "try a larger reg_covar / smaller lr, or float64."
+                            )
+                        result.step_history[step.name].append(value)
+                        objective = value
+                if objective is None:
+                    objective = result.history[-1] if result.history else 0.0
+                result.history.append(objective)
+                result.n_iter = iteration + 1
+                if self.keep_best and sign * objective >= result.best_objective:
+                    result.best_objective = sign * objective
+                    best_snapshot = (iteration, snapshot(state))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(objective=f"{objective:.6g}")
+                stop = any(bool(cb(self, iteration, objective, state)) for cb in self.callbacks)
+                if (
+                    self.checkpoint_path is not None
+                    and (iteration + 1) % self.checkpoint_every == 0
+                ):
+                    self._save_checkpoint(state, iteration + 1, result)
+                if (
+                    prev is not None
+                    and self.tol > 0
+                    and iteration + 1 >= self.check_convergence_after
+                    and abs(objective - prev) < self.tol
+                ):
+                    result.converged = True
+                    break
+                prev = objective
+                if stop:
+                    break
+        except KeyboardInterrupt:
+            result.interrupted = True
+            if best_snapshot is not None:
+                restore(state, best_snapshot[1])
+            warnings.warn(
+                f"{self.desc} interrupted at iteration {iteration}; kept the best state "
+                f"(iteration {best_snapshot[0] if best_snapshot else 'none'}).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.checkpoint_path is not None and not result.interrupted:
+            self._save_checkpoint(state, result.n_iter, result)
+        if (
+            not result.converged
+            and not result.interrupted
+            and self.tol > 0
+            and self.warn_not_converged
+            and result.n_iter >= self.max_iter
+        ):
+            warnings.warn(
+                f"{self.desc} did not converge in max_iter={self.max_iter} iterations "
+                f"(last change {abs(result.history[-1] - result.history[-2]) if len(result.history) > 1 else float('nan'):.3g} "
+                f">= tol={self.tol}); increase max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return result
+
+    def _progress(self, start: int):
+        if not self.verbose:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.max_iter, initial=start, desc=self.desc, leave=False)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, state: dict[str, Any], iteration: int, result: FitResult) -> None:
+        assert self.checkpoint_path is not None
+        tmp = self.checkpoint_path.with_suffix(self.checkpoint_path.suffix + ".tmp")
+        torch.save(
+            {
+                "iteration": iteration,
+                "state": snapshot(state),
+                "history": list(result.history),
+                "step_history": copy.deepcopy(result.step_history),
+                "generator": self.generator.get_state(),
+            },
+            tmp,
+        )
+        tmp.replace(self.checkpoint_path)
+
+    def _load_checkpoint(self, state: dict[str, Any]) -> tuple[int, FitResult]:
+        blob = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        restore(state, blob["state"])
+        self.generator.set_state(blob["generator"])
+        res = FitResult(history=list(blob["history"]), step_history=blob["step_history"])
+        res.n_iter = blob["iteration"]
+        return int(blob["iteration"]), res
+
+
+def snapshot(state: dict[str, Any]) -> dict[str, Any]:
+    """A detached copy of a state dict of tensors, modules, optimisers and plain values."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.detach().clone()
+        elif hasattr(value, "state_dict") and callable(value.state_dict):
+            out[key] = copy.deepcopy(value.state_dict())
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def restore(state: dict[str, Any], snap: dict[str, Any]) -> None:
+    """Load a :func:`snapshot` back into ``state`` in place (tensors keep their device)."""
+    for key, value in snap.items():
+        current = state.get(key)
+        if isinstance(current, torch.Tensor) and isinstance(value, torch.Tensor):
+            state[key] = value.to(current.device)
+        elif current is not None and hasattr(current, "load_state_dict"):
+            current.load_state_dict(value)
+        else:
+            state[key] = value

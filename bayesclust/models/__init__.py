@@ -1,0 +1,1 @@
+"""WHAT is fitted: Pyro programs and the math of each model family."""
