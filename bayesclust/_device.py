@@ -66,6 +66,6 @@ def seed_everything(random_state: int | None) -> None:
 
     seed = int(random_state)
     random.seed(seed)
-    np.random.seed(seed % (2**32))
+    np.random.seed(seed % (2**32))  # noqa: NPY002 - users may draw from the legacy global RNG
     torch.manual_seed(seed)
     pyro.set_rng_seed(seed)

@@ -220,10 +220,11 @@ class Engine:
             and self.warn_not_converged
             and result.n_iter >= self.max_iter
         ):
+            h = result.history
+            change = abs(h[-1] - h[-2]) if len(h) > 1 else float("nan")
             warnings.warn(
                 f"{self.desc} did not converge in max_iter={self.max_iter} iterations "
-                f"(last change {abs(result.history[-1] - result.history[-2]) if len(result.history) > 1 else float('nan'):.3g} "
-                f">= tol={self.tol}); increase max_iter or tol.",
+                f"(last change {change:.3g} >= tol={self.tol}); increase max_iter or tol.",
                 ConvergenceWarning,
                 stacklevel=2,
             )

@@ -170,7 +170,8 @@ class NIW:
         batch = self.psi0.shape[:-2]
         dtype, dev = self.psi0.dtype, self.psi0.device
         # Lambda ~ W(nu, psi^-1): Lambda = L A A^T L^T with L L^T = psi^-1 (Bartlett).
-        psi_inv_chol = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(self.psi0)))
+        psi_inv = torch.cholesky_inverse(torch.linalg.cholesky(self.psi0))
+        psi_inv_chol = torch.linalg.cholesky(psi_inv)
         nu = self.nu0.expand(batch) if self.nu0.ndim < len(batch) else self.nu0
         j = torch.arange(d, dtype=dtype, device=dev)
         conc = (nu.unsqueeze(-1) - j) / 2.0
@@ -224,7 +225,8 @@ class Dirichlet:
         """MAP weights ``(alpha_k - 1) / (sum alpha - K)``; entries with alpha_k < 1 clip at 0."""
         a = torch.clamp(self.alpha - 1.0, min=0.0)
         total = a.sum(-1, keepdim=True)
-        return torch.where(total > 0, a / total.clamp(min=1e-300), torch.full_like(a, 1 / a.shape[-1]))
+        uniform = torch.full_like(a, 1 / a.shape[-1])
+        return torch.where(total > 0, a / total.clamp(min=1e-300), uniform)
 
     def mean(self) -> torch.Tensor:
         return self.alpha / self.alpha.sum(-1, keepdim=True)
