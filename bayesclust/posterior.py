@@ -1,0 +1,121 @@
+"""Posterior summaries as ArviZ ``InferenceData`` (arviz 0.23.x, the release that installs on Python 3.11).
+
+:func:`build_inference_data` is the generic converter every model uses: arrays shaped
+``(chain, draw, ...)`` go in, an ``InferenceData`` with the usual groups comes out.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _arviz():
+    """Import arviz without its import-time FutureWarning about the 1.x refactor."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    return az
+
+
+def _to_numpy(value: Any, name: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"'{name}' could not be converted to an array ({exc}).") from exc
+    if arr.dtype == object:
+        raise TypeError(f"'{name}' must be a numeric array, got dtype object.")
+    return arr
+
+
+def _chain_draw_dict(group: Mapping[str, Any] | None, group_name: str) -> dict[str, np.ndarray] | None:
+    """Convert a group of (chain, draw, ...) arrays and check they agree on (chain, draw)."""
+    if group is None:
+        return None
+    if not isinstance(group, Mapping):
+        raise TypeError(f"{group_name} must be a dict name -> array, got {type(group).__name__}.")
+    out: dict[str, np.ndarray] = {}
+    shape: tuple[int, int] | None = None
+    for name, value in group.items():
+        arr = _to_numpy(value, name)
+        if arr.ndim < 2:
+            raise ValueError(
+                f"{group_name}['{name}'] has shape {arr.shape}; arrays must be (chain, draw, ...) — "
+                "add a leading chain axis with arr[None] for a single chain."
+            )
+        if shape is None:
+            shape = arr.shape[:2]
+        elif arr.shape[:2] != shape:
+            raise ValueError(
+                f"{group_name}['{name}'] has (chain, draw) = {arr.shape[:2]} but other variables "
+                f"have {shape}; all arrays of a group must share the chain and draw axes."
+            )
+        out[str(name)] = arr
+    return out
+
+
+def build_inference_data(
+    posterior: Mapping[str, Any],
+    sample_stats: Mapping[str, Any] | None = None,
+    observed_data: Mapping[str, Any] | None = None,
+    log_likelihood: Mapping[str, Any] | None = None,
+    coords: Mapping[str, Any] | None = None,
+    dims: Mapping[str, list[str]] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+):
+    """An ``arviz.InferenceData`` from dicts of arrays (numpy or torch).
+
+    Parameters
+    ----------
+    posterior : name -> array (chain, draw, ...).
+    sample_stats : name -> array (chain, draw), e.g. ``{"diverging": bool array}``.
+    observed_data : name -> array (no chain/draw axes), e.g. ``{"X": (N, D)}``.
+    log_likelihood : name -> array (chain, draw, N) of pointwise log-likelihoods (for az.loo / az.waic).
+    coords, dims : ArviZ coordinates and dimension names, e.g. ``dims={"means": ["component", "feature"]}``.
+    attrs : extra attributes (e.g. the inference method), stored on ``idata.attrs`` and on every group.
+    """
+    post = _chain_draw_dict(posterior, "posterior")
+    if not post:
+        raise ValueError("posterior must contain at least one variable (name -> (chain, draw, ...) array).")
+    shape = next(iter(post.values())).shape[:2]
+    stats = _chain_draw_dict(sample_stats, "sample_stats")
+    loglik = _chain_draw_dict(log_likelihood, "log_likelihood")
+    for group_name, group in (("sample_stats", stats), ("log_likelihood", loglik)):
+        if group:
+            other = next(iter(group.values())).shape[:2]
+            if other != shape:
+                raise ValueError(
+                    f"{group_name} has (chain, draw) = {other} but posterior has {shape}; they must match."
+                )
+    obs = None
+    if observed_data is not None:
+        if not isinstance(observed_data, Mapping):
+            raise TypeError(
+                f"observed_data must be a dict name -> array, got {type(observed_data).__name__}."
+            )
+        obs = {str(k): _to_numpy(v, k) for k, v in observed_data.items()}
+    az = _arviz()
+    kwargs: dict[str, Any] = {}
+    if stats:
+        kwargs["sample_stats"] = stats
+    if loglik:
+        kwargs["log_likelihood"] = loglik
+    if obs:
+        kwargs["observed_data"] = obs
+    idata = az.from_dict(
+        posterior=post,
+        coords=dict(coords) if coords else None,
+        dims=dict(dims) if dims else None,
+        attrs=dict(attrs) if attrs else None,
+        **kwargs,
+    )
+    if attrs:  # also on every group, where xarray users look for them
+        for group in idata.groups():
+            idata[group].attrs.update(dict(attrs))
+    return idata
