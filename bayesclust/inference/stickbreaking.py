@@ -1,0 +1,117 @@
+"""Truncated stick-breaking mean-field VI for the DP Gaussian mixture (Blei & Jordan 2006).
+
+The model of scikit-learn's ``BayesianGaussianMixture(weight_concentration_prior_type=
+"dirichlet_process")`` with ``T`` components: q(v_k) = Beta(g1_k, g2_k) for the sticks,
+q(mu_k, Sigma_k) = NIW(m_k, kappa_k, nu_k, psi_k), q(z_i) = Categorical(r_i). One iteration
+(:func:`vi_step`) is a chunked E-step (responsibilities via one matmul ``phi(x) @ A``, see
+splitmerge.gaussian_coefficients) accumulating G = r^T phi, then the closed-form updates
+
+    g1_k = 1 + N_k,  g2_k = alpha + sum_{j > k} N_j,  NIW_k = prior.posterior(N_k, sum x, sum xx^T).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..models.priors import NIW
+from .splitmerge import Features, gaussian_coefficients, unpack_stats
+
+
+@dataclass
+class VIState:
+    feats: Features
+    prior: NIW  # float64
+    alpha: float
+    g1: torch.Tensor  # (T,)
+    g2: torch.Tensor  # (T,)
+    post: NIW  # (T,) batched variational NIW
+    n: torch.Tensor  # (T,) expected counts
+
+
+def expected_log_weights(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+    """E[log pi_k] = E[log v_k] + sum_{j<k} E[log(1 - v_j)] for Beta(g1, g2) sticks."""
+    dg = torch.digamma(g1 + g2)
+    e_log_v = torch.digamma(g1) - dg
+    e_log_1mv = torch.digamma(g2) - dg
+    return e_log_v + torch.cat([e_log_v.new_zeros(1), torch.cumsum(e_log_1mv, 0)[:-1]])
+
+
+def expected_weights(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+    """E[pi_k] = E[v_k] prod_{j<k} E[1 - v_j]."""
+    ev = g1 / (g1 + g2)
+    return ev * torch.cat([ev.new_ones(1), torch.cumprod(1 - ev, 0)[:-1]])
+
+
+def log_rho_coefficients(st: VIState) -> torch.Tensor:
+    """A (Q, T): phi(x) @ A = E[log pi_k] + E[log N(x | mu_k, Sigma_k)] under q."""
+    post, d = st.post, st.prior.dim
+    sigma = post.psi0 / post.nu0[:, None, None]  # (x-m)^T nu psi^-1 (x-m) as a Gaussian with psi/nu
+    j = torch.arange(d, dtype=sigma.dtype)
+    logdet_psi = torch.linalg.slogdet(post.psi0)[1]
+    e_logdet_lam = torch.digamma((post.nu0[:, None] - j) / 2.0).sum(1) + d * math.log(2.0) - logdet_psi
+    logdet_sigma = logdet_psi - d * torch.log(post.nu0)
+    # gaussian_coefficients adds -0.5 logdet(sigma); replace it by +0.5 E[log|Lambda|] - D / (2 kappa)
+    extra = 0.5 * e_logdet_lam + 0.5 * logdet_sigma - 0.5 * d / post.kappa0
+    return gaussian_coefficients(post.m0, sigma, expected_log_weights(st.g1, st.g2) + extra)
+
+
+def m_step(st: VIState, G: torch.Tensor) -> None:
+    n, sx, sxx = unpack_stats(G, st.prior.dim)
+    st.n = n
+    st.post = st.prior.posterior(n, sx, sxx)
+    st.g1 = 1.0 + n
+    st.g2 = st.alpha + (n.sum() - torch.cumsum(n, 0))
+
+
+def vi_step(st: VIState) -> float:
+    """One E + M iteration; returns the mean log normaliser of the E-step (per point)."""
+    feats = st.feats
+    A = log_rho_coefficients(st).to(device=feats.X.device, dtype=feats.X.dtype)
+    G = torch.zeros(A.shape[1], feats.q, dtype=torch.float64, device=feats.X.device)
+    total = 0.0
+    for sl in feats.slices():
+        phi = feats(sl)
+        logits = phi @ A
+        lse = torch.logsumexp(logits, 1, keepdim=True)
+        total += float(lse.sum(dtype=torch.float64))
+        G += (torch.exp(logits - lse).T @ phi).double()
+    m_step(st, G.cpu())
+    return total / feats.n
+
+
+def kmeans_init(X: torch.Tensor, k: int, generator: torch.Generator, n_lloyd: int = 10) -> torch.Tensor:
+    """Hard labels (N,) from k-means++ seeding and a few Lloyd iterations (initialisation only)."""
+    n = X.shape[0]
+    k = min(k, n)
+    idx = [int(torch.randint(n, (1,), generator=generator))]
+    d2 = ((X - X[idx[0]]) ** 2).sum(1)
+    for _ in range(1, k):  # seeding loop over the k centres
+        w = d2.double().cpu().clamp(min=0)
+        nxt = int(torch.multinomial(w / w.sum(), 1, generator=generator)) if float(w.sum()) > 0 else 0
+        idx.append(nxt)
+        d2 = torch.minimum(d2, ((X - X[nxt]) ** 2).sum(1))
+    C = X[idx]
+    labels = torch.zeros(n, dtype=torch.long, device=X.device)
+    for _ in range(n_lloyd):
+        labels = torch.cdist(X, C).argmin(1)
+        cnt = torch.bincount(labels, minlength=k).to(X.dtype)
+        sums = torch.zeros_like(C).index_add_(0, labels, X)
+        C = torch.where(cnt[:, None] > 0, sums / cnt.clamp(min=1)[:, None], C)
+    return labels
+
+
+def init_vi(
+    feats: Features, prior: NIW, alpha: float, truncation: int, generator: torch.Generator
+) -> VIState:
+    labels = kmeans_init(feats.X, truncation, generator)
+    G = torch.zeros(truncation, feats.q, dtype=torch.float64, device=feats.X.device)
+    for sl in feats.slices():
+        part = torch.zeros(truncation, feats.q, dtype=feats.X.dtype, device=feats.X.device)
+        part.index_add_(0, labels[sl], feats(sl))
+        G += part.double()
+    st = VIState(feats, prior, alpha, None, None, None, None)  # type: ignore[arg-type]
+    m_step(st, G.cpu())
+    return st
