@@ -119,3 +119,92 @@ def build_inference_data(
         for group in idata.groups():
             idata[group].attrs.update(dict(attrs))
     return idata
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bayesian GMM fits (NUTS or SVI)
+# ---------------------------------------------------------------------------------------------------
+_COV_DIMS = {
+    "full": ["component", "feature", "feature_bis"],
+    "tied": ["feature", "feature_bis"],
+    "diag": ["component", "feature"],
+    "spherical": ["component"],
+}
+
+
+def pointwise_log_likelihood(
+    X: torch.Tensor,
+    weights: torch.Tensor,
+    means: torch.Tensor,
+    precisions: torch.Tensor,
+    covariance_type: str,
+    max_elements: int = 2**24,
+) -> torch.Tensor:
+    """``log p(x_n | theta_s)`` (S, N) for S parameter draws, in chunks of draws (memory ~ max_elements)."""
+    from .models.gmm_model import mixture_log_prob
+
+    S = weights.shape[0]
+    N, D = X.shape
+    K = weights.shape[-1]
+    step = max(1, max_elements // max(1, N * K * D))
+    with torch.no_grad():
+        parts = [
+            mixture_log_prob(X, weights[s : s + step], means[s : s + step], precisions[s : s + step],
+                             covariance_type)
+            for s in range(0, S, step)
+        ]
+    return torch.cat(parts, 0)
+
+
+def gmm_inference_data(result: Any, X: Any, covariance_type: str | None = None, num_samples: int = 1000,
+                       generator: torch.Generator | None = None):
+    """``InferenceData`` of a Bayesian GMM fit: a :class:`~bayesclust.inference.nuts.NUTSResult` or
+    :class:`~bayesclust.inference.svi.SVIResult`.
+
+    Groups: posterior (weights, means, covariances; NUTS: relabelled draws (chain, draw, ...); SVI:
+    ``num_samples`` draws of the mean-field guide as one chain, or the single MAP point), sample_stats
+    (``diverging``; all False for SVI), observed_data (``X``) and log_likelihood (``X``: pointwise
+    ``log p(x_n | theta)`` per draw, for ``az.loo`` / ``az.waic``).
+    """
+    from .inference.nuts import NUTSResult
+    from .inference.svi import SVIResult
+    from .models.gmm_model import COVARIANCE_TYPES
+
+    if covariance_type is None:
+        covariance_type = getattr(result, "covariance_type", None)
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type={covariance_type!r} is not supported; choose one of "
+                         f"{list(COVARIANCE_TYPES)}.")
+    if isinstance(result, NUTSResult):
+        draws = {k: result.samples[k] for k in ("weights", "means", "precisions", "covariances")}
+        diverging = result.divergences
+        method = "nuts"
+        extra = {"n_relabelled": result.n_relabelled, "relabelled_fraction": result.relabelled_fraction}
+    elif isinstance(result, SVIResult):
+        n = 1 if result.guide_type == "map" else num_samples
+        draws = {k: v.unsqueeze(0) for k, v in result.sample_posterior(n, generator).items()}
+        diverging = torch.zeros(draws["weights"].shape[:2], dtype=torch.bool)
+        method = f"svi-{result.guide_type}"
+        extra = {}
+    else:
+        raise TypeError(f"result must be a NUTSResult or SVIResult, got {type(result).__name__}.")
+    ref = draws["means"]
+    X = torch.as_tensor(X).to(dtype=ref.dtype, device=ref.device)
+    if X.ndim != 2 or X.shape[1] != ref.shape[-1]:
+        raise ValueError(f"X must be (N, D) with D = {ref.shape[-1]} features, got shape {tuple(X.shape)}.")
+    C, S = ref.shape[:2]
+    flat = {k: v.reshape(C * S, *v.shape[2:]) for k, v in draws.items()}
+    loglik = pointwise_log_likelihood(X, flat["weights"], flat["means"], flat["precisions"], covariance_type)
+    return build_inference_data(
+        {k: draws[k] for k in ("weights", "means", "covariances")},
+        sample_stats={"diverging": diverging},
+        observed_data={"X": X},
+        log_likelihood={"X": loglik.reshape(C, S, -1)},
+        dims={
+            "weights": ["component"],
+            "means": ["component", "feature"],
+            "covariances": _COV_DIMS[covariance_type],
+            "X": ["obs_id", "feature"],
+        },
+        attrs={"inference": method, "covariance_type": covariance_type, **extra},
+    )
