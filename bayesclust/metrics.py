@@ -1,3 +1,4 @@
+# HELPERS THIS SESSION: read /work/main/CONTRIBUTING.md first (ownership, git, flock, deadline).
 """Clustering metrics: ACC (Hungarian matching), NMI, ARI, inferred K; :func:`evaluate`."""
 
 from __future__ import annotations

@@ -58,9 +58,15 @@ def feature_dim(d: int, covariance_type: str) -> int:
 
 def feature_map(X: torch.Tensor, covariance_type: str) -> torch.Tensor:
     """phi(X) (n, Q): [x_i x_j for i <= j, x] (full, tied) or [x^2, x] (diag, spherical)."""
+    n, d = X.shape
     if covariance_type in ("full", "tied"):
-        i, j = _triu(X.shape[1], X.device)
-        return torch.cat([X[:, i] * X[:, j], X], dim=1)
+        out = torch.empty(n, d * (d + 1) // 2 + d, dtype=X.dtype, device=X.device)
+        col = 0
+        for i in range(d):  # row i of the upper triangle, in triu_indices order (a loop over D, not N)
+            torch.mul(X[:, i : i + 1], X[:, i:], out=out[:, col : col + d - i])
+            col += d - i
+        out[:, col:] = X
+        return out
     return torch.cat([X * X, X], dim=1)
 
 
@@ -136,13 +142,16 @@ def e_step(
     for start in range(0, n, chunk_size):
         sl = slice(start, min(n, start + chunk_size))
         phi = features(sl)
-        logits = torch.addmm(c, phi, A)  # (n, K)
-        lse = torch.logsumexp(logits, dim=1, keepdim=True)
-        total += lse.sum(dtype=torch.float64)
+        # (K, n) layout: the reductions over K then run across 16-ish long rows, not n tiny ones
+        logits_t = torch.addmm(c[:, None], A.T, phi.T)  # (K, n)
+        peak = logits_t.amax(dim=0, keepdim=True)
+        resp_t = torch.exp_(logits_t.sub_(peak))  # one exp serves log-sum-exp and responsibilities
+        norm = resp_t.sum(dim=0, keepdim=True)
+        total += (peak + torch.log(norm)).sum(dtype=torch.float64)
         if G is not None:
-            resp = torch.exp(logits - lse)
-            G[:-1].addmm_(phi.T, resp)
-            G[-1] += resp.sum(0)
+            resp_t.div_(norm)
+            G[:-1].addmm_(phi.T, resp_t.T)
+            G[-1] += resp_t.sum(1)
     return float(total), G
 
 
@@ -153,8 +162,9 @@ def log_resp_chunks(
     out, ll = [], []
     for start in range(0, n, chunk_size):
         logits = torch.addmm(c, features(slice(start, min(n, start + chunk_size))), A)
+        peak = logits.amax(dim=1, keepdim=True)
         out.append(logits)
-        ll.append(torch.logsumexp(logits, dim=1))
+        ll.append((peak + torch.log(torch.exp(logits - peak).sum(1, keepdim=True))).squeeze(1))
     return torch.cat(out), torch.cat(ll)
 
 

@@ -226,7 +226,7 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
                 maximize=True, verbose=self.verbose, callbacks=self.callbacks, desc="GaussianMixture EM",
             )
             params0 = self._warm_params(shift, dtype, device) if warm else self._initial_params(
-                Xc, shift, engine.generator, prior_c
+                Xc, shift, engine.generator, prior_c, features
             )
             state = {"params": params0}
             schedule = [Step("em", self._em_step_fn(n, d, features, prior_c))]
@@ -247,8 +247,22 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
             self._fit_svi(Xt, prior)
         elif self.inference == "nuts":
             self._fit_nuts(Xt, prior)
-        self.labels_ = self.predict(Xt)
+        self.labels_ = self._labels_from_features(Xc.shape[0], features)
         return self
+
+    def _labels_from_features(self, n: int, features) -> np.ndarray:
+        """Labels of the training data from the cached feature map (no second feature pass)."""
+        dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
+        kw = {"device": device, "dtype": dtype}
+        shift = torch.as_tensor(self.shift_, **kw)
+        params = em.GMMParams(
+            torch.as_tensor(self.weights_, **kw),
+            torch.as_tensor(self.means_, **kw) - shift,
+            torch.as_tensor(self.covariances_, **kw),
+        )
+        A, c = em.log_prob_coefficients(params, self.covariance_type)
+        logits, _ = em.log_resp_chunks(n, features, A, c, int(self.chunk_size))
+        return logits.argmax(1).cpu().numpy()
 
     def _feature_source(self, Xc: torch.Tensor):
         n, d = Xc.shape
@@ -272,7 +286,12 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
         return step
 
     def _initial_params(
-        self, Xc: torch.Tensor, shift: torch.Tensor, gen: torch.Generator, prior: em.MAPPrior | None
+        self,
+        Xc: torch.Tensor,
+        shift: torch.Tensor,
+        gen: torch.Generator,
+        prior: em.MAPPrior | None,
+        features,
     ) -> em.GMMParams:
         n, d = Xc.shape
         k = self.n_components
@@ -297,8 +316,7 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
                 if self.init == "kmeans":
                     centers = em.lloyd(Xc, centers, 20, chunk)
             resp = torch.nn.functional.one_hot(em.nearest_center(Xc, centers, chunk), k).to(Xc.dtype)
-        phi = em.feature_map(Xc, self.covariance_type) if n * d < 5_000_000 else None
-        G = self._stats_from_resp(Xc, resp, phi, chunk)
+        G = self._stats_from_resp(Xc, resp, features, chunk)
         dummy = em.GMMParams(
             torch.full((k,), 1.0 / k, dtype=Xc.dtype, device=Xc.device),
             torch.zeros(k, d, dtype=Xc.dtype, device=Xc.device),
@@ -306,12 +324,11 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
         )
         return em.m_step(G, d, self.covariance_type, float(self.reg_covar), prior, dummy)
 
-    def _stats_from_resp(self, Xc, resp, phi, chunk) -> torch.Tensor:
+    def _stats_from_resp(self, Xc, resp, features, chunk) -> torch.Tensor:
         q = em.feature_dim(Xc.shape[1], self.covariance_type)
         G = torch.zeros(q + 1, resp.shape[1], dtype=Xc.dtype, device=Xc.device)
         for sl in Engine.chunks(Xc.shape[0], chunk):
-            f = phi[sl] if phi is not None else em.feature_map(Xc[sl], self.covariance_type)
-            G[:-1] += f.T @ resp[sl]
+            G[:-1] += features(sl).T @ resp[sl]
             G[-1] += resp[sl].sum(0)
         return G
 
