@@ -124,7 +124,8 @@ def main() -> None:
           f"BLAS {blas}")
     X = make_data(args.n, args.d, args.k)
     print(f"EM, full covariance, N={args.n} D={args.d} K={args.k}, {args.iters} iterations, same init")
-    print("| dtype | sklearn s/iter | bayesclust s/iter | speed-up | loglik sklearn | loglik ours | rel diff |")
+    print("| dtype | sklearn s/iter | bayesclust s/iter | speed-up | loglik sklearn | loglik ours "
+          "| rel diff |")
     print("|---|---|---|---|---|---|---|")
     for dtype in ("float32", "float64"):
         r = run_case(X, args.k, args.iters, dtype)

@@ -1,0 +1,123 @@
+"""The inference engine: convergence, history, callbacks, checkpoints, interrupts, errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from bayesclust import ConvergenceWarning, Engine, NonFiniteError, Step
+from bayesclust._device import make_generator, resolve_device, resolve_dtype
+
+
+def _halving_step(state, it):
+    state["x"] = state["x"] / 2
+    return float(state["x"])
+
+
+def test_converges_on_tol_and_records_history():
+    eng = Engine(device="cpu", max_iter=100, tol=1e-3, maximize=False)
+    res = eng.run([Step("halve", _halving_step)], {"x": torch.tensor(1.0)})
+    assert res.converged
+    assert res.history == pytest.approx([0.5**i for i in range(1, res.n_iter + 1)])
+    assert abs(res.history[-1] - res.history[-2]) < 1e-3 <= abs(res.history[-2] - res.history[-3])
+
+
+def test_tol_zero_runs_all_iterations_and_warns():
+    eng = Engine(device="cpu", max_iter=7, tol=0.0)
+    res = eng.run([Step("halve", _halving_step)], {"x": torch.tensor(1.0)})
+    assert res.n_iter == 7 and not res.converged
+    eng = Engine(device="cpu", max_iter=3, tol=1e-12)
+    with pytest.warns(ConvergenceWarning, match="did not converge in max_iter=3"):
+        eng.run([Step("halve", _halving_step)], {"x": torch.tensor(1.0)})
+
+
+def test_step_every_and_start():
+    calls = []
+    eng = Engine(device="cpu", max_iter=10, tol=0)
+    eng.run([Step("a", lambda s, i: calls.append(i), every=3, start=2)], {})
+    assert calls == [2, 5, 8]
+
+
+def test_callback_stops():
+    eng = Engine(device="cpu", max_iter=50, tol=0, callbacks=[lambda e, it, obj, st: it == 4])
+    res = eng.run([Step("halve", _halving_step)], {"x": torch.tensor(1.0)})
+    assert res.n_iter == 5
+
+
+def test_non_finite_objective_raises_with_iteration():
+    def bad(state, it):
+        return float("nan") if it == 3 else 1.0
+
+    with pytest.raises(NonFiniteError, match="step 'bad' produced a non-finite objective .* iteration 3"):
+        Engine(device="cpu", max_iter=10, tol=0).run([Step("bad", bad)], {})
+
+
+def test_keyboard_interrupt_keeps_best_state():
+    def step(state, it):
+        if it == 5:
+            raise KeyboardInterrupt
+        state["x"] = torch.tensor(float([1, 5, 3, 2, 4][it]))
+        return float(state["x"])
+
+    state = {"x": torch.tensor(0.0)}
+    with pytest.warns(RuntimeWarning, match="interrupted at iteration 5; kept the best state"):
+        res = Engine(device="cpu", max_iter=10, tol=0, maximize=True).run([Step("s", step)], state)
+    assert res.interrupted
+    assert float(state["x"]) == 5.0
+
+
+def test_checkpoint_and_resume(tmp_path):
+    path = tmp_path / "ck.pt"
+    module = torch.nn.Linear(2, 1)
+    torch.nn.init.zeros_(module.weight)
+
+    def step(state, it):
+        with torch.no_grad():
+            state["net"].weight += 1.0
+        state["count"] = state["count"] + 1
+        return float(state["net"].weight.detach().sum())
+
+    eng = Engine(device="cpu", max_iter=4, tol=0, checkpoint_path=path, checkpoint_every=2)
+    eng.run([Step("s", step)], {"net": module, "count": 0})
+    assert path.exists()
+    fresh = torch.nn.Linear(2, 1)
+    state = {"net": fresh, "count": 0}
+    eng2 = Engine(device="cpu", max_iter=6, tol=0, checkpoint_path=path, resume=True)
+    res = eng2.run([Step("s", step)], state)
+    assert state["count"] == 6 and res.n_iter == 6
+    assert torch.allclose(fresh.weight, torch.full_like(fresh.weight, 6.0))
+    assert len(res.history) == 6
+
+
+def test_batches_cover_all_indices_and_are_seeded():
+    a = Engine(device="cpu", random_state=0)
+    b = Engine(device="cpu", random_state=0)
+    ba = torch.cat(list(a.batches(103, 10)))
+    bb = torch.cat(list(b.batches(103, 10)))
+    assert torch.equal(ba, bb)
+    assert torch.equal(ba.sort().values, torch.arange(103))
+    assert [s.stop - s.start for s in Engine.chunks(10, 4)] == [4, 4, 2]
+
+
+def test_device_and_dtype_resolution_errors():
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    assert resolve_dtype("float64") is torch.float64
+    with pytest.raises(ValueError, match="dtype='float16' is not supported"):
+        resolve_dtype("float16")
+    with pytest.raises(ValueError, match="not a valid device"):
+        resolve_device("banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(TypeError, match="random_state must be an int or None"):
+        make_generator("seed")
+
+
+def test_no_warning_when_converged():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Engine(device="cpu", max_iter=100, tol=1e-2, maximize=False).run(
+            [Step("halve", _halving_step)], {"x": torch.tensor(1.0)}
+        )
