@@ -468,7 +468,8 @@ def _load_csv(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str]]:
     """Features (N, D) float64 with NaN for missing, raw target tokens, missing-target mask, names."""
     sep = delimiter or _sniff_delimiter(text)
-    rows = [r for r in csv.reader(io.StringIO(text), delimiter=sep) if any(c.strip() for c in r)]
+    # Blank lines are skipped (as pandas does); a line of empty fields ("," ) is a row of missing values.
+    rows = [r for r in csv.reader(io.StringIO(text), delimiter=sep) if len(r) > 1 or (r and r[0].strip())]
     if len(rows) < 2:
         raise ValueError(f"{path}: needs a header line and at least one data row, found {len(rows)} line(s).")
     header = [h.strip() for h in rows[0]]
@@ -569,7 +570,7 @@ def load_table(
         label-encoded 0..C-1 in sorted order, integers kept). NPY: a column index. NPZ: the key
         of the labels (default ``"y"`` when present; features are key ``"X"``).
     dropna : drop rows with a missing feature or label ("NA", empty, NaN). Otherwise such rows
-        raise ValueError with their count.
+        raise ValueError with their count. Blank lines in a CSV are skipped, as in pandas.
     delimiter : CSV delimiter; sniffed from the first lines when ``None``.
     columns : feature columns to keep (names or indices); default all but ``target``.
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from bayesclust import datasets as ds
 from bayesclust.datasets import (
@@ -328,6 +331,45 @@ def test_csv_missing_rows(tmp_path):
     # without target the NA in 'kind' does not matter, but 'kind' is then a non-numeric feature
     with pytest.raises(TypeError, match=r"non-numeric feature column\(s\) 'kind' \(e\.g\. 'x'\).*target="):
         load_table(p)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=6),
+        elements=st.floats(allow_nan=False, allow_infinity=False, width=64),
+    ),
+    st.data(),
+)
+def test_csv_round_trip_and_na_count_property(tmp_path, A, data):
+    """repr() of a float64 parses back bit-exactly; the NA error counts exactly the rows with an NA."""
+    na = data.draw(hnp.arrays(np.bool_, A.shape))
+    # an empty field in a one-column file is a blank line, which is skipped (as in pandas)
+    token = data.draw(st.sampled_from(["NA", "NaN"] if A.shape[1] == 1 else ["NA", "", "NaN"]))
+    header = ",".join(f"c{j}" for j in range(A.shape[1]))
+    lines = [",".join(token if m else repr(float(v)) for v, m in zip(row, mrow)) for row, mrow in zip(A, na)]
+    p = tmp_path / "prop.csv"
+    p.write_text(header + "\n" + "\n".join(lines) + "\n")
+    n_bad = int(na.any(axis=1).sum())
+    if n_bad == 0:
+        X, y = load_table(p, delimiter=",")
+        assert y is None
+        np.testing.assert_array_equal(X.view(np.uint64), A.view(np.uint64))
+    else:
+        with pytest.raises(ValueError, match=rf"{n_bad} of {A.shape[0]} rows have missing values"):
+            load_table(p, delimiter=",")
+        if n_bad < A.shape[0]:
+            X, _ = load_table(p, delimiter=",", dropna=True)
+            np.testing.assert_array_equal(X, A[~na.any(axis=1)])
+
+
+def test_csv_blank_lines_and_empty_rows(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("a,b\n1,2\n\n   \n,\n3,4\n\n")
+    with pytest.raises(ValueError, match=r"1 of 3 rows have missing values"):
+        load_table(p)
+    np.testing.assert_array_equal(load_table(p, dropna=True)[0], [[1, 2], [3, 4]])
 
 
 def test_csv_missing_target_counts(tmp_path):
