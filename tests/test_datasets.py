@@ -207,6 +207,13 @@ def test_mnist_missing_files_message(tmp_path):
         load_mnist("val")
 
 
+def test_env_pointing_nowhere(tmp_path, monkeypatch):
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "gone"))
+    for call in (lambda: load_mnist("train"), lambda: load_usps("test"), lambda: load_embeddings("usps")):
+        with pytest.raises(FileNotFoundError, match=r"BAYESCLUST_DATA='.*gone' does not exist"):
+            call()
+
+
 def test_mnist_count_mismatch(tmp_path):
     write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8), False)
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(2, np.uint8), False)
