@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..models.priors import NIW
@@ -99,13 +100,11 @@ def sub_statistics(feats: Features, z: torch.Tensor, zsub: torch.Tensor, k: int)
 
 
 # ---------------------------------------------------------------------------- random draws
-def sample_gamma(conc: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Gamma(conc, 1) draws reproducible from ``generator`` (torch's sampler takes no generator)."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        out = torch._standard_gamma(conc.detach().double().cpu().clamp(min=1e-300))
-    return out.clamp(min=1e-300).to(device=conc.device, dtype=conc.dtype)
+def sample_gamma(conc: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Gamma(conc, 1) draws (float64, on conc's device) from a NumPy generator: torch's gamma sampler
+    takes no generator, and re-seeding the global one per draw is slow."""
+    draw = rng.standard_gamma(conc.detach().double().cpu().clamp(min=1e-300).numpy())
+    return torch.from_numpy(np.maximum(draw, 1e-300)).to(device=conc.device, dtype=conc.dtype)
 
 
 def sample_categorical(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -131,6 +130,7 @@ class SamplerConfig:
     n_merge_neighbors: int = 3
     burn_in: int = 50
     store_labels: int = 0  # how many post-burn-in label draws to keep (0: none)
+    reset_every: int = 10  # sub-clusters are re-drawn every this many sweeps of a cluster (0: never)
 
 
 @dataclass
@@ -144,6 +144,7 @@ class SamplerState:
     age: torch.Tensor  # (K,) sweeps since the cluster was created by a split or merge
     dev_gen: torch.Generator
     gen: torch.Generator
+    np_rng: np.random.Generator
     k_trace: list[int] = field(default_factory=list)
     joint_trace: list[float] = field(default_factory=list)
     n_splits: int = 0
@@ -170,7 +171,11 @@ def init_state(feats: Features, gen: torch.Generator, device: torch.device) -> S
     z = torch.zeros(n, dtype=torch.long, device=device)
     zsub = (torch.rand(n, generator=dev_gen, device=device) < 0.5).long()
     G = sub_statistics(feats, z, zsub, 1)
-    return SamplerState(feats, z, zsub, G, torch.zeros(1, dtype=torch.long), dev_gen, gen)
+    np_rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
+    st = SamplerState(feats, z, zsub, G, torch.zeros(1, dtype=torch.long), dev_gen, gen, np_rng)
+    reset_subclusters(st, torch.ones(1, dtype=torch.bool), cluster_statistics(G))
+    st.G = sub_statistics(feats, st.z, st.zsub, 1)
+    return st
 
 
 def _relabel(st: SamplerState, keep: torch.Tensor) -> None:
@@ -208,12 +213,13 @@ def sample_labels(st: SamplerState, cfg: SamplerConfig) -> None:
     Gs = st.G
     Gc = Gs.view(k, 2, q).sum(1)
     nc, ns = Gc[:, -1], Gs[:, -1].view(k, 2)
-    g = sample_gamma(torch.cat([nc, nc.new_tensor([cfg.alpha])]), st.gen)
+    g = sample_gamma(torch.cat([nc, nc.new_tensor([cfg.alpha])]), st.np_rng)
     log_pi = torch.log(g[:k] / g.sum())
-    gs = sample_gamma(ns + cfg.alpha / 2.0, st.gen)
+    gs = sample_gamma(ns + cfg.alpha / 2.0, st.np_rng)
     log_pis = torch.log(gs / gs.sum(1, keepdim=True)).reshape(-1)
     n, sx, sxx = unpack_stats(torch.cat([Gc, Gs]), d)
-    mu, sigma = cfg.prior.posterior(n, sx, sxx).sample(st.gen)
+    # global RNG (seeded by the Engine): NIW.sample with a generator re-seeds per call, which is slow
+    mu, sigma = cfg.prior.posterior(n, sx, sxx).sample(None)
     A = gaussian_coefficients(mu, sigma, torch.cat([log_pi, log_pis]))
     feats = st.feats
     A = A.to(device=feats.X.device, dtype=feats.X.dtype)
@@ -234,21 +240,46 @@ def sample_labels(st: SamplerState, cfg: SamplerConfig) -> None:
     _compact(st)
 
 
-def _reset_subclusters(st: SamplerState, clusters: torch.Tensor) -> None:
-    """Random (fair coin) sub-labels for the points of the clusters flagged in ``clusters`` (K,)."""
-    dev = st.z.device
-    coin = (torch.rand(st.z.shape[0], generator=st.dev_gen, device=dev) < 0.5).long()
-    st.zsub = torch.where(clusters.to(dev)[st.z], coin, st.zsub)
+def cluster_statistics(G: torch.Tensor) -> torch.Tensor:
+    """Cluster-level statistics (K, Q) from sub-cluster statistics (2K, Q)."""
+    return G.view(-1, 2, G.shape[1]).sum(1)
 
 
-def propose_splits(st: SamplerState, cfg: SamplerConfig) -> torch.Tensor:
-    """Step 3, batched over clusters; returns the (K,) mask of accepted splits (already applied)."""
+def reset_subclusters(st: SamplerState, clusters: torch.Tensor, Gc: torch.Tensor) -> None:
+    """New sub-labels for the points of the clusters flagged in ``clusters`` (K,): the side of a
+    random hyperplane through the cluster mean, its normal drawn from N(0, S_k) (S_k the cluster
+    scatter), so that splits along the main axes are proposed most often. ``Gc`` (K, Q) are the
+    cluster statistics of the current labels."""
+    if not bool(clusters.any()):
+        return
+    d = st.feats.d
+    n, sx, sxx = unpack_stats(Gc, d)
+    n = n.clamp(min=1.0)
+    mean = sx / n[:, None]
+    cov = sxx / n[:, None, None] - mean[:, :, None] * mean[:, None, :]
+    cov = cov + 1e-6 * torch.eye(d, dtype=cov.dtype)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    chol = torch.where((info == 0)[:, None, None], chol, torch.eye(d, dtype=cov.dtype))
+    eps = torch.randn(Gc.shape[0], d, 1, generator=st.gen, dtype=cov.dtype)
+    normal = (chol @ eps).squeeze(-1)
+    X = st.feats.X
+    flag = clusters.to(X.device)[st.z]
+    proj = ((X - mean.to(X)[st.z]) * normal.to(X)[st.z]).sum(1)
+    st.zsub = torch.where(flag, (proj > 0).long(), st.zsub)
+
+
+def propose_splits(
+    st: SamplerState, cfg: SamplerConfig, exclude: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 3, batched over clusters. Returns the (K',) mask of the clusters an accepted split created
+    or shrank, and their cluster statistics (K', Q) after the move (already applied to the labels)."""
     k, q = st.k, st.G.shape[1]
     Gs = st.G.view(k, 2, q)
     ns = Gs[:, :, -1]
-    ok = (ns > 0.5).all(1) & (st.age >= cfg.split_delay)
+    ok = (ns > 0.5).all(1) & (st.age >= cfg.split_delay) & ~exclude
+    Gc = Gs.sum(1)
     if not bool(ok.any()):
-        return torch.zeros(k, dtype=torch.bool)
+        return torch.zeros(k, dtype=torch.bool), Gc
     lml = _log_ml(cfg.prior, torch.cat([st.G, Gs.sum(1)])).double()
     lml_s, lml_c = lml[: 2 * k].view(k, 2), lml[2 * k :]
     nc = ns.sum(1)
@@ -262,21 +293,20 @@ def propose_splits(st: SamplerState, cfg: SamplerConfig) -> torch.Tensor:
     accept = ok & (torch.log(u) < log_h)
     n_acc = int(accept.sum())
     if n_acc == 0:
-        return accept
+        return accept, Gc
     # sub-cluster 1 of cluster k becomes cluster K + j; sub-cluster 0 stays cluster k
     new_id = torch.full((k,), -1, dtype=torch.long)
     new_id[accept] = torch.arange(k, k + n_acc)
     dev = st.z.device
     moved = accept.to(dev)[st.z] & (st.zsub == 1)
     st.z = torch.where(moved, new_id.to(dev)[st.z], st.z)
+    Gc = torch.cat([torch.where(accept[:, None], Gs[:, 0], Gc), Gs[accept, 1]])
     G_new = torch.zeros(2 * (k + n_acc), q, dtype=torch.float64)
     G_new[: 2 * k] = st.G
-    st.G = G_new  # refreshed by the caller's statistics pass
+    st.G = G_new  # sub-cluster statistics are refreshed by the caller's statistics pass
     st.age = torch.cat([torch.where(accept, 0, st.age), torch.zeros(n_acc, dtype=torch.long)])
-    flag = torch.cat([accept, torch.ones(n_acc, dtype=torch.bool)])
-    _reset_subclusters(st, flag)
     st.n_splits += n_acc
-    return flag
+    return torch.cat([accept, torch.ones(n_acc, dtype=torch.bool)]), Gc
 
 
 def merge_candidates(means: torch.Tensor, n_neighbors: int) -> torch.Tensor:
@@ -293,10 +323,10 @@ def merge_candidates(means: torch.Tensor, n_neighbors: int) -> torch.Tensor:
     return torch.unique(pairs, dim=0)
 
 
-def propose_merges(st: SamplerState, cfg: SamplerConfig, frozen: torch.Tensor) -> bool:
-    """Step 4 on nearby pairs; clusters in ``frozen`` (K,) take no part. Returns whether any merged."""
-    k, q = st.k, st.G.shape[1]
-    Gc = st.G.view(k, 2, q).sum(1)
+def propose_merges(st: SamplerState, cfg: SamplerConfig, frozen: torch.Tensor, Gc: torch.Tensor) -> bool:
+    """Step 4 on nearby pairs; clusters in ``frozen`` (K,) take no part; ``Gc`` (K, Q) cluster
+    statistics, updated in place. Returns whether any pair merged."""
+    k = st.k
     nc = Gc[:, -1]
     d = cfg.prior.dim
     means = Gc[:, -d - 1 : -1] / nc[:, None]
@@ -341,6 +371,8 @@ def propose_merges(st: SamplerState, cfg: SamplerConfig, frozen: torch.Tensor) -
         used[p[0]] = used[p[1]] = True
         target[p[1]] = p[0]
         st.age[p[0]] = 0
+        Gc[p[0]] += Gc[p[1]]
+        Gc[p[1]] = 0.0
     dev = st.z.device
     absorbed = (target != torch.arange(k)).to(dev)
     involved = used.to(dev)[st.z]
@@ -356,20 +388,20 @@ def sweep(st: SamplerState, cfg: SamplerConfig, iteration: int) -> float:
     sample_labels(st, cfg)
     k = st.k
     q = st.G.shape[1]
-    changed = False
     ns = st.G[:, -1].view(k, 2)
+    # sub-clusters start afresh when one of them emptied, and every ``reset_every`` sweeps of a
+    # cluster's life (a rejected sub-cluster split may be a poor proposal, not a poor split)
     lonely = ((ns < 0.5).any(1)) & (ns.sum(1) > 1.5)
-    if bool(lonely.any()):  # a cluster whose sub-clusters collapsed into one starts them afresh
-        _reset_subclusters(st, lonely)
-        st.age[lonely] = 0
-        changed = True
-    split = propose_splits(st, cfg)
-    changed = changed or bool(split.any())
-    frozen = split.clone() if split.shape[0] == st.k else torch.zeros(st.k, dtype=torch.bool)
-    frozen[:k] |= lonely
-    if propose_merges(st, cfg, frozen):
-        changed = True
-    if changed:
+    stale = (
+        (st.age >= cfg.split_delay) & (st.age % cfg.reset_every == 0) if cfg.reset_every else lonely & False
+    )
+    reset = lonely | stale
+    split, Gc = propose_splits(st, cfg, reset)
+    frozen = split.clone()
+    frozen[:k] |= reset
+    merged = propose_merges(st, cfg, frozen, Gc)
+    if merged or bool(frozen.any()):
+        reset_subclusters(st, frozen, Gc)
         st.G = sub_statistics(st.feats, st.z, st.zsub, st.k).to(st.G.device)
         _compact(st)
     assert st.G.shape[1] == q

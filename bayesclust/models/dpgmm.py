@@ -113,9 +113,12 @@ class DPGMM(ClusterMixin, BaseEstimator):
     kappa0, nu0, psi_scale, mean_prior, covariance_prior : NIW prior; see the module docstring.
         ``mean_prior`` (D,) and ``covariance_prior`` (D, D, = psi0) are in the units of X.
     truncation : number of stick-breaking components for ``svi``.
-    prune_threshold : ``svi`` drops components with expected weight below this.
+    prune_threshold : ``svi`` drops components holding less than this fraction of the points (and
+        less than half a point) under the responsibilities.
     split_delay : sweeps a new cluster waits before it may split or merge (its sub-clusters settle).
     n_merge_neighbors : merges are proposed between each cluster and this many nearest clusters.
+    reset_every : a cluster's sub-clusters are re-drawn (random hyperplane through its mean) every
+        this many sweeps, so a rejected sub-cluster split does not block other splits (0: never).
     store_labels : post-burn-in label draws kept for ``assignment_probs_`` / co-clustering.
     coclustering : also compute ``coclustering_`` (N, N), the fraction of kept draws in which two
         points share a cluster (N <= 5000).
@@ -143,6 +146,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
         tol: float = 1e-4,
         split_delay: int = 5,
         n_merge_neighbors: int = 3,
+        reset_every: int = 10,
         store_labels: int = 50,
         coclustering: bool = False,
         chunk_size: int = 32768,
@@ -166,6 +170,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
         self.tol = tol
         self.split_delay = split_delay
         self.n_merge_neighbors = n_merge_neighbors
+        self.reset_every = reset_every
         self.store_labels = store_labels
         self.coclustering = coclustering
         self.chunk_size = chunk_size
@@ -196,6 +201,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
         check_scalar(self.tol, "tol", low=0)
         check_positive_int(self.split_delay, "split_delay", minimum=0)
         check_positive_int(self.n_merge_neighbors, "n_merge_neighbors")
+        check_positive_int(self.reset_every, "reset_every", minimum=0)
         check_positive_int(self.store_labels, "store_labels", minimum=0)
         check_positive_int(self.chunk_size, "chunk_size")
 
@@ -279,6 +285,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
             n_merge_neighbors=self.n_merge_neighbors,
             burn_in=burn,
             store_labels=self.store_labels,
+            reset_every=self.reset_every,
         )
         st = sm.init_state(feats, engine.generator, feats.X.device)
         state = {"sampler": st}
@@ -318,7 +325,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
         w = sb.expected_weights(vs.g1, vs.g2)
-        keep = w > self.prune_threshold
+        keep = vs.n > max(0.5, self.prune_threshold * vs.n.sum())
         if not bool(keep.any()):
             keep = w == w.max()
         post = vs.post
