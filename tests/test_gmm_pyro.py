@@ -189,15 +189,30 @@ def test_svi_map_equals_closed_form_map(ct):
     prior = GMMPrior.from_data(X, alpha=2.0)
     init = rough_init(X, y, 2, ct)
     ref = closed_form_map_em(X, 2, ct, prior, init)
-    res = fit_svi(X, 2, ct, prior, init, engine(), guide="map", lr=0.02)
+    res = fit_svi(X, 2, ct, prior, init, engine(tol=1e-12), guide="map", lr=0.02)
     assert isinstance(res, SVIResult) and res.fit.converged
     assert res.history[-1] <= res.history[0]
-    np.testing.assert_allclose(res.means.numpy(), ref["means"].numpy(), atol=2e-3)
-    np.testing.assert_allclose(res.weights.numpy(), ref["weights"].numpy(), atol=2e-3)
-    np.testing.assert_allclose(res.covariances.numpy(), ref["covariances"].numpy(), rtol=1e-2, atol=1e-3)
+    np.testing.assert_allclose(res.means.numpy(), ref["means"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(res.weights.numpy(), ref["weights"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(res.covariances.numpy(), ref["covariances"].numpy(), rtol=1e-3, atol=1e-4)
     labels = svi_labels(res, X)
     assert torch.equal(labels, ref["resp"].argmax(1))
     assert torch.equal(labels, y)
+
+
+@pytest.mark.parametrize("ct", ["full", "tied"])
+def test_svi_map_equals_estimator_em_map(ct):
+    """Cross-check with the estimator's closed-form MAP-EM route (bayesclust.models.gmm)."""
+    gmm = pytest.importorskip("bayesclust.models.gmm")
+    X, y = blobs()
+    em = gmm.GaussianMixture(2, covariance_type=ct, inference="em", dtype="float64", random_state=0,
+                             tol=1e-12, max_iter=1000, reg_covar=0.0).fit(X.numpy())
+    res = fit_svi(X, 2, ct, GMMPrior.from_data(X), rough_init(X, y, 2, ct), engine(tol=1e-12), lr=0.02)
+    order = match_to_reference(torch.as_tensor(em.means_)[None], res.means)[0]
+    np.testing.assert_allclose(res.means.numpy(), em.means_[order], atol=1e-4)
+    np.testing.assert_allclose(res.weights.numpy(), em.weights_[order], atol=1e-4)
+    em_cov = em.covariances_ if ct == "tied" else em.covariances_[order]
+    np.testing.assert_allclose(res.covariances.numpy(), em_cov, rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("ct", COVARIANCE_TYPES)
