@@ -1,0 +1,186 @@
+"""DTIKMeans / DTIGMM: synthetic transformed glyphs, reassignment, Pyro likelihood, API and errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bayesclust.inference.dti_steps import reassign_clusters
+from bayesclust.metrics import accuracy
+from bayesclust.models.dti import DTIGMM, DTIKMeans, DTINetwork, gmm_negative_log_likelihood
+
+
+def _glyphs(n_per: int = 80, size: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three glyphs (cross, L, ring), each randomly shifted by up to 3 px and rotated by up to 25 deg."""
+    base = torch.zeros(3, 1, size, size)
+    m, a, b = size // 2, size // 2 - 5, size // 2 + 5
+    base[0, 0, m - 1 : m + 1, a:b] = 1
+    base[0, 0, a:b, m - 1 : m + 1] = 1
+    base[1, 0, a:b, a : a + 2] = 1
+    base[1, 0, b - 2 : b, a:b] = 1
+    base[2, 0, a:b, a:b] = 1
+    base[2, 0, a + 2 : b - 2, a + 2 : b - 2] = 0
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(3).repeat_interleave(n_per)
+    ang = (torch.rand(y.numel(), generator=gen) * 2 - 1) * math.radians(25)
+    shift = (torch.rand(y.numel(), 2, generator=gen) * 2 - 1) * 3 * 2 / size
+    theta = torch.stack(
+        [
+            torch.stack([ang.cos(), -ang.sin(), shift[:, 0]], 1),
+            torch.stack([ang.sin(), ang.cos(), shift[:, 1]], 1),
+        ],
+        1,
+    )
+    grid = F.affine_grid(theta, (y.numel(), 1, size, size), align_corners=False)
+    X = F.grid_sample(base[y], grid, align_corners=False)
+    return X[:, 0].numpy(), y.numpy()
+
+
+@pytest.fixture(scope="module")
+def glyphs():
+    return _glyphs()
+
+
+def test_dti_kmeans_beats_pixel_kmeans_on_transformed_glyphs(glyphs):
+    from sklearn.cluster import KMeans
+
+    X, y = glyphs
+    pixel = KMeans(3, n_init=10, random_state=0).fit_predict(X.reshape(len(X), -1))
+    model = DTIKMeans(
+        3, transforms=("affine",), curriculum=[60], max_iter=360, batch_size=32, lr=3e-3,
+        encoder_width=8, feature_dim=32, head_hidden=32, device="cpu", random_state=0,
+    ).fit(X)
+    acc_dti, acc_pix = accuracy(y, model.labels_), accuracy(y, pixel)
+    assert acc_dti > acc_pix, (acc_dti, acc_pix)
+    assert acc_dti >= 0.9, acc_dti
+    assert model.prototypes_.shape == (3, 20, 20) and model.n_iter_ == 360
+    # the aligned reconstructions explain the data better than the raw prototypes do
+    err_aligned = model.transform(X).min(1).mean()
+    err_raw = ((X[:, None] - model.prototypes_[None]) ** 2).reshape(len(X), 3, -1).mean(-1).min(1).mean()
+    assert err_aligned < err_raw
+
+
+def test_fit_predict_matches_and_save_load_roundtrip(glyphs, tmp_path):
+    X, _ = glyphs
+    m = DTIKMeans(3, transforms=("affine", "morpho"), max_iter=20, batch_size=32, encoder_width=8,
+                  feature_dim=16, head_hidden=8, device="cpu", random_state=3)
+    labels = m.fit_predict(X)
+    np.testing.assert_array_equal(labels, m.labels_)
+    assert m.curriculum_ == [7, 13] and len(m.history_) == 20
+    rec = m.reconstruct(X[:5])
+    assert rec.shape == (5, 1, 20, 20) and m.reconstruct(X[:5], "all").shape == (5, 3, 1, 20, 20)
+    m.save(tmp_path / "dti.pt")
+    m2 = DTIKMeans.load(tmp_path / "dti.pt")
+    np.testing.assert_allclose(m2.transform(X[:30]), m.transform(X[:30]), atol=1e-6)
+    np.testing.assert_array_equal(m2.predict(X), m.predict(X))
+
+
+def test_same_seed_same_result(glyphs):
+    X, _ = glyphs
+    kw = dict(transforms=("affine",), max_iter=10, batch_size=32, encoder_width=8, feature_dim=16,
+              head_hidden=8, device="cpu", random_state=5)
+    a, b = DTIKMeans(3, **kw).fit(X[:90]), DTIKMeans(3, **kw).fit(X[:90])
+    np.testing.assert_array_equal(a.prototypes_, b.prototypes_)
+    assert a.history_ == b.history_
+
+
+def _state(net: DTINetwork, counts):
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x = torch.rand(4, 1, 8, 8)
+    net.active[:] = True
+    ((net.reconstruct(x)[0] - x.unsqueeze(1)) ** 2).mean().backward()
+    opt.step()
+    counts = torch.tensor(counts, dtype=torch.float64)
+    return {"net": net, "optimizer": opt, "counts": counts, "n_reassigned": 0}
+
+
+def test_reassignment_copies_largest_cluster_heads_and_adam_state():
+    torch.manual_seed(0)
+    net = DTINetwork(torch.rand(3, 1, 8, 8), ["affine", "morpho"], gmm=True, encoder_width=8, feature_dim=8)
+    state = _state(net, [70.0, 28.0, 2.0])  # cluster 2 holds 2% < 0.2 / 3
+    moved = reassign_clusters(state, 0.2 / 3, 0.01, torch.Generator().manual_seed(0))
+    assert moved == [2]
+    head = net.heads["affine"]
+    torch.testing.assert_close(head.w1[2], head.w1[0])
+    moments = state["optimizer"].state[head.w1]["exp_avg"]
+    torch.testing.assert_close(moments[2], moments[0])
+    diff = (net.prototypes[2] - net.prototypes[0]).detach().abs()
+    assert 0 < float(diff.max()) < 0.1
+    torch.testing.assert_close(net.mix_logits[2], net.mix_logits[0])
+    assert reassign_clusters(_state(net, [40.0, 30.0, 30.0]), 0.2 / 3, 0.01, torch.Generator()) == []
+
+
+def test_reassignment_fires_during_fit_on_a_starved_cluster(glyphs):
+    X, _ = glyphs
+    init = np.stack([X[0], X[100], np.full_like(X[0], 50.0)])  # the third prototype wins no image
+    m = DTIKMeans(3, transforms="identity", init=init, max_iter=12, batch_size=60, reassign_every=4,
+                  encoder_width=8, feature_dim=8, head_hidden=8, device="cpu", random_state=0).fit(X)
+    assert m.n_reassigned_ >= 1
+    assert float(np.abs(m.prototypes_[2]).max()) < 5  # no longer the far-away constant image
+
+
+def test_gmm_pyro_likelihood_equals_closed_form():
+    torch.manual_seed(1)
+    net = DTINetwork(torch.rand(4, 1, 6, 6), ["affine", "tps"], gmm=True, encoder_width=8, feature_dim=8)
+    net.active[:] = True
+    with torch.no_grad():
+        net.mix_logits.copy_(torch.randn(4))
+        net.log_sigma.add_(0.3 * torch.randn_like(net.log_sigma))
+    x = torch.rand(5, 1, 6, 6)
+    means, var = net.reconstruct(x)
+    closed = -torch.logsumexp(net.gmm_log_prob(x, (means, var)), 1).sum()
+    pyro_nll = gmm_negative_log_likelihood(x, means, var, net.mix_logits)
+    torch.testing.assert_close(pyro_nll, closed, rtol=1e-5, atol=1e-3)
+
+
+def test_dti_gmm_fits_and_gives_probabilities(glyphs):
+    X, y = glyphs
+    g = DTIGMM(3, transforms=("affine",), curriculum=[30], max_iter=120, batch_size=32, lr=3e-3,
+               encoder_width=8, feature_dim=32, head_hidden=32, device="cpu", random_state=0).fit(X)
+    proba = g.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(proba.argmax(1), g.predict(X))
+    assert g.weights_.shape == (3,) and g.sigmas_.shape == (3, 20, 20) and (g.sigmas_ >= 0.05).all()
+    assert np.isfinite(g.score(X)) and g.score_samples(X).shape == (len(X),)
+    assert g.history_[-1] < g.history_[0]
+
+
+def test_errors():
+    X = np.random.default_rng(0).random((10, 8, 8))
+    with pytest.raises(ValueError, match="must have 3 or 4 dimensions"):
+        DTIKMeans(2).fit(X.reshape(10, -1))
+    with pytest.raises(ValueError, match="at least one image per cluster"):
+        DTIKMeans(20).fit(X)
+    with pytest.raises(ValueError, match="unknown transformation 'shear'"):
+        DTIKMeans(2, transforms=("shear",)).fit(X)
+    with pytest.raises(ValueError, match="must be used alone"):
+        DTIKMeans(2, transforms=("identity", "affine")).fit(X)
+    with pytest.raises(ValueError, match="lists a module twice"):
+        DTIKMeans(2, transforms=("affine", "affine")).fit(X)
+    with pytest.raises(ValueError, match="one start iteration per module"):
+        DTIKMeans(2, transforms=("affine",), curriculum=[1, 2]).fit(X)
+    with pytest.raises(ValueError, match="non-negative and non-decreasing"):
+        DTIKMeans(2, transforms=("affine", "tps"), curriculum=[5, 1]).fit(X)
+    with pytest.raises(ValueError, match="init='bogus' is not supported"):
+        DTIKMeans(2, init="bogus").fit(X)
+    with pytest.raises(ValueError, match=r"init has shape \(3, 1, 8, 8\)"):
+        DTIKMeans(2, init=X[:3]).fit(X)
+    with pytest.raises(ValueError, match="encoder_width must be a multiple of 8"):
+        DTIKMeans(2, encoder_width=12).fit(X)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        DTIKMeans(2, lr=0.0).fit(X)
+    with pytest.raises(ValueError, match="contains 1 NaN"):
+        DTIKMeans(2).fit(np.where(np.arange(640).reshape(10, 8, 8) == 3, np.nan, X))
+    with pytest.raises(ValueError, match="is not fitted yet"):
+        DTIKMeans(2).predict(X)
+    m = DTIKMeans(2, transforms="identity", max_iter=3, device="cpu", encoder_width=8, random_state=0).fit(X)
+    with pytest.raises(ValueError, match=r"image shape \(1, 9, 9\) but the model was fitted on \(1, 8, 8\)"):
+        m.predict(np.zeros((2, 9, 9)))
+    with pytest.raises(ValueError, match="cluster=5 is out of range"):
+        m.reconstruct(X, cluster=5)
+    with pytest.raises(ValueError, match="sigma_init must be > 0.5"):
+        DTIGMM(2, sigma_min=0.5, sigma_init=0.4).fit(X)
