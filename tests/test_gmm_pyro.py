@@ -123,6 +123,7 @@ def test_precision_transform_jacobian_and_inverse(d, seed):
     assert t.forward_shape((5, v.shape[0])) == (5, d, d) and t.inverse_shape((5, d, d)) == (5, v.shape[0])
 
 
+@pytest.mark.filterwarnings("ignore:Singular sample detected")  # torch Wishart.rsample of a prior draw
 @pytest.mark.parametrize("ct", COVARIANCE_TYPES)
 def test_model_sites_and_prior_densities_vs_scipy(ct):
     X, _ = blobs(10)
@@ -386,6 +387,12 @@ def test_nuts_runs_every_covariance_type(ct):
     assert bool(torch.isfinite(res.samples["means"]).all())
     assert res.n_relabelled == 0  # well-separated blobs: every draw already matches the reference
     np.testing.assert_allclose(res.means.numpy(), X.reshape(2, 15, 2).mean(1).numpy(), atol=0.6)
+    idata = gmm_inference_data(res, X)
+    expected_dims = {"tied": ("feature", "feature_bis"), "diag": ("component", "feature"),
+                     "spherical": ("component",)}[ct]
+    assert idata.posterior["covariances"].dims[2:] == expected_dims
+    assert idata.log_likelihood["X"].shape == (1, 20, len(X))
+    np.testing.assert_allclose(idata.posterior["covariances"].values, res.samples["covariances"].numpy())
 
 
 def test_nuts_errors():

@@ -8,6 +8,7 @@ permutation is reported.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -171,7 +172,9 @@ def fit_nuts(
             )
             mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1,
                         disable_progbar=not progress_bar)
-            mcmc.run(X)
+            with warnings.catch_warnings():  # torch.jit.trace's deprecation notice, when jit_compile
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
+                mcmc.run(X)
             for name, value in mcmc.get_samples().items():
                 draws.setdefault(name, []).append(value.detach())
             diag = mcmc.diagnostics()
