@@ -184,3 +184,20 @@ def test_errors():
         m.reconstruct(X, cluster=5)
     with pytest.raises(ValueError, match="sigma_init must be > 0.5"):
         DTIGMM(2, sigma_min=0.5, sigma_init=0.4).fit(X)
+
+
+def test_plotting_writes_figures(glyphs, tmp_path):
+    from bayesclust.plotting import plot_confusion, plot_prototypes, plot_reconstructions
+
+    X, y = glyphs
+    m = DTIKMeans(3, transforms=("affine",), max_iter=4, batch_size=32, encoder_width=8, feature_dim=8,
+                  head_hidden=8, device="cpu", random_state=0).fit(X)
+    fig = plot_prototypes(m.prototypes_, path=tmp_path / "p.png", title="protos")
+    assert len([a for a in fig.axes if a.images]) == 3
+    fig = plot_reconstructions(m, X[:4], path=tmp_path / "r.png")
+    assert len(fig.axes) == 4 * 4
+    fig = plot_confusion(y, m.labels_, path=tmp_path / "c.png")
+    assert int(fig.axes[0].images[0].get_array().sum()) == len(y)
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("p.png", "r.png", "c.png"))
+    with pytest.raises(ValueError, match=r"prototypes must have shape \(K, H, W\)"):
+        plot_prototypes(np.zeros(5))
