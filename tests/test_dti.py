@@ -178,6 +178,9 @@ def test_errors():
     with pytest.raises(ValueError, match="is not fitted yet"):
         DTIKMeans(2).predict(X)
     m = DTIKMeans(2, transforms="identity", max_iter=3, device="cpu", encoder_width=8, random_state=0).fit(X)
+    assert m.prototypes_.shape == (2, 8, 8)
+    m4 = DTIKMeans(2, transforms="identity", max_iter=3, device="cpu", encoder_width=8).fit(X[:, None])
+    assert m4.prototypes_.shape == (2, 1, 8, 8) and m4.predict(X).shape == (10,)  # (N, H, W) == (N, 1, H, W)
     with pytest.raises(ValueError, match=r"image shape \(1, 9, 9\) but the model was fitted on \(1, 8, 8\)"):
         m.predict(np.zeros((2, 9, 9)))
     with pytest.raises(ValueError, match="cluster=5 is out of range"):

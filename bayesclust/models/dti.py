@@ -405,7 +405,7 @@ class _DTIBase(ClusterMixin, BaseEstimator):
         self.transforms_ = list(cfg["names"])
         self.curriculum_ = list(cfg["starts"])
         self.image_shape_ = tuple(Xt.shape[1:])
-        self.input_ndim_ = 3 if (torch.is_tensor(X) or isinstance(X, np.ndarray)) and X.ndim == 3 else 4
+        self.input_ndim_ = int(np.ndim(X)) if not torch.is_tensor(X) else X.ndim
         self.n_features_in_ = int(np.prod(self.image_shape_))
         self.history_ = list(result.history)
         self.n_iter_ = result.n_iter
