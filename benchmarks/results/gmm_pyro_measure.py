@@ -1,6 +1,6 @@
 """NUTS on Old Faithful (standardised, K=2, full) and SVI step time; run under flock."""
 import sys, time, warnings, torch, numpy as np, pandas as pd
-sys.path.insert(0, "/work/main/tests")
+sys.path.insert(0, "tests")  # run from the repository root
 warnings.simplefilter("ignore")
 from test_gmm_pyro import closed_form_map_em, rough_init, blobs
 from bayesclust.models.gmm_model import GMMPrior
