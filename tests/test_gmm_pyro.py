@@ -331,6 +331,22 @@ def test_relabelling_recovers_synthetic_permutations():
         relabel_samples({"weights": weights}, ref, "full")
 
 
+@settings(max_examples=30, deadline=None)
+@given(k=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_relabelling_is_invariant_to_draw_permutations(k, seed):
+    """Permuting the components of any draw never changes the relabelled result (generic means)."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(1, 6, k, 2, generator=g, dtype=torch.float64)
+    weights = torch.softmax(torch.randn(1, 6, k, generator=g, dtype=torch.float64), -1)
+    ref = torch.randn(k, 2, generator=g, dtype=torch.float64)
+    perm = torch.stack([torch.randperm(k, generator=g) for _ in range(6)])[None]
+    a, _ = relabel_samples({"means": means, "weights": weights}, ref, "full")
+    b, _ = relabel_samples({"means": torch.gather(means, 2, perm[..., None].expand(means.shape)),
+                            "weights": torch.gather(weights, 2, perm)}, ref, "full")
+    torch.testing.assert_close(a["means"], b["means"])
+    torch.testing.assert_close(a["weights"], b["weights"])
+
+
 # ------------------------------------------------------------------------------------------- NUTS
 @pytest.fixture(scope="module")
 def faithful_nuts(shared_data):
