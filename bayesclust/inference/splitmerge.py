@@ -96,7 +96,7 @@ def sub_statistics(feats: Features, z: torch.Tensor, zsub: torch.Tensor, k: int)
         part = torch.zeros(2 * k, feats.q, dtype=phi.dtype, device=phi.device)
         part.index_add_(0, 2 * z[sl] + zsub[sl], phi)
         G += part.double()
-    return G
+    return G.cpu()  # K-sized bookkeeping (splits, merges, priors) lives on the CPU
 
 
 # ---------------------------------------------------------------------------- random draws
@@ -235,7 +235,7 @@ def sample_labels(st: SamplerState, cfg: SamplerConfig) -> None:
         part = torch.zeros(2 * k, q, dtype=phi.dtype, device=phi.device)
         part.index_add_(0, 2 * z + zs, phi)
         G += part.double()
-    st.G = G.cpu() if st.G.device.type == "cpu" else G
+    st.G = G.cpu()
     st.params = (log_pi, mu[:k])  # this sweep's draw, for the trace
     _compact(st)
 
@@ -402,7 +402,7 @@ def sweep(st: SamplerState, cfg: SamplerConfig, iteration: int) -> float:
     merged = propose_merges(st, cfg, frozen, Gc)
     if merged or bool(frozen.any()):
         reset_subclusters(st, frozen, Gc)
-        st.G = sub_statistics(st.feats, st.z, st.zsub, st.k).to(st.G.device)
+        st.G = sub_statistics(st.feats, st.z, st.zsub, st.k)
         _compact(st)
     assert st.G.shape[1] == q
     st.age += 1

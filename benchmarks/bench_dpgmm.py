@@ -1,0 +1,170 @@
+"""DPGMM benchmarks: accuracy, inferred K and wall time against scikit-learn's DP-GMM.
+
+Run ``python benchmarks/bench_dpgmm.py --only synth,mnist,usps,imbalanced,faithful,galaxies,big``
+(wrap timed runs in ``flock /tmp/bayesclust_bench.lock``). Every number printed is measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bayesclust import metrics  # noqa: E402
+from bayesclust.models.dpgmm import DPGMM  # noqa: E402
+
+DATA = Path(os.environ.get("BAYESCLUST_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def synthetic(n: int, d: int, k: int, seed: int, sep: float = 6.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, sep, (k, d))
+    y = rng.integers(0, k, n)
+    A = rng.normal(0, 0.4, (k, d, d)) + np.eye(d)
+    X = centers[y] + np.einsum("nij,nj->ni", A[y], rng.normal(size=(n, d)))
+    return X.astype(np.float32), y
+
+
+def run_ours(X, y, inference: str, seed: int, max_iter: int, **kw) -> dict:
+    t = time.perf_counter()
+    m = DPGMM(inference=inference, random_state=seed, max_iter=max_iter, **kw).fit(X)
+    dt = time.perf_counter() - t
+    out = {"route": f"bc.DPGMM[{inference}]", "seed": seed, "time_s": dt, "K": m.n_components_}
+    if y is not None:
+        out.update(metrics.evaluate(y, m.labels_))
+    if inference == "splitmerge":
+        out["posterior_k"] = {k: round(v, 3) for k, v in sorted(m.posterior_k_.items())}
+    return out
+
+
+def run_sklearn(X, y, k_max: int, seed: int, max_iter: int) -> dict:
+    from sklearn.mixture import BayesianGaussianMixture
+
+    t = time.perf_counter()
+    m = BayesianGaussianMixture(
+        n_components=k_max,
+        weight_concentration_prior_type="dirichlet_process",
+        max_iter=max_iter,
+        random_state=seed,
+    ).fit(X)
+    labels = m.predict(X)
+    dt = time.perf_counter() - t
+    out = {"route": f"sklearn BGM(max_iter={max_iter}, n_iter={m.n_iter_}, conv={m.converged_})"}
+    out.update({"seed": seed, "time_s": dt, "K": int(np.unique(labels).size)})
+    out.update(metrics.evaluate(y, labels))
+    return out
+
+
+def fmt(r: dict) -> str:
+    keys = ["route", "seed", "time_s", "K", "acc", "nmi", "ari", "posterior_k"]
+    parts = []
+    for k in keys:
+        if k in r:
+            v = r[k]
+            parts.append(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}")
+    return "  " + " ".join(parts)
+
+
+def load_npz(name: str):
+    d = np.load(DATA / "embeddings" / name)
+    return d["X"].astype(np.float32), d["y"].astype(np.int64)
+
+
+def imbalanced_mnist(seed: int = 0):
+    """DeepDPM's imbalanced MNIST: classes 8, 2, 5, 9 kept at 10%, 5%, 20%, 30%."""
+    X, y = load_npz("mnist70k_ae_umap10.npz")
+    rng = np.random.default_rng(seed)
+    keep = np.ones(len(y), bool)
+    for c, frac in ((8, 0.10), (2, 0.05), (5, 0.20), (9, 0.30)):
+        idx = np.flatnonzero(y == c)
+        drop = rng.choice(idx, size=len(idx) - int(round(frac * len(idx))), replace=False)
+        keep[drop] = False
+    return X[keep], y[keep]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", default="synth,mnist,usps,imbalanced,faithful,galaxies,big")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--max-iter", type=int, default=100, help="split/merge sweeps")
+    ap.add_argument("--svi-max-iter", type=int, default=200)
+    ap.add_argument("--sklearn-max-iter", type=int, default=100, help="cap on sklearn's VI iterations")
+    ap.add_argument("--no-sklearn", action="store_true")
+    ap.add_argument("--synth-n", type=int, default=100_000)
+    ap.add_argument("--big-n", type=int, default=1_000_000)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    only = set(args.only.split(","))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    print(
+        f"# bench_dpgmm {stamp} | {platform.processor() or platform.machine()}"
+        f" | torch {torch.__version__} | threads {torch.get_num_threads()} | cores {os.cpu_count()}"
+    )
+    print(f"# args: {vars(args)}")
+
+    if "synth" in only:
+        X, y = synthetic(args.synth_n, 10, 10, seed=0)
+        print(f"\n## synthetic N={len(X)} D=10 true K=10")
+        print(fmt(run_ours(X, y, "splitmerge", 0, args.max_iter)), flush=True)
+        print(fmt(run_ours(X, y, "svi", 0, args.svi_max_iter, truncation=30)), flush=True)
+        if not args.no_sklearn:
+            print(fmt(run_sklearn(X, y, 30, 0, args.sklearn_max_iter)), flush=True)
+
+    for name, fname in (("mnist", "mnist70k_ae_umap10.npz"), ("usps", "usps9298_ae_umap10.npz")):
+        if name not in only:
+            continue
+        X, y = load_npz(fname)
+        print(f"\n## {name} UMAP-10 N={len(X)}")
+        rows = []
+        for s in seeds:
+            r = run_ours(X, y, "splitmerge", s, args.max_iter)
+            rows.append(r)
+            print(fmt(r), flush=True)
+        print(
+            f"  summary splitmerge: NMI {np.mean([r['nmi'] for r in rows]):.4f} ACC "
+            f"{np.mean([r['acc'] for r in rows]):.4f} K {[r['K'] for r in rows]} "
+            f"time {np.mean([r['time_s'] for r in rows]):.1f}s"
+        )
+        print(fmt(run_ours(X, y, "svi", seeds[0], args.svi_max_iter)), flush=True)
+
+    if "imbalanced" in only:
+        X, y = imbalanced_mnist()
+        print(f"\n## imbalanced MNIST UMAP-10 (8:10%, 2:5%, 5:20%, 9:30%) N={len(X)}")
+        for s in seeds[:3]:
+            print(fmt(run_ours(X, y, "splitmerge", s, args.max_iter)), flush=True)
+
+    if "faithful" in only:
+        import pandas as pd
+
+        X = pd.read_csv(DATA / "tabular" / "datasets_faithful.csv")[["eruptions", "waiting"]].to_numpy()
+        print("\n## Old Faithful N=272")
+        for s in seeds[:3]:
+            print(fmt(run_ours(X, None, "splitmerge", s, 400, burn_in=100)), flush=True)
+
+    if "galaxies" in only:
+        import pandas as pd
+
+        X = pd.read_csv(DATA / "tabular" / "MASS_galaxies.csv")[["dat"]].to_numpy() / 1000.0
+        print("\n## galaxies N=82 (velocity / 1000 km/s), alpha=1, 2000 sweeps, burn-in 500")
+        for s in seeds[:3]:
+            print(fmt(run_ours(X, None, "splitmerge", s, 2000, burn_in=500)), flush=True)
+
+    if "big" in only:
+        X, y = synthetic(args.big_n, 32, 20, seed=1, sep=4.0)
+        print(f"\n## big synthetic N={len(X)} D=32 true K=20")
+        print(fmt(run_ours(X, y, "splitmerge", 0, args.max_iter)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
