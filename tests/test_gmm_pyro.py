@@ -243,6 +243,39 @@ def test_svi_minibatch_reaches_map():
     np.testing.assert_allclose(res.means.numpy(), ref["means"].numpy(), atol=0.1)
 
 
+def test_svi_lr_decay_settles_on_map_and_threads_restored():
+    X, y = blobs()
+    prior = GMMPrior.from_data(X)
+    ref = closed_form_map_em(X, 2, "full", prior, rough_init(X, y, 2, "full"))
+    start = {k: ref[k] for k in ("weights", "means", "covariances")}
+    torch.set_num_threads(2)
+    before = {k: v.clone() for k, v in start.items()}
+    res = fit_svi(X, 2, "full", prior, start, engine(max_iter=150, tol=0), lr=0.05, lr_decay=0.95)
+    assert torch.get_num_threads() == 2
+    for k, v in before.items():  # the caller's init is never modified in place
+        assert torch.equal(start[k], v)
+    np.testing.assert_allclose(res.means.numpy(), ref["means"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(res.covariances.numpy(), ref["covariances"].numpy(), atol=1e-4)
+
+
+def test_svi_checkpoint_resume_matches_uninterrupted(tmp_path):
+    X, y = blobs(30)
+    prior = GMMPrior.from_data(X)
+    init = rough_init(X, y, 2, "diag")
+    straight = fit_svi(X, 2, "diag", prior, init, engine(max_iter=20, tol=0))
+    ckpt = tmp_path / "svi.pt"
+
+    def eng(n, resume):
+        return Engine(maximize=False, dtype="float64", device="cpu", max_iter=n, tol=0, random_state=0,
+                      checkpoint_path=ckpt, checkpoint_every=5, resume=resume)
+
+    fit_svi(X, 2, "diag", prior, init, eng(10, False))
+    resumed = fit_svi(X, 2, "diag", prior, init, eng(20, True))
+    assert len(resumed.history) == 20
+    np.testing.assert_allclose(resumed.history, straight.history, rtol=1e-10)
+    torch.testing.assert_close(resumed.means, straight.means)
+
+
 def test_svi_inference_data():
     X, y = blobs(30)
     prior = GMMPrior.from_data(X)
@@ -282,6 +315,10 @@ def test_svi_errors():
         fit_svi(X, 2, "diag", prior, init, engine())
     with pytest.raises(ValueError, match="covariance_type='banana' is not supported"):
         fit_svi(X, 2, "banana", prior, init, engine())
+    with pytest.raises(ValueError, match="lr_decay must be > 0"):
+        fit_svi(X, 2, "full", prior, init, engine(), lr_decay=0.0)
+    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+        fit_svi(X, 2, "full", prior, init, engine(), num_threads=0)
     with pytest.raises(ValueError, match="lr must be > 0"):
         fit_svi(X, 2, "full", prior, init, engine(), lr=0.0)
     with pytest.raises(ValueError, match="n_samples=20 should be >= K=30"):

@@ -147,6 +147,8 @@ def fit_nuts(
     max_tree_depth = check_positive_int(max_tree_depth, "max_tree_depth")
     target_accept = check_scalar(target_accept, "target_accept", low=0, high=1, low_inclusive=False,
                                  high_inclusive=False)
+    if num_threads is not None:
+        num_threads = check_positive_int(num_threads, "num_threads")
     X = torch.as_tensor(X)
     if not X.is_floating_point():
         X = X.double()

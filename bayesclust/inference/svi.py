@@ -125,7 +125,8 @@ def fit_svi(
     num_particles: int = 1,
     init_scale: float = 0.01,
     num_mean_samples: int = 1000,
-    num_threads: int | None = None,
+    num_threads: int | str | None = "auto",
+    lr_decay: float = 1.0,
 ) -> SVIResult:
     """Fit the Bayesian GMM by SVI, from ``init`` = {weights (K,), means (K, D), covariances}.
 
@@ -133,7 +134,10 @@ def fit_svi(
     ``max_iter``/``tol``/callbacks/checkpoints apply, tol on the per-point negative ELBO).
     ``batch_size`` sub-samples the data plate (mini-batch SVI, scaled ELBO); ``num_particles``
     ELBO particles; ``init_scale`` the initial unconstrained std of the mean-field guide;
-    ``num_threads`` torch threads while fitting (None = unchanged).
+    ``num_threads`` torch threads while fitting (None = unchanged; ``"auto"``: one thread when
+    N * K * D < 2**20, where the graph is tiny and extra threads only add overhead on a busy CPU);
+    ``lr_decay`` multiplies the learning rate after every epoch (< 1 damps Adam's jitter around the
+    optimum, which is of the order of ``lr`` in the unconstrained space when ``tol=0``).
     The Pyro param store is cleared at the start (guides are fitted one at a time).
     """
     check_option(guide, "guide", GUIDES)
@@ -141,6 +145,7 @@ def fit_svi(
     lr = check_scalar(lr, "lr", low=0, low_inclusive=False)
     num_particles = check_positive_int(num_particles, "num_particles")
     init_scale = check_scalar(init_scale, "init_scale", low=0, low_inclusive=False)
+    lr_decay = check_scalar(lr_decay, "lr_decay", low=0, high=1, low_inclusive=False)
     if batch_size is not None:
         batch_size = check_positive_int(batch_size, "batch_size")
     if not isinstance(engine, Engine):
@@ -153,6 +158,10 @@ def fit_svi(
         raise ValueError(f"n_samples={N} should be >= K={K}.")
     model = make_gmm_model(K, covariance_type, prior)
     values = init_values(init, covariance_type, X, K)
+    if num_threads == "auto":
+        num_threads = 1 if N * K * X.shape[1] < 2**20 else None
+    elif num_threads is not None:
+        num_threads = check_positive_int(num_threads, "num_threads")
 
     pyro.clear_param_store()
     blocked = poutine.block(model, expose=list(_GLOBAL_SITES))
@@ -164,7 +173,8 @@ def fit_svi(
     with torch_threads(num_threads):
         g(X)  # builds the guide's parameters
         optimizer = torch.optim.Adam(g.parameters(), lr=lr)
-        state: dict[str, Any] = {"guide": g, "optimizer": optimizer}
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_decay)
+        state: dict[str, Any] = {"guide": g, "optimizer": optimizer, "scheduler": scheduler}
 
         def svi_epoch(state: dict[str, Any], iteration: int) -> float:
             total, n_batches = 0.0, 0
@@ -175,6 +185,7 @@ def fit_svi(
                 optimizer.step()
                 total += float(loss.detach())
                 n_batches += 1
+            scheduler.step()
             return total / n_batches / N
 
         fit = engine.run([Step("svi", svi_epoch)], state)

@@ -224,7 +224,7 @@ def init_values(
             "'covariances' (scikit-learn shape), e.g. an EM-MAP solution."
         )
     kw = dict(dtype=ref.dtype, device=ref.device)
-    means = torch.as_tensor(init["means"]).to(**kw)
+    means = torch.as_tensor(init["means"]).to(**kw).clone()  # never alias (and let Adam mutate) the input
     K = means.shape[0] if K is None else K
     D = ref.shape[-1]
     cov = torch.as_tensor(init["covariances"]).to(**kw)
