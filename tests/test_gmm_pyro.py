@@ -448,6 +448,23 @@ def test_nuts_runs_every_covariance_type(ct):
     np.testing.assert_allclose(idata.posterior["covariances"].values, res.samples["covariances"].numpy())
 
 
+def test_nuts_label_switch_against_reference_is_undone_and_reported():
+    X, y = blobs(15)
+    prior = GMMPrior.from_data(X)
+    init = rough_init(X, y, 2, "spherical")
+    truth = X.reshape(2, 15, 2).mean(1)
+    # chains start in one labelling, the reference is the other: every draw must be permuted back
+    res = fit_nuts(X, 2, "spherical", prior, init, num_samples=15, warmup_steps=15, num_chains=1,
+                   random_state=2, reference_means=init["means"].flip(0))
+    assert res.n_relabelled == 15 and res.relabelled_fraction == 1.0
+    assert torch.equal(res.permutations[0], torch.tensor([1, 0]).expand(15, 2))
+    np.testing.assert_allclose(res.means.numpy(), truth.flip(0).numpy(), atol=0.6)
+    with pytest.raises(ValueError, match=r"reference_means must be \(K, D\) = \(2, 2\)"):
+        fit_nuts(X, 2, "spherical", prior, init, num_samples=1, warmup_steps=0, reference_means=truth[:1])
+    short = fit_nuts(X, 2, "spherical", prior, init, num_samples=2, warmup_steps=2, num_chains=2)
+    assert short.divergences.shape == (2, 2) and short.samples["means"].shape == (2, 2, 2, 2)
+
+
 def test_nuts_errors():
     X, y = blobs(5)
     prior = GMMPrior.from_data(X)
