@@ -40,7 +40,7 @@ from ..inference import stickbreaking as sb
 from ..inference.engine import Engine, Step
 from .priors import NIW
 
-INFERENCE = ("splitmerge", "svi")
+INFERENCE = ("splitmerge", "svi", "deep")
 
 
 def mix_weights(beta: torch.Tensor) -> torch.Tensor:
@@ -122,6 +122,8 @@ class DPGMM(ClusterMixin, BaseEstimator):
     store_labels : post-burn-in label draws kept for ``assignment_probs_`` / co-clustering.
     coclustering : also compute ``coclustering_`` (N, N), the fraction of kept draws in which two
         points share a cluster (N <= 5000).
+    hidden, lr, batch_size : ``deep`` only: width of the clustering MLP (the sub-clustering nets
+        use half), Adam learning rate, mini-batch size; one engine iteration is one epoch.
     chunk_size : points per chunk of every pass over the data.
 
     Fitted attributes: ``labels_``, ``n_components_``, ``weights_``, ``means_``, ``covariances_``,
@@ -149,6 +151,9 @@ class DPGMM(ClusterMixin, BaseEstimator):
         reset_every: int = 10,
         store_labels: int = 50,
         coclustering: bool = False,
+        hidden: int = 64,
+        lr: float = 1e-3,
+        batch_size: int = 1024,
         chunk_size: int = 32768,
         device: str = "cpu",
         dtype: str = "float32",
@@ -173,6 +178,9 @@ class DPGMM(ClusterMixin, BaseEstimator):
         self.reset_every = reset_every
         self.store_labels = store_labels
         self.coclustering = coclustering
+        self.hidden = hidden
+        self.lr = lr
+        self.batch_size = batch_size
         self.chunk_size = chunk_size
         self.device = device
         self.dtype = dtype
@@ -273,6 +281,8 @@ class DPGMM(ClusterMixin, BaseEstimator):
         )
         if self.inference == "splitmerge":
             self._fit_splitmerge(feats, prior, engine, burn)
+        elif self.inference == "deep":
+            self._fit_deep(feats, prior, engine)
         else:
             self._fit_svi(feats, prior, engine)
         return self
@@ -342,6 +352,67 @@ class DPGMM(ClusterMixin, BaseEstimator):
             [w[keep] / w[keep].sum()], [post.m0[keep]], self.data_mean_, self.data_scale_
         )
 
+    def _fit_deep(self, feats: sm.Features, prior: NIW, engine: Engine) -> None:
+        from ..inference import deepdpm
+
+        check_positive_int(self.hidden, "hidden", minimum=2)
+        check_scalar(self.lr, "lr", low=0, low_inclusive=False)
+        check_positive_int(self.batch_size, "batch_size")
+        ds = deepdpm.init_deep(
+            feats,
+            prior,
+            float(self.alpha),
+            engine.generator,
+            hidden=self.hidden,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            split_delay=max(1, self.split_delay),
+            n_merge_neighbors=self.n_merge_neighbors,
+        )
+        ks: list[int] = []
+        state = {"deep": ds}
+
+        def step(s, it):
+            out = deepdpm.deep_step(s["deep"], it)
+            ks.append(s["deep"].k)
+            return out
+
+        result = engine.run([Step("deep", step)], state)
+        self.history_, self.n_iter_, self.converged_ = result.history, result.n_iter, result.converged
+        self.n_splits_, self.n_merges_ = ds.n_splits, ds.n_merges
+        self.net_state_ = {k: v.detach().cpu().clone() for k, v in ds.net.state_dict().items()}
+        with torch.no_grad():
+            z = ds.net(feats.X).argmax(1)
+        _, labels = torch.unique(z, return_inverse=True)
+        used = torch.unique(z)
+        head = self.net_state_
+        head["head.weight"], head["head.bias"] = (
+            head["head.weight"][used.cpu()],
+            head["head.bias"][used.cpu()],
+        )
+        k = int(used.numel())
+        G = sm.cluster_statistics(sm.sub_statistics(feats, labels, torch.zeros_like(labels), k))
+        nk, sx, sxx = sm.unpack_stats(G, feats.d)
+        self._set_components(prior.posterior(nk, sx, sxx), nk, nk)
+        self.new_cluster_weight_ = 0.0
+        self.labels_ = labels.cpu().numpy()
+        self.k_trace_ = np.asarray(ks)
+        self.posterior_k_ = {k: 1.0}
+        self.assignment_probs_ = self._proba_std(feats.X)
+        self.draws_weights_, self.draws_means_ = _pad_draws(
+            [torch.as_tensor(self.weights_)],
+            [prior.posterior(nk, sx, sxx).m0],
+            self.data_mean_,
+            self.data_scale_,
+        )
+
+    def _net(self):
+        from ..inference.deepdpm import ClusterNet
+
+        net = ClusterNet(self.n_features_in_, self.n_components_, self.hidden).double()
+        net.load_state_dict({k: v.double() for k, v in self.net_state_.items()})
+        return net
+
     def _set_components(self, post: NIW, weights: torch.Tensor, counts: torch.Tensor) -> None:
         """Fitted component summaries (original units) and predictive parameters (standardised)."""
         self.posterior_ = {"m": post.m0, "kappa": post.kappa0, "nu": post.nu0, "psi": post.psi0}
@@ -363,10 +434,13 @@ class DPGMM(ClusterMixin, BaseEstimator):
         return _student_t_logpdf(Xs.double(), self.posterior_) + torch.log(torch.as_tensor(self.weights_))
 
     def _proba_std(self, Xs: torch.Tensor) -> np.ndarray:
+        if self.inference == "deep":  # DeepDPM predicts with the clustering net
+            with torch.no_grad():
+                return torch.softmax(self._net()(Xs.double()), 1).numpy()
         return torch.softmax(self._log_joint_std(Xs), 1).numpy()
 
     def _predict_std(self, Xs: torch.Tensor) -> np.ndarray:
-        return self._log_joint_std(Xs).argmax(1).numpy()
+        return self._proba_std(Xs).argmax(1)
 
     def predict(self, X: Any) -> np.ndarray:
         """Most probable cluster of each row under the posterior predictive of the point estimate."""
@@ -374,7 +448,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
 
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
         """Labels of the point estimate (the highest joint-probability draw for splitmerge)."""
-        return self.fit(X).labels_.copy() if self.inference == "svi" else self.fit(X).predict(X)
+        return self.fit(X).predict(X)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """(N, n_components_) cluster probabilities (Student-t posterior predictives x weights)."""

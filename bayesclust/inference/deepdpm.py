@@ -1,0 +1,320 @@
+"""DeepDPM-style neural DP mixture (Ronen, Finder & Freifeld, CVPR 2022), in batched torch.
+
+One engine iteration (:func:`deep_step`) is an epoch of
+
+1. E-step: responsibilities r (N, K) of the current Gaussians and, within each point's cluster,
+   sub-responsibilities of the two sub-Gaussians;
+2. neural step: the clustering net (MLP, K softmax outputs) is trained on mini-batches with
+   KL(r || net(x)); the K sub-clustering nets (batched two-way MLPs) with KL to the
+   sub-responsibilities of the points' clusters;
+3. M-step: NIW MAP (posterior mode) of every cluster and sub-cluster from the nets' soft assignments;
+4. every ``split_every`` epochs, splits and merges with the Hastings ratios of the sub-cluster
+   sampler (inference/splitmerge.py) on the nets' hard assignments. An accepted split duplicates the
+   cluster's output unit (the copies start from the sub-cluster Gaussians); a merge removes one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.priors import NIW
+from . import splitmerge as sm
+
+
+class ClusterNet(nn.Module):
+    """MLP D -> H -> K (logits)."""
+
+    def __init__(self, d: int, k: int, hidden: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(d, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def resize(self, keep: torch.Tensor, duplicate: torch.Tensor) -> None:
+        """Output units ``keep`` (indices, in order) followed by copies of units ``duplicate``."""
+        w, b = self.head.weight.data, self.head.bias.data
+        idx = torch.cat([keep, duplicate])
+        head = nn.Linear(w.shape[1], idx.numel()).to(w)
+        head.weight.data.copy_(w[idx])
+        head.bias.data.copy_(b[idx])
+        self.head = head
+
+
+class SubNets(nn.Module):
+    """K two-way MLPs evaluated at once: logits (n, K, 2)."""
+
+    def __init__(self, d: int, k: int, hidden: int, generator: torch.Generator) -> None:
+        super().__init__()
+        s1, s2 = 1 / math.sqrt(d), 1 / math.sqrt(hidden)
+        self.w1 = nn.Parameter((torch.rand(k, d, hidden, generator=generator) * 2 - 1) * s1)
+        self.b1 = nn.Parameter(torch.zeros(k, hidden))
+        self.w2 = nn.Parameter((torch.rand(k, hidden, 2, generator=generator) * 2 - 1) * s2)
+        self.b2 = nn.Parameter(torch.zeros(k, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(torch.einsum("nd,kdh->nkh", x, self.w1) + self.b1)
+        return torch.einsum("nkh,khj->nkj", h, self.w2) + self.b2
+
+
+@dataclass
+class DeepState:
+    feats: sm.Features
+    prior: NIW
+    alpha: float
+    net: ClusterNet
+    subnets: SubNets
+    gen: torch.Generator
+    np_rng: np.random.Generator
+    hidden: int
+    lr: float
+    batch_size: int
+    split_every: int
+    split_delay: int
+    n_merge_neighbors: int
+    min_steps: int = 25
+    mu: torch.Tensor | None = None  # (K, D) float64
+    sigma: torch.Tensor | None = None  # (K, D, D)
+    log_pi: torch.Tensor | None = None  # (K,)
+    sub: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (K,2,D), (K,2,D,D), (K,2)
+    age: torch.Tensor | None = None
+    n_splits: int = 0
+    n_merges: int = 0
+
+    @property
+    def k(self) -> int:
+        return self.net.head.out_features
+
+
+def _map_params(prior: NIW, G: torch.Tensor, alpha: float) -> tuple[torch.Tensor, ...]:
+    """NIW posterior modes (mu, Sigma) and MAP weights from statistics G (M, Q)."""
+    n, sx, sxx = sm.unpack_stats(G, prior.dim)
+    post = prior.posterior(n, sx, sxx)
+    mu, sigma = post.mode("covariance")
+    sigma = sigma + 1e-6 * torch.eye(prior.dim, dtype=sigma.dtype)
+    w = n + alpha / max(1, n.numel())
+    return mu, sigma, torch.log(w / w.sum())
+
+
+def _log_dens(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+    A = sm.gaussian_coefficients(
+        mu.reshape(-1, mu.shape[-1]), sigma.reshape(-1, *sigma.shape[-2:]), log_w.reshape(-1)
+    ).to(x)
+    return sm.feature_map(x) @ A
+
+
+def init_deep(
+    feats: sm.Features,
+    prior: NIW,
+    alpha: float,
+    gen: torch.Generator,
+    *,
+    hidden: int = 64,
+    lr: float = 1e-3,
+    batch_size: int = 1024,
+    split_every: int = 3,
+    split_delay: int = 3,
+    n_merge_neighbors: int = 3,
+) -> DeepState:
+    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+    net = ClusterNet(feats.d, 1, hidden).to(feats.X)
+    subnets = SubNets(feats.d, 1, hidden // 2, gen).to(feats.X)
+    np_rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
+    st = DeepState(
+        feats,
+        prior,
+        alpha,
+        net,
+        subnets,
+        gen,
+        np_rng,
+        hidden,
+        lr,
+        batch_size,
+        split_every,
+        split_delay,
+        n_merge_neighbors,
+    )
+    z = torch.zeros(feats.n, dtype=torch.long)
+    st.mu, st.sigma, st.log_pi = _map_params(
+        prior, sm.cluster_statistics(sm.sub_statistics(feats, z, z, 1)), alpha
+    )
+    sub_z = (torch.rand(feats.n, generator=gen) < 0.5).long()
+    st.age = torch.zeros(1, dtype=torch.long)
+    _set_sub_from_labels(st, z, sub_z)
+    return st
+
+
+def _set_sub_from_labels(st: DeepState, z: torch.Tensor, zs: torch.Tensor) -> None:
+    G = sm.sub_statistics(st.feats, z, zs, st.k)
+    mu, sigma, _ = _map_params(st.prior, G, st.alpha)
+    ns = G[:, -1].view(-1, 2) + st.alpha / 2
+    st.sub = (
+        mu.view(-1, 2, st.prior.dim),
+        sigma.view(-1, 2, st.prior.dim, st.prior.dim),
+        torch.log(ns / ns.sum(1, keepdim=True)),
+    )
+
+
+def deep_step(st: DeepState, iteration: int) -> float:
+    X = st.feats.X
+    n, d, k = st.feats.n, st.feats.d, st.k
+    # 1. E-step (cluster and sub-cluster responsibilities of the current Gaussians)
+    logits = _log_dens(X, st.mu, st.sigma, st.log_pi)
+    loglik = float(torch.logsumexp(logits.double(), 1).mean())
+    r = torch.softmax(logits, 1)
+    z = r.argmax(1)
+    smu, ssig, slw = st.sub
+    sub_all = _log_dens(X, smu, ssig, slw).view(n, k, 2)
+    sub_r = torch.softmax(sub_all.gather(1, z.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1), 1)
+    # 2. neural step: one pass of mini-batches
+    opt = torch.optim.Adam(list(st.net.parameters()) + list(st.subnets.parameters()), lr=st.lr)
+    n_steps = max(math.ceil(n / st.batch_size), st.min_steps)
+    order = torch.cat(
+        [torch.randperm(n, generator=st.gen) for _ in range(math.ceil(n_steps * st.batch_size / n))]
+    )
+    for step in range(n_steps):  # mini-batches of one epoch (at least ``min_steps`` of them)
+        b = order[step * st.batch_size : (step + 1) * st.batch_size]
+        xb = X[b]
+        loss = -(r[b] * torch.log_softmax(st.net(xb), 1)).sum(1).mean()
+        sl = torch.log_softmax(st.subnets(xb), 2)
+        sl = sl.gather(1, z[b].view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)
+        loss = loss - (sub_r[b] * sl).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # 3. M-step from the nets' soft assignments
+    with torch.no_grad():
+        q = torch.softmax(st.net(X), 1)
+        s = torch.softmax(st.subnets(X), 2)
+        phi = sm.feature_map(X)
+        Gc = (q.T @ phi).double().cpu()
+        Gs = ((q[:, :, None] * s).reshape(n, 2 * k).T @ phi).double().cpu()
+    st.mu, st.sigma, st.log_pi = _map_params(st.prior, Gc, st.alpha)
+    mu_s, sig_s, _ = _map_params(st.prior, Gs, st.alpha)
+    ns = Gs[:, -1].view(k, 2) + st.alpha / 2
+    st.sub = (mu_s.view(k, 2, d), sig_s.view(k, 2, d, d), torch.log(ns / ns.sum(1, keepdim=True)))
+    st.age += 1
+    # 4. split / merge on hard assignments
+    if iteration > 0 and iteration % st.split_every == 0:
+        with torch.no_grad():
+            zh = q.argmax(1)
+            zs = s.gather(1, zh.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1).argmax(1)
+        _split_merge(st, zh, zs)
+    return loglik
+
+
+def _split_merge(st: DeepState, z: torch.Tensor, zs: torch.Tensor) -> None:
+    k = st.k
+    G = sm.sub_statistics(st.feats, z, zs, k)
+    Gs = G.view(k, 2, -1)
+    ns = Gs[:, :, -1]
+    Gc = Gs.sum(1)
+    lml = sm._log_ml(st.prior, torch.cat([G, Gc]))
+    lml_s, lml_c = lml[: 2 * k].view(k, 2), lml[2 * k :]
+    log_h = (
+        math.log(st.alpha)
+        + (torch.lgamma(ns.clamp(min=1)) + lml_s).sum(1)
+        - torch.lgamma(ns.sum(1).clamp(min=1))
+        - lml_c
+    )
+    ok = (ns > 0.5).all(1) & (st.age >= st.split_delay)
+    accept = ok & (torch.log(torch.rand(k, generator=st.gen, dtype=torch.float64)) < log_h)
+    if bool(accept.any()):
+        idx = torch.nonzero(accept).squeeze(1)
+        st.net.resize(torch.arange(k), idx)  # duplicate the output units of the split clusters
+        smu, ssig, _ = st.sub
+        mu = torch.cat([torch.where(accept[:, None], smu[:, 0], st.mu), smu[idx, 1]])
+        sigma = torch.cat([torch.where(accept[:, None, None], ssig[:, 0], st.sigma), ssig[idx, 1]])
+        counts = torch.cat([torch.where(accept, ns[:, 0], ns.sum(1)), ns[idx, 1]]) + st.alpha / (
+            k + idx.numel()
+        )
+        st.mu, st.sigma, st.log_pi = mu, sigma, torch.log(counts / counts.sum())
+        st.age = torch.cat([torch.where(accept, 0, st.age), torch.zeros(idx.numel(), dtype=torch.long)])
+        st.n_splits += int(idx.numel())
+        _refresh_subnets(st)
+        return
+    # merges of nearby pairs (the inverse move), one per sweep at most
+    nc = Gc[:, -1]
+    pairs = sm.merge_candidates(st.mu.float(), st.n_merge_neighbors)
+    pairs = pairs[(st.age[pairs[:, 0]] >= st.split_delay) & (st.age[pairs[:, 1]] >= st.split_delay)]
+    pairs = pairs[(nc[pairs[:, 0]] > 0.5) & (nc[pairs[:, 1]] > 0.5)] if pairs.numel() else pairs
+    if pairs.shape[0] == 0:
+        # a cluster that lost all its points is removed
+        _drop_empty(st, nc)
+        return
+    a, b = pairs[:, 0], pairs[:, 1]
+    lml_m = sm._log_ml(st.prior, Gc[a] + Gc[b])
+    al, lg = st.alpha, torch.lgamma
+    na, nb = nc[a], nc[b]
+    lh = (
+        lg(na + nb)
+        + lml_m
+        - math.log(al)
+        - lg(na)
+        - lml_c[a]
+        - lg(nb)
+        - lml_c[b]
+        + math.lgamma(al)
+        - 2 * math.lgamma(al / 2)
+        + lg(na + al / 2)
+        + lg(nb + al / 2)
+        - lg(na + nb + al)
+    )
+    best = int(torch.argmax(lh))
+    if math.log(float(torch.rand(1, generator=st.gen))) < float(lh[best]):
+        ka, kb = int(a[best]), int(b[best])
+        keep = torch.tensor([j for j in range(k) if j != kb])
+        st.net.resize(keep, torch.zeros(0, dtype=torch.long))
+        mu, sigma, _ = _map_params(st.prior, (Gc[ka] + Gc[kb])[None], st.alpha)
+        st.mu[ka], st.sigma[ka] = mu[0], sigma[0]
+        counts = nc.clone()
+        counts[ka] += counts[kb]
+        st.mu, st.sigma, counts = st.mu[keep], st.sigma[keep], counts[keep] + st.alpha / keep.numel()
+        st.log_pi = torch.log(counts / counts.sum())
+        st.age = st.age[keep]
+        st.age[keep.tolist().index(ka)] = 0
+        st.n_merges += 1
+        _refresh_subnets(st)
+    else:
+        _drop_empty(st, nc)
+
+
+def _drop_empty(st: DeepState, nc: torch.Tensor) -> None:
+    """Remove clusters that own no point (old enough for their output unit to have been trained)."""
+    keep = torch.nonzero((nc > 0.5) | (st.age < st.split_delay)).squeeze(1)
+    if keep.numel() == st.k or keep.numel() == 0:
+        return
+    st.net.resize(keep, torch.zeros(0, dtype=torch.long))
+    st.mu, st.sigma = st.mu[keep], st.sigma[keep]
+    lw = st.log_pi[keep]
+    st.log_pi = lw - torch.logsumexp(lw, 0)
+    st.age = st.age[keep]
+    _refresh_subnets(st)
+
+
+def _refresh_subnets(st: DeepState) -> None:
+    """New sub-clustering nets (one per cluster) and sub-Gaussians from a random hyperplane split."""
+    st.subnets = SubNets(st.prior.dim, st.k, st.hidden // 2, st.gen).to(st.feats.X)
+    with torch.no_grad():
+        z = torch.softmax(st.net(st.feats.X), 1).argmax(1)
+    zs = torch.zeros_like(z)
+    Gc = sm.cluster_statistics(sm.sub_statistics(st.feats, z, zs, st.k))
+    tmp = sm.SamplerState(
+        st.feats,
+        z,
+        zs,
+        torch.zeros(2 * st.k, Gc.shape[1], dtype=torch.float64),
+        st.age,
+        torch.Generator(),
+        st.gen,
+        st.np_rng,
+    )
+    sm.reset_subclusters(tmp, torch.ones(st.k, dtype=torch.bool), Gc)
+    _set_sub_from_labels(st, z, tmp.zsub)
