@@ -17,6 +17,15 @@ from bayesclust.models.priors import NIW
 from tests.conftest import shared_file
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small fits run faster on one thread on the shared, loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _blobs(n=600, k=4, d=2, sep=12.0, seed=0):
     rng = np.random.default_rng(seed)
     centers = rng.normal(0, sep, (k, d))
