@@ -1,0 +1,153 @@
+"""Pseudo-label solvers: Sinkhorn marginals, SeLa balance, SwAV codes, EM monotonicity and limits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bayesclust.inference.selflabel import (
+    em_soft_labels,
+    sela_labels,
+    sinkhorn_knopp,
+    soft_label_objective,
+    swav_codes,
+)
+
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+def _logits(n, k, seed, scale=3.0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, k, generator=g, dtype=dtype) * scale
+
+
+@SETTINGS
+@given(
+    st.integers(2, 60), st.integers(2, 8), st.integers(0, 10_000), st.floats(0.1, 10.0), st.integers(1, 50)
+)
+def test_sinkhorn_marginals_match(n, k, seed, lam, chunk):
+    lk = lam * _logits(n, k, seed).log_softmax(1)
+    g = torch.Generator().manual_seed(seed + 1)
+    r = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+    c = torch.rand(k, generator=g, dtype=torch.float64) + 0.1
+    res = sinkhorn_knopp(lk, r, c, max_iter=5000, tol=1e-9, dtype="float64", chunk_size=chunk)
+    assert res.converged and res.error <= 1e-9 and res.n_iter == len(res.errors)
+    plan = res.log_plan(lk).exp()
+    assert torch.allclose(plan.sum(1), r / r.sum(), atol=1e-9)
+    assert torch.allclose(plan.sum(0), c / c.sum(), atol=1e-8)
+
+
+def test_sinkhorn_float64_option_and_stopping_rule():
+    lk = 5 * _logits(300, 10, 0, dtype=torch.float32).log_softmax(1)
+    loose = sinkhorn_knopp(lk, max_iter=1000, tol=1e-2)
+    tight = sinkhorn_knopp(lk, max_iter=5000, tol=1e-10, dtype="float64")
+    assert loose.converged and loose.error <= 1e-2 and loose.n_iter < tight.n_iter
+    assert tight.log_v.dtype == torch.float64 and tight.error <= 1e-10
+    few = sinkhorn_knopp(lk, max_iter=2, tol=1e-12)
+    assert few.n_iter == 2 and not few.converged and few.error > 1e-12
+    # errors are those of the iterates: the stopping value is the last one
+    assert few.errors[-1] == few.error
+
+
+def test_sinkhorn_chunking_is_exact():
+    lk = _logits(101, 7, 3).log_softmax(1) * 5
+    a = sinkhorn_knopp(lk, max_iter=50, tol=0.0)
+    b = sinkhorn_knopp(lk, max_iter=50, tol=0.0, chunk_size=17)
+    assert torch.allclose(a.log_v, b.log_v, atol=1e-10) and torch.allclose(a.log_u, b.log_u, atol=1e-10)
+
+
+def test_sela_labels_are_balanced_and_follow_predictions():
+    z = _logits(1000, 10, 1)
+    z[:, 0] += 4.0  # most points would pick cluster 0 by argmax
+    labels, res = sela_labels(z.log_softmax(1), lam=10.0, tol=1e-6, max_iter=500, dtype="float64")
+    counts = torch.bincount(labels, minlength=10)
+    assert torch.bincount(z.argmax(1), minlength=10)[0] > 300  # argmax is far from balanced
+    assert counts.max() - counts.min() <= 0.1 * 100 and res.converged
+    # large lambda with balanced predictions: labels equal the argmax
+    zb = _logits(1000, 10, 2, scale=10.0)
+    lb, _ = sela_labels(zb.log_softmax(1), lam=50.0, max_iter=500)
+    assert (lb == zb.argmax(1)).float().mean() > 0.9  # argmax counts are only roughly balanced
+
+
+def test_swav_codes_rows_and_queue():
+    z = _logits(32, 5, 4)
+    z[:, 0] += 3.0
+    codes = swav_codes(z, epsilon=0.5, n_iter=50)
+    assert torch.allclose(codes.sum(1), torch.ones(32, dtype=z.dtype), atol=1e-10)
+    assert torch.allclose(codes.sum(0), torch.full((5,), 32 / 5, dtype=z.dtype), atol=1e-3)
+    q = _logits(200, 5, 5)
+    with_q = swav_codes(z, epsilon=0.5, n_iter=50, queue=q)
+    assert with_q.shape == (32, 5) and not torch.allclose(with_q, codes)
+    with pytest.raises(ValueError, match="queue must have shape"):
+        swav_codes(z, queue=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="epsilon must be > 0"):
+        swav_codes(z, epsilon=0.0)
+
+
+@SETTINGS
+@given(
+    st.integers(2, 40),
+    st.integers(2, 6),
+    st.integers(0, 10_000),
+    st.floats(0.01, 20.0),
+    st.sampled_from(["collision", "reverse"]),
+    st.integers(1, 13),
+)
+def test_em_objective_is_monotone(n, k, seed, lam, loss, chunk):
+    p = _logits(n, k, seed).softmax(1)
+    res = em_soft_labels(p, lam, loss=loss, max_iter=30, tol=0.0, chunk_size=chunk)
+    h = res.objective
+    assert all(b <= a + 1e-12 * max(1.0, abs(a)) for a, b in zip(h, h[1:]))
+    assert torch.allclose(res.y.sum(1), torch.ones(n, dtype=p.dtype), atol=1e-10)
+    # history[i] is F at the i-th iterate: the first is F at the initial y (sigma floored)
+    y0 = p.clamp_min(1e-6)
+    y0 = y0 / y0.sum(1, keepdim=True)
+    assert math.isclose(h[0], soft_label_objective(p, y0, lam, loss), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_em_reaches_the_convex_minimum():
+    p = _logits(30, 4, 7, scale=1.0).softmax(1)
+    for loss in ("collision", "reverse"):
+        res = em_soft_labels(p, 2.0, loss=loss, max_iter=3000, tol=1e-13)
+        best = soft_label_objective(p, res.y, 2.0, loss)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(50):  # no nearby feasible point is better (convex: local = global)
+            y = (res.y.log() + 0.05 * torch.randn(res.y.shape, generator=g, dtype=p.dtype)).softmax(1)
+            assert soft_label_objective(p, y, 2.0, loss) >= best - 1e-9
+
+
+def test_em_small_lambda_gives_argmax():
+    p = _logits(200, 6, 8).softmax(1)
+    res = em_soft_labels(p, 1e-4, max_iter=400, tol=0.0)
+    assert torch.equal(res.y.argmax(1), p.argmax(1))
+    exact = em_soft_labels(p, 0.0)
+    assert torch.equal(exact.y, torch.nn.functional.one_hot(p.argmax(1), 6).double())
+
+
+def test_em_large_lambda_balances():
+    p = _logits(600, 3, 9).softmax(1)
+    p[:, 0] += 2.0
+    p = p / p.sum(1, keepdim=True)
+    res = em_soft_labels(p, 20.0, max_iter=300, tol=1e-12)
+    assert (res.y.mean(0) - 1 / 3).abs().max() < 0.05
+    assert (p.mean(0) - 1 / 3).abs().max() > 0.2
+
+
+def test_errors():
+    p = torch.rand(5, 3)
+    with pytest.raises(ValueError, match="2-D tensor"):
+        sinkhorn_knopp(torch.rand(5))
+    with pytest.raises(ValueError, match="col_marginal must be a positive"):
+        sinkhorn_knopp(p, col_marginal=torch.tensor([1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match="loss='kl' is not supported"):
+        em_soft_labels(p, loss="kl")
+    with pytest.raises(ValueError, match="lam must be >= 0"):
+        em_soft_labels(p, -1.0)
+    with pytest.raises(ValueError, match="lam must be > 0"):
+        sela_labels(p.log(), lam=0.0)
+    with pytest.raises(FloatingPointError, match="non-finite potentials"):
+        sinkhorn_knopp(torch.tensor([[0.0, -math.inf], [0.0, -math.inf]]))
