@@ -1,0 +1,204 @@
+"""``EntropyClustering``: softmax clustering trained with entropy losses or by self-labelling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import losses as L
+from .._validation import check_array, check_is_fitted, check_option, check_positive_int, check_scalar
+from ..base import BaseEstimator, ClusterMixin
+from ..inference.engine import Engine, Step
+from ..inference.neural import neural_step
+from ..inference.selflabel import em_soft_labels, sela_labels, swav_codes
+from .heads import augment, build_head
+
+__all__ = ["EntropyClustering"]
+
+_LOSSES = ("mi", "renyi", "collision", "sela", "swav", "ce", "rce")
+
+
+class EntropyClustering(ClusterMixin, BaseEstimator):
+    """Discriminative clustering with a softmax head ``sigma(f(x))``.
+
+    Parameters
+    ----------
+    n_clusters : K.
+    head : ``"linear"``, ``"mlp"``, ``"cnn"`` (images) or any ``nn.Module`` mapping inputs to K logits.
+    loss : ``"mi"`` (Bridle: mean H(sigma) - lam H(mean sigma)) and ``"renyi"`` (Renyi decisiveness of
+        order ``alpha`` + lam * fairness) train by gradient descent. The self-labelling losses alternate
+        a pseudo-label step on the whole data and a neural epoch: ``"collision"`` (EM soft labels,
+        collision CE), ``"rce"`` (EM soft labels for reverse CE), ``"ce"`` (collision EM labels, standard
+        CE), ``"sela"`` (Sinkhorn hard labels, power ``sela_lambda``); ``"swav"`` uses per-batch Sinkhorn
+        codes of one augmented view as targets for the other.
+    lam : fairness weight. alpha : Renyi order. aug_weight : weight of the self-augmentation KL.
+    em_iter : EM iterations per pseudo-label step. sela_lambda, swav_epsilon : solver parameters.
+    hidden : MLP width. normalize_prototypes : cosine (L2-normalised) prototypes in the last layer.
+    lr, weight_decay (the norm regulariser), batch_size, max_iter (epochs), tol, device, dtype,
+    random_state, verbose, callbacks : see :class:`bayesclust.Engine`.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 2,
+        head: str | nn.Module = "linear",
+        loss: str = "mi",
+        *,
+        lam: float = 1.0,
+        alpha: float = 2.0,
+        aug_weight: float = 0.0,
+        em_iter: int = 20,
+        sela_lambda: float = 25.0,
+        swav_epsilon: float = 0.05,
+        hidden: int = 256,
+        normalize_prototypes: bool = False,
+        lr: float = 1e-2,
+        weight_decay: float = 1e-4,
+        batch_size: int | None = 256,
+        max_iter: int = 50,
+        tol: float = 0.0,
+        device: str = "cpu",
+        dtype: str = "float32",
+        random_state: int | None = None,
+        verbose: bool = False,
+        callbacks: Sequence[Callable[..., Any]] | None = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.head = head
+        self.loss = loss
+        self.lam = lam
+        self.alpha = alpha
+        self.aug_weight = aug_weight
+        self.em_iter = em_iter
+        self.sela_lambda = sela_lambda
+        self.swav_epsilon = swav_epsilon
+        self.hidden = hidden
+        self.normalize_prototypes = normalize_prototypes
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.tol = tol
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+
+    # ------------------------------------------------------------------ data
+    def _check_X(self, X: Any, fitted: bool) -> torch.Tensor:
+        kw = {"n_features": self.n_features_in_} if fitted else {"min_samples": self.n_clusters}
+        x = check_array(X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, **kw)
+        return x.unsqueeze(1) if x.ndim == 3 else x
+
+    def _logits_all(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        self.module_.eval()
+        with torch.no_grad():
+            return torch.cat([self.module_(x[s]) for s in Engine.chunks(x.shape[0], chunk)])
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X: Any, y: Any = None) -> EntropyClustering:
+        k = check_positive_int(self.n_clusters, "n_clusters", minimum=2)
+        check_option(self.loss, "loss", _LOSSES)
+        lam = check_scalar(self.lam, "lam", low=0.0)
+        alpha = check_scalar(self.alpha, "alpha", low=0.0, low_inclusive=False)
+        aug_w = check_scalar(self.aug_weight, "aug_weight", low=0.0)
+        check_scalar(self.lr, "lr", low=0.0, low_inclusive=False)
+        check_scalar(self.weight_decay, "weight_decay", low=0.0)
+        if self.batch_size is not None:
+            check_positive_int(self.batch_size, "batch_size")
+        x = self._check_X(X, fitted=False)
+        self.n_features_in_ = tuple(x.shape[1:]) if x.ndim > 2 else int(x.shape[1])
+        engine = Engine(
+            device=self.device,
+            dtype=self.dtype,
+            random_state=self.random_state,
+            max_iter=check_positive_int(self.max_iter, "max_iter"),
+            tol=self.tol,
+            maximize=False,
+            verbose=self.verbose,
+            callbacks=self.callbacks,
+            warn_not_converged=self.tol > 0,
+            desc=f"EntropyClustering({self.loss})",
+        )
+        self._engine_dtype = engine.dtype
+        module = build_head(
+            self.head,
+            tuple(x.shape[1:]),
+            k,
+            hidden=self.hidden,
+            normalize_prototypes=self.normalize_prototypes,
+        ).to(engine.device, engine.dtype)
+        self.module_ = module
+        opt = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        state: dict[str, Any] = {"model": module, "optimizer": opt, "y": None}
+        gen = engine.generator
+        n = x.shape[0]
+
+        def aug_term(z: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+            if aug_w == 0.0:
+                return z.new_zeros(())
+            return aug_w * L.self_augmentation_loss(z, module(augment(xb, gen)))
+
+        def batch_loss(st: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+            xb = x[idx]
+            if self.loss == "swav":
+                z1, z2 = module(augment(xb, gen)), module(augment(xb, gen))
+                q1 = swav_codes(z1, self.swav_epsilon)
+                q2 = swav_codes(z2, self.swav_epsilon)
+                return 0.5 * (L.cross_entropy(z2, q1) + L.cross_entropy(z1, q2))
+            z = module(xb)
+            if self.loss == "mi":
+                base = L.mi_loss(z, weight=lam, alpha=1.0)
+            elif self.loss == "renyi":
+                base = L.decisiveness(z, alpha) + lam * L.fairness(z, "entropy")
+            else:
+                yb = st["y"][idx]
+                if self.loss == "collision":
+                    base = L.collision_cross_entropy(z, yb)
+                elif self.loss == "rce":
+                    base = L.reverse_cross_entropy(z, yb)
+                else:  # "ce", "sela"
+                    base = L.cross_entropy(z, yb)
+            return base + aug_term(z, xb)
+
+        def label_step(st: dict[str, Any], iteration: int) -> None:
+            logits = self._logits_all(x)
+            if self.loss == "sela":
+                labels, _ = sela_labels(logits.log_softmax(1), self.sela_lambda, tol=1e-3)
+                st["y"] = nn.functional.one_hot(labels, k).to(logits.dtype)
+            else:
+                kind = "reverse" if self.loss == "rce" else "collision"
+                st["y"] = em_soft_labels(
+                    logits.softmax(1), lam, loss=kind, max_iter=self.em_iter, init=st["y"]
+                ).y
+            return None
+
+        schedule = []
+        if self.loss in ("collision", "rce", "ce", "sela"):
+            schedule.append(Step("pseudo_labels", label_step))
+        schedule.append(Step("neural", neural_step(engine, n, self.batch_size, batch_loss)))
+        result = engine.run(schedule, state)
+        self.history_ = list(result.history)
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.labels_ = self._logits_all(x).argmax(1).cpu().numpy()
+        return self
+
+    # ------------------------------------------------------------------ predict
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(N, K) cluster probabilities ``sigma(f(x))``."""
+        check_is_fitted(self, ["module_"])
+        return self._logits_all(self._check_X(X, fitted=True)).softmax(1).cpu().numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.predict_proba(X).argmax(1)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mutual information of the predictions on X, ``-mi_loss`` (higher is better, any ``loss``)."""
+        check_is_fitted(self, ["module_"])
+        return -float(L.mi_loss(self._logits_all(self._check_X(X, fitted=True)).double()))

@@ -1,0 +1,92 @@
+"""Softmax heads and backbones for discriminative clustering, and on-device augmentations."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["PrototypeHead", "augment", "build_head"]
+
+
+class PrototypeHead(nn.Module):
+    """Logits ``scale * <f/|f|, w_k/|w_k|>`` (L2-normalised features and prototypes, SwAV style)."""
+
+    def __init__(self, in_features: int, n_clusters: int, scale: float = 10.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_clusters, in_features) * in_features**-0.5)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * nn.functional.normalize(x, dim=1) @ nn.functional.normalize(self.weight, dim=1).T
+
+
+def build_head(
+    head: str | nn.Module,
+    in_shape: tuple[int, ...],
+    n_clusters: int,
+    *,
+    hidden: int = 256,
+    normalize_prototypes: bool = False,
+) -> nn.Module:
+    """``"linear"`` / ``"mlp"`` on flattened inputs, ``"cnn"`` (VGG-4-like) on (C, H, W) images, or a module.
+
+    The module maps (N, *in_shape) to (N, n_clusters) logits.
+    """
+    if isinstance(head, nn.Module):
+        return head
+    d = int(torch.tensor(in_shape).prod())
+    last = (
+        (lambda f: PrototypeHead(f, n_clusters))
+        if normalize_prototypes
+        else (lambda f: nn.Linear(f, n_clusters))
+    )
+    if head == "linear":
+        return nn.Sequential(nn.Flatten(), last(d))
+    if head == "mlp":
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), last(hidden)
+        )
+    if head == "cnn":
+        if len(in_shape) != 3:
+            raise ValueError(
+                f"head='cnn' needs images (N, C, H, W) or (N, H, W); got feature shape {in_shape}."
+            )
+        c = in_shape[0]
+
+        def block(i: int, o: int) -> list[nn.Module]:
+            return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
+
+        return nn.Sequential(
+            *block(c, 32),
+            *block(32, 64),
+            *block(64, 128),
+            nn.Conv2d(128, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            last(128),
+        )
+    raise ValueError(f"head={head!r} is not supported; choose 'linear', 'mlp', 'cnn' or pass an nn.Module.")
+
+
+def augment(
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    noise: float = 0.1,
+    max_shift: float = 0.1,
+    max_rotate: float = 0.2,
+) -> torch.Tensor:
+    """A random view on the device: Gaussian noise for vectors; random affine + noise for images."""
+    if x.ndim == 4:
+        n = x.shape[0]
+        r = lambda *s: torch.rand(*s, generator=generator).to(x) * 2 - 1  # noqa: E731
+        ang = r(n) * max_rotate
+        sc = 1 + 0.1 * r(n)
+        theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+        theta[:, 0, 0], theta[:, 0, 1] = sc * ang.cos(), -sc * ang.sin()
+        theta[:, 1, 0], theta[:, 1, 1] = sc * ang.sin(), sc * ang.cos()
+        theta[:, :, 2] = r(n, 2) * max_shift * 2
+        grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        x = nn.functional.grid_sample(x, grid, align_corners=False)
+    eps = torch.randn(x.shape, generator=generator).to(x)
+    return x + noise * eps
