@@ -111,8 +111,9 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         check_scalar(self.weight_decay, "weight_decay", low=0.0)
         if self.batch_size is not None:
             check_positive_int(self.batch_size, "batch_size")
-        x = self._check_X(X, fitted=False)
-        self.n_features_in_ = tuple(x.shape[1:]) if x.ndim > 2 else int(x.shape[1])
+        raw = check_array(X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, min_samples=k)
+        self.n_features_in_ = tuple(raw.shape[1:]) if raw.ndim > 2 else int(raw.shape[1])
+        x = raw.unsqueeze(1) if raw.ndim == 3 else raw
         engine = Engine(
             device=self.device,
             dtype=self.dtype,

@@ -1,0 +1,70 @@
+"""EntropyClustering: separation on small data, API conventions, images, persistence, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bayesclust.metrics import accuracy
+from bayesclust.models.entropy import EntropyClustering
+
+
+def _two_bands(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n)
+    X = np.c_[rng.normal(0, 3, 2 * n), rng.normal(0, 0.3, 2 * n) + np.where(y == 0, -1.2, 1.2)]
+    return (X - X.mean(0)) / X.std(0), y
+
+
+@pytest.mark.parametrize("loss", ["mi", "rce"])
+def test_linear_head_separates_parallel_bands(loss):
+    X, y = _two_bands()
+    m = EntropyClustering(
+        2, loss=loss, max_iter=100, random_state=0, batch_size=None, lr=0.1, weight_decay=1e-3
+    )
+    labels = m.fit_predict(X)
+    assert accuracy(y, labels) >= 0.95
+    assert np.array_equal(labels, m.predict(X)) and np.array_equal(labels, m.labels_)
+    assert len(m.history_) == m.n_iter_ == 100
+    assert m.history_[-1] < m.history_[0]
+    assert m.score(X) > 0.6  # MI close to ln 2
+
+
+def test_images_cnn_and_persistence(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(40, 8, 8, generator=g)
+    X[:20, :4] += 1.0
+    m = EntropyClustering(2, head="cnn", loss="collision", max_iter=2, batch_size=20, random_state=0)
+    p = m.fit(X).predict_proba(X)
+    assert p.shape == (40, 2) and np.allclose(p.sum(1), 1, atol=1e-5)
+    m.save(tmp_path / "m.pt")
+    m2 = EntropyClustering.load(tmp_path / "m.pt")
+    assert np.allclose(m2.predict_proba(X), p, atol=1e-6)
+    with pytest.raises(ValueError, match="as seen in fit|feature shape"):
+        m.predict(torch.rand(5, 7, 7))
+
+
+@pytest.mark.parametrize("loss", ["renyi", "sela", "swav", "ce"])
+def test_every_loss_runs_and_is_deterministic(loss):
+    X, _ = _two_bands(50)
+    kw = dict(loss=loss, head="mlp", hidden=16, max_iter=2, batch_size=25, random_state=3, aug_weight=0.5)
+    a = EntropyClustering(2, **kw).fit(X).predict_proba(X)
+    b = EntropyClustering(2, **kw).fit(X).predict_proba(X)
+    assert np.array_equal(a, b) and np.isfinite(a).all()
+
+
+def test_errors():
+    X, _ = _two_bands(10)
+    with pytest.raises(ValueError, match="loss='kl' is not supported"):
+        EntropyClustering(2, loss="kl").fit(X)
+    with pytest.raises(ValueError, match="head='rnn' is not supported"):
+        EntropyClustering(2, head="rnn").fit(X)
+    with pytest.raises(ValueError, match="head='cnn' needs images"):
+        EntropyClustering(2, head="cnn").fit(X)
+    with pytest.raises(ValueError, match="at least 30 are needed"):
+        EntropyClustering(30).fit(X)
+    with pytest.raises(ValueError, match="NaN"):
+        EntropyClustering(2).fit(np.full((5, 2), np.nan))
+    with pytest.raises(ValueError, match="not fitted"):
+        EntropyClustering(2).predict(X)
