@@ -37,6 +37,8 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         codes of one augmented view as targets for the other.
     lam : fairness weight. alpha : Renyi order. aug_weight : weight of the self-augmentation KL.
     em_iter : EM iterations per pseudo-label step. sela_lambda, swav_epsilon : solver parameters.
+    n_init : independent restarts (seeds ``random_state + i``); the one with the highest mutual
+        information of its predictions on the training data (:meth:`score`) is kept.
     hidden : MLP width. normalize_prototypes : cosine (L2-normalised) prototypes in the last layer.
     lr, weight_decay (the norm regulariser), batch_size, max_iter (epochs), tol, device, dtype,
     random_state, verbose, callbacks : see :class:`bayesclust.Engine`.
@@ -56,6 +58,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         swav_epsilon: float = 0.05,
         hidden: int = 256,
         normalize_prototypes: bool = False,
+        n_init: int = 1,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
         batch_size: int | None = 256,
@@ -78,6 +81,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         self.swav_epsilon = swav_epsilon
         self.hidden = hidden
         self.normalize_prototypes = normalize_prototypes
+        self.n_init = n_init
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
@@ -114,10 +118,22 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         raw = check_array(X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, min_samples=k)
         self.n_features_in_ = tuple(raw.shape[1:]) if raw.ndim > 2 else int(raw.shape[1])
         x = raw.unsqueeze(1) if raw.ndim == 3 else raw
+        best = None
+        for i in range(check_positive_int(self.n_init, "n_init")):
+            seed = None if self.random_state is None else self.random_state + i
+            self._fit_once(x, k, lam, alpha, aug_w, seed)
+            mi = -float(L.mi_loss(self._logits_all(x).double()))
+            if best is None or mi > best[0]:
+                best = (mi, self.module_, self.history_, self.n_iter_, self.converged_)
+        _, self.module_, self.history_, self.n_iter_, self.converged_ = best
+        self.labels_ = self._logits_all(x).argmax(1).cpu().numpy()
+        return self
+
+    def _fit_once(self, x: torch.Tensor, k: int, lam: float, alpha: float, aug_w: float, seed) -> None:
         engine = Engine(
             device=self.device,
             dtype=self.dtype,
-            random_state=self.random_state,
+            random_state=seed,
             max_iter=check_positive_int(self.max_iter, "max_iter"),
             tol=self.tol,
             maximize=False,
@@ -187,8 +203,6 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         self.history_ = list(result.history)
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
-        self.labels_ = self._logits_all(x).argmax(1).cpu().numpy()
-        return self
 
     # ------------------------------------------------------------------ predict
     def predict_proba(self, X: Any) -> np.ndarray:
