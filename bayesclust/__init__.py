@@ -3,21 +3,31 @@
 Public API re-exports only; see the README for a tour.
 """
 
-from . import metrics
+from . import datasets, losses, metrics, plotting
 from ._device import resolve_device
 from ._validation import NotFittedError
 from .inference.engine import ConvergenceWarning, Engine, NonFiniteError, Step
+from .models.dpgmm import DPGMM
+from .models.dti import DTIGMM, DTIKMeans
+from .models.entropy import EntropyClustering
 from .models.gmm import GaussianMixture
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DPGMM",
+    "DTIGMM",
     "ConvergenceWarning",
+    "DTIKMeans",
     "Engine",
+    "EntropyClustering",
     "GaussianMixture",
     "NonFiniteError",
     "NotFittedError",
     "Step",
+    "datasets",
+    "losses",
     "metrics",
+    "plotting",
     "resolve_device",
 ]

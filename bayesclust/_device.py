@@ -1,4 +1,3 @@
-# HELPERS THIS SESSION: read /work/main/CONTRIBUTING.md first (ownership, git, flock, deadline).
 """The one place that resolves devices, dtypes and seeds."""
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-# HELPERS THIS SESSION: read /work/main/CONTRIBUTING.md first (ownership, git, flock, deadline).
 """The one module that turns user input into a checked tensor, or raises a clear error.
 
 Every estimator calls :func:`check_array` on its input and the ``check_*`` helpers on its

@@ -1,4 +1,3 @@
-# HELPERS THIS SESSION: read /work/main/CONTRIBUTING.md first (ownership, git, flock, deadline).
 """Estimator base: scikit-learn parameter conventions, save/load, without depending on scikit-learn."""
 
 from __future__ import annotations

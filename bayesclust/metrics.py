@@ -1,4 +1,3 @@
-# HELPERS THIS SESSION: read /work/main/CONTRIBUTING.md first (ownership, git, flock, deadline).
 """Clustering metrics: ACC (Hungarian matching), NMI, ARI, inferred K; :func:`evaluate`."""
 
 from __future__ import annotations

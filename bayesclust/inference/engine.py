@@ -1,4 +1,3 @@
-# HELPERS THIS SESSION: read /work/main/CONTRIBUTING.md first (ownership, git, flock, deadline).
 """The inference engine: the one loop that every model's fit goes through.
 
 A model builds a *state* (a dict of tensors, ``nn.Module`` s and optimisers) and a *schedule* of

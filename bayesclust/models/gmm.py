@@ -405,7 +405,7 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
             s["weights"].mean((0, 1)), s["means"].mean((0, 1)), _posterior_mean_cov(s, self.covariance_type)
         )
         self.posterior_samples_ = {k: v.detach().cpu().numpy() for k, v in s.items()}
-        self.relabel_fraction_ = float(result.relabel_fraction)
+        self.relabel_fraction_ = float(result.relabelled_fraction)
         self.divergences_ = int(torch.as_tensor(result.divergences).sum())
 
     def _init_dict(self, X: torch.Tensor) -> dict[str, torch.Tensor]:

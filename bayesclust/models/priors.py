@@ -1,4 +1,3 @@
-# HELPERS THIS SESSION: read /work/main/CONTRIBUTING.md first (ownership, git, flock, deadline).
 """Conjugate priors, batched over clusters: Dirichlet and Normal-inverse-Wishart (NIW).
 
 Sufficient statistics of cluster k are ``n[k]`` (count, or total responsibility), ``sx[k] = sum x``
