@@ -19,14 +19,14 @@ demo: $(STAMP)
 	$(BIN)/bayesclust demo --out demo_output
 
 test: $(STAMP)
-	$(BIN)/ruff check bayesclust tests benchmarks examples
+	$(BIN)/ruff check bayesclust tests benchmarks
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
 	for b in gmm dpgmm dti discriminative; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 lint: $(STAMP)
-	$(BIN)/ruff check bayesclust tests benchmarks examples
+	$(BIN)/ruff check bayesclust tests benchmarks
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
