@@ -251,22 +251,7 @@ def _split_merge(st: DeepState, z: torch.Tensor, zs: torch.Tensor) -> None:
         return
     a, b = pairs[:, 0], pairs[:, 1]
     lml_m = sm._log_ml(st.prior, Gc[a] + Gc[b])
-    al, lg = st.alpha, torch.lgamma
-    na, nb = nc[a], nc[b]
-    lh = (
-        lg(na + nb)
-        + lml_m
-        - math.log(al)
-        - lg(na)
-        - lml_c[a]
-        - lg(nb)
-        - lml_c[b]
-        + math.lgamma(al)
-        - 2 * math.lgamma(al / 2)
-        + lg(na + al / 2)
-        + lg(nb + al / 2)
-        - lg(na + nb + al)
-    )
+    lh = sm.log_merge_ratio(nc[a], nc[b], lml_m, lml_c[a], lml_c[b], st.alpha)
     best = int(torch.argmax(lh))
     if math.log(float(torch.rand(1, generator=st.gen))) < float(lh[best]):
         ka, kb = int(a[best]), int(b[best])

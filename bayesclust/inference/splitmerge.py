@@ -309,6 +309,36 @@ def propose_splits(
     return torch.cat([accept, torch.ones(n_acc, dtype=torch.bool)]), Gc
 
 
+
+def log_merge_ratio(
+    na: torch.Tensor,
+    nb: torch.Tensor,
+    lml_merged: torch.Tensor,
+    lml_a: torch.Tensor,
+    lml_b: torch.Tensor,
+    alpha: float,
+) -> torch.Tensor:
+    """log Hastings ratio of merging clusters a and b (Chang & Fisher 2013, eq. 22), per pair.
+
+    ``na``, ``nb`` are the cluster counts, ``lml_*`` the NIW log marginal likelihoods of the merged
+    and of each cluster's data.
+    """
+    lg, al = torch.lgamma, alpha
+    return (
+        lg(na + nb)
+        + lml_merged
+        - math.log(al)
+        - lg(na)
+        - lml_a
+        - lg(nb)
+        - lml_b
+        + math.lgamma(al)
+        - 2 * math.lgamma(al / 2)
+        + lg(na + al / 2)
+        + lg(nb + al / 2)
+        - lg(na + nb + al)
+    )
+
 def merge_candidates(means: torch.Tensor, n_neighbors: int) -> torch.Tensor:
     """Pairs (P, 2), k < l, of each cluster with its ``n_neighbors`` nearest cluster means."""
     k = means.shape[0]
@@ -340,23 +370,7 @@ def propose_merges(st: SamplerState, cfg: SamplerConfig, frozen: torch.Tensor, G
     a, b = pairs[:, 0], pairs[:, 1]
     lml = _log_ml(cfg.prior, torch.cat([Gc[a] + Gc[b], Gc])).double()
     lml_m, lml_c = lml[: pairs.shape[0]], lml[pairs.shape[0] :]
-    na, nb = nc[a], nc[b]
-    al = cfg.alpha
-    lg = torch.lgamma
-    log_h = (
-        lg(na + nb)
-        + lml_m
-        - math.log(al)
-        - lg(na)
-        - lml_c[a]
-        - lg(nb)
-        - lml_c[b]
-        + math.lgamma(al)
-        - 2 * math.lgamma(al / 2)
-        + lg(na + al / 2)
-        + lg(nb + al / 2)
-        - lg(na + nb + al)
-    )
+    log_h = log_merge_ratio(nc[a], nc[b], lml_m, lml_c[a], lml_c[b], cfg.alpha)
     u = torch.rand(pairs.shape[0], generator=st.gen, dtype=torch.float64)
     acc = pairs[torch.log(u) < log_h]
     if acc.shape[0] == 0:
