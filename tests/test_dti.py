@@ -97,6 +97,22 @@ def test_same_seed_same_result(glyphs):
     assert a.history_ == b.history_
 
 
+def test_n_init_keeps_the_lowest_loss_run(glyphs):
+    X, _ = glyphs
+    kw = dict(transforms=("affine",), max_iter=15, batch_size=32, encoder_width=8, feature_dim=16,
+              head_hidden=8, device="cpu")
+    multi = DTIKMeans(3, n_init=3, random_state=7, **kw).fit(X[:90])
+    assert len(multi.init_losses_) == 3 and multi.loss_ == min(multi.init_losses_)
+    assert multi.loss_ == pytest.approx(-multi.score(X[:90]), rel=1e-5)
+    # run i of n_init uses seed random_state + i: each single run reproduces one entry
+    for i, loss in enumerate(multi.init_losses_):
+        single = DTIKMeans(3, random_state=7 + i, **kw).fit(X[:90])
+        assert single.loss_ == pytest.approx(loss, rel=1e-5)
+    gmm = DTIGMM(3, n_init=2, random_state=0, **kw).fit(X[:90])
+    assert gmm.loss_ == min(gmm.init_losses_)
+    assert gmm.loss_ == pytest.approx(-gmm.score(X[:90]), rel=1e-5)
+
+
 def _state(net: DTINetwork, counts):
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     x = torch.rand(4, 1, 8, 8)
@@ -180,6 +196,8 @@ def test_errors():
         DTIKMeans(2, init=X[:3]).fit(X)
     with pytest.raises(ValueError, match="encoder_width must be a multiple of 8"):
         DTIKMeans(2, encoder_width=12).fit(X)
+    with pytest.raises(ValueError, match="n_init must be"):
+        DTIKMeans(2, n_init=0).fit(X)
     with pytest.raises(ValueError, match="lr must be > 0"):
         DTIKMeans(2, lr=0.0).fit(X)
     with pytest.raises(ValueError, match="contains 1 NaN"):

@@ -252,6 +252,7 @@ class _DTIBase(ClusterMixin, BaseEstimator):
         init: str | Any = "kmeans++",
         max_iter: int | None = None,
         n_epochs: int = 20,
+        n_init: int = 1,
         batch_size: int = 64,
         lr: float = 1e-3,
         encoder_width: int = 16,
@@ -277,6 +278,7 @@ class _DTIBase(ClusterMixin, BaseEstimator):
         self.init = init
         self.max_iter = max_iter
         self.n_epochs = n_epochs
+        self.n_init = n_init
         self.batch_size = batch_size
         self.lr = lr
         self.encoder_width = encoder_width
@@ -311,6 +313,7 @@ class _DTIBase(ClusterMixin, BaseEstimator):
         names = _transform_names(self.transforms)
         bs = check_positive_int(self.batch_size, "batch_size")
         epochs = check_positive_int(self.n_epochs, "n_epochs")
+        check_positive_int(self.n_init, "n_init")
         if self.max_iter is None:
             max_iter = max(500, epochs * math.ceil(n / bs))
         else:
@@ -374,12 +377,44 @@ class _DTIBase(ClusterMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
     def fit(self, X: Any, y: Any = None) -> _DTIBase:
-        """Fit on images (N, H, W) or (N, C, H, W); ``y`` is ignored."""
+        """Fit on images (N, H, W) or (N, C, H, W); ``y`` is ignored.
+
+        With ``n_init > 1`` the model is trained from that many initialisations (seeds
+        ``random_state + i``) and the one with the lowest full-data loss is kept, as Monnier et al.
+        (2020) select their reported run; every run's loss is in ``init_losses_``.
+        """
         engine_probe = Engine(device=self.device, dtype=self.dtype, random_state=self.random_state)
         Xt = self._as_images(X, device=engine_probe.device, dtype=engine_probe.dtype)
         cfg = self._check_params(Xt.shape[0])
+        self.input_ndim_ = int(np.ndim(X)) if not torch.is_tensor(X) else X.ndim
+        best, losses = None, []
+        for i_init in range(self.n_init):
+            seed = None if self.random_state is None else int(self.random_state) + i_init
+            net, result, n_reassigned = self._fit_once(Xt, cfg, seed)
+            self._net = net.eval()
+            loss = self._full_loss(Xt)
+            losses.append(loss)
+            if best is None or loss < best[0]:
+                best = (loss, net, result, n_reassigned)
+        loss, net, result, n_reassigned = best
+        self._net = net
+        self.init_losses_ = losses
+        self.loss_ = loss
+        self.transforms_ = list(cfg["names"])
+        self.curriculum_ = list(cfg["starts"])
+        self.image_shape_ = tuple(Xt.shape[1:])
+        self.n_features_in_ = int(np.prod(self.image_shape_))
+        self.history_ = list(result.history)
+        self.n_iter_ = result.n_iter
+        self.n_reassigned_ = int(n_reassigned)
+        self._set_prototypes()
+        self.labels_ = self.predict(Xt)
+        return self
+
+    def _fit_once(self, Xt: torch.Tensor, cfg: dict[str, Any], seed: int | None):
+        """One training run through the engine; returns (network, engine result, reassignments)."""
         engine = Engine(
-            device=self.device, dtype=self.dtype, random_state=self.random_state, max_iter=cfg["max_iter"],
+            device=self.device, dtype=self.dtype, random_state=seed, max_iter=cfg["max_iter"],
             tol=0.0, maximize=False, verbose=self.verbose, callbacks=self.callbacks, keep_best=False,
             desc=type(self).__name__,
         )
@@ -403,18 +438,15 @@ class _DTIBase(ClusterMixin, BaseEstimator):
                      every=cfg["every"], start=cfg["every"] - 1)
             )
         result = engine.run(schedule, state)
-        self._net = net.eval()
-        self.transforms_ = list(cfg["names"])
-        self.curriculum_ = list(cfg["starts"])
-        self.image_shape_ = tuple(Xt.shape[1:])
-        self.input_ndim_ = int(np.ndim(X)) if not torch.is_tensor(X) else X.ndim
-        self.n_features_in_ = int(np.prod(self.image_shape_))
-        self.history_ = list(result.history)
-        self.n_iter_ = result.n_iter
-        self.n_reassigned_ = int(state["n_reassigned"])
-        self._set_prototypes()
-        self.labels_ = self.predict(Xt)
-        return self
+        return state["net"], result, state["n_reassigned"]
+
+    def _full_loss(self, Xt: torch.Tensor) -> float:
+        """Training objective on all of ``Xt`` with the current network (lower is better)."""
+        what = "logp" if self._gmm else "cost"
+        per = self._per_cluster(Xt, what)
+        if self._gmm:
+            return -float(torch.logsumexp(per, 1).mean())
+        return float(per.min(1).values.mean())
 
     def _set_prototypes(self) -> None:
         p = self._net.prototypes.detach().cpu().numpy()
@@ -495,6 +527,7 @@ class DTIKMeans(_DTIBase):
     init : ``"kmeans++"`` (samples chosen by D^2 seeding), ``"random"`` (random samples) or prototypes.
     max_iter : Adam steps (one mini-batch each); ``None`` -> ``max(500, n_epochs * ceil(N / batch_size))``.
     n_epochs, batch_size, lr : data passes when ``max_iter`` is None, mini-batch size, Adam step size.
+    n_init : training runs from different initialisations; the lowest full-data loss is kept.
     encoder_width, feature_dim, head_hidden : CNN width (multiple of 8), feature size, head hidden size.
     tps_grid, morpho_kernel : TPS control grid side, morphological window side (odd).
     empty_threshold, reassign_every, reassign_noise : a cluster with fewer than
@@ -506,7 +539,9 @@ class DTIKMeans(_DTIBase):
     Attributes
     ----------
     prototypes_ (K, H, W) or (K, C, H, W), labels_, history_ (batch loss per iteration), n_iter_,
-    n_reassigned_, transforms_, curriculum_, image_shape_, n_features_in_.
+    n_reassigned_, transforms_, curriculum_, image_shape_, n_features_in_, loss_ (full-data loss of
+    the kept run: mean per-pixel squared error of the best cluster; for DTIGMM the negative mean
+    log-likelihood per image), init_losses_ (that loss for every run).
     """
 
     def predict(self, X: Any) -> np.ndarray:
