@@ -52,6 +52,19 @@ def _to_numpy_or_tensor(X: Any, name: str) -> np.ndarray | torch.Tensor:
     return arr
 
 
+def _check_finite(tensor: torch.Tensor, name: str) -> None:
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        n_bad = int((~finite).sum())
+        kind = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
+        raise ValueError(
+            f"{name} contains {n_bad} {kind} value(s); remove or impute them "
+            "(e.g. drop rows with missing values) before fitting."
+        )
+
+
 def _is_numeric_dtype(dt: Any) -> bool:
     try:
         return np.issubdtype(np.dtype(dt), np.number) or np.issubdtype(np.dtype(dt), np.bool_)
@@ -71,6 +84,9 @@ def check_array(
     allow_nan: bool = False,
 ) -> torch.Tensor:
     """Validate ``X`` and return it as a contiguous floating tensor on ``device``.
+
+    When no conversion is needed the result shares memory with ``X`` (no copy of large data);
+    estimators never write to it. Read-only arrays are copied.
 
     Parameters
     ----------
@@ -99,7 +115,10 @@ def check_array(
                 ) from exc
         if np.iscomplexobj(arr):
             raise ValueError(f"Complex data not supported: {name} is complex; pass real-valued data.")
-        tensor = torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        if not arr.flags.writeable:  # e.g. pandas copy-on-write views; torch needs writeable memory
+            arr = arr.copy()
+        tensor = torch.from_numpy(arr)
     else:
         tensor = arr
         if tensor.is_complex():
@@ -122,16 +141,16 @@ def check_array(
         )
     if tensor.shape[0] == 0 or tensor.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}); pass at least one sample.")
-    tensor = tensor.to(device=dev, dtype=dt)
     if not allow_nan:
-        finite = torch.isfinite(tensor)
-        if not bool(finite.all()):
-            n_bad = int((~finite).sum())
-            kind = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
-            raise ValueError(
-                f"{name} contains {n_bad} {kind} value(s); remove or impute them "
-                "(e.g. drop rows with missing values) before fitting."
-            )
+        _check_finite(tensor, name)
+    source = tensor
+    tensor = tensor.to(device=dev, dtype=dt)
+    if not allow_nan and tensor.dtype != source.dtype and not bool(torch.isfinite(tensor).all()):
+        big = float(source.abs().max())
+        raise ValueError(
+            f"{name} has values up to {big:.3g}, beyond the range of {dt} (max "
+            f"{torch.finfo(dt).max:.3g}); rescale the data (e.g. standardise) or pass dtype='float64'."
+        )
     if tensor.shape[0] < min_samples:
         raise ValueError(
             f"{name} has {tensor.shape[0]} sample(s) but at least {min_samples} are needed "

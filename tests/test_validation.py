@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fractions
+import warnings
 
 import numpy as np
 import pytest
@@ -76,6 +77,24 @@ def test_pandas_input():
     assert t.shape == (3, 1)
     with pytest.raises(ValueError, match="1 NaN value"):
         check_array(pd.DataFrame({"a": [1.0, None]}))
+
+
+def test_read_only_input_is_copied_without_warning():
+    X = np.arange(6.0).reshape(3, 2)
+    X.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on non-writeable numpy memory
+        t = check_array(X, dtype="float64")
+    t[0, 0] = 99.0  # the tensor owns writeable memory; the caller's array is untouched
+    assert X[0, 0] == 0.0
+
+
+def test_values_beyond_float32_range():
+    X = np.array([[1e39, 1.0], [2.0, 3.0]])
+    with pytest.raises(ValueError, match=r"values up to 1e\+39, beyond the range of torch.float32.*"
+                                         r"dtype='float64'"):
+        check_array(X)
+    assert float(check_array(X, dtype="float64")[0, 0]) == 1e39
 
 
 # ------------------------------------------------------------------------------------ check_array errors
