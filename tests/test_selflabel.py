@@ -151,3 +151,63 @@ def test_errors():
         sela_labels(p.log(), lam=0.0)
     with pytest.raises(FloatingPointError, match="non-finite potentials"):
         sinkhorn_knopp(torch.tensor([[0.0, -math.inf], [0.0, -math.inf]]))
+
+
+def test_kernel_path_matches_log_domain():
+    lk = 8 * _logits(500, 20, 11, dtype=torch.float32).log_softmax(1)
+    fast = sinkhorn_knopp(lk, max_iter=30, tol=0.0, method="kernel")
+    slow = sinkhorn_knopp(lk, max_iter=30, tol=0.0, method="log")
+    assert fast.method == "kernel" and slow.method == "log" and fast.n_iter == slow.n_iter == 30
+    assert torch.allclose(fast.log_plan(lk).exp(), slow.log_plan(lk).exp(), rtol=1e-4, atol=1e-9)
+    assert all(math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6) for a, b in zip(fast.errors, slow.errors))
+    # float64 kernel path at a tight tolerance
+    t = sinkhorn_knopp(lk.double(), max_iter=5000, tol=1e-12)
+    assert t.method == "kernel" and t.converged and t.log_v.dtype == torch.float64
+
+
+def test_underflowing_kernel_is_rescued_in_the_log_domain():
+    # column 1 is >= e^-756 below the rest of its row: exp underflows even in float64
+    lk = torch.tensor([[0.0, -300.0, -1.0], [0.0, -301.0, -2.0], [-1.0, -302.0, 0.0]]).repeat(20, 1)
+    auto = sinkhorn_knopp(lk, max_iter=300, tol=1e-4, dtype="float64", scale=2.7, prescale=0)
+    ref = sinkhorn_knopp(lk, max_iter=300, tol=1e-4, dtype="float64", scale=2.7, method="log")
+    assert auto.method == "kernel+log" and auto.converged  # rescued by exact log iterations
+    # the max-plus prescaling shifts that column back into range: the fast path then suffices
+    pre = sinkhorn_knopp(lk, max_iter=300, tol=1e-4, dtype="float64", scale=2.7)
+    assert pre.method == "kernel" and pre.converged
+    want = ref.log_plan(2.7 * lk.double()).exp()
+    assert torch.allclose(pre.log_plan(2.7 * lk.double()).exp(), want, atol=1e-5)
+    plan = auto.log_plan(2.7 * lk.double()).exp()
+    assert torch.allclose(plan.sum(0), torch.full((3,), 1 / 3, dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(plan, ref.log_plan(2.7 * lk.double()).exp(), atol=1e-5)
+    with pytest.raises(FloatingPointError, match="kernel Sinkhorn under/overflowed after 0 iterations"):
+        sinkhorn_knopp(lk, method="kernel", dtype="float64", scale=2.7, prescale=0)
+    with pytest.raises(FloatingPointError, match="overwrite=True destroyed the log-kernel"):
+        sinkhorn_knopp(lk.clone(), overwrite=True, scale=2.7, prescale=0)
+    with pytest.raises(ValueError, match="prescale must be >= 0"):
+        sinkhorn_knopp(lk, prescale=-1)
+
+
+def test_sela_overwrite_gives_the_same_labels():
+    z = _logits(400, 8, 12, dtype=torch.float32)
+    lp = z.log_softmax(1)
+    a, ra = sela_labels(lp, lam=5.0, tol=1e-4)
+    buf = lp.clone()
+    b, rb = sela_labels(buf, lam=5.0, tol=1e-4, overwrite=True)
+    assert torch.equal(a, b) and ra.n_iter == rb.n_iter and rb.method == "kernel"
+    assert not torch.equal(buf, lp) and float(buf.max()) == 1.0  # buf now holds the kernel
+    with pytest.raises(ValueError, match="overwrite=True needs dtype equal"):
+        sela_labels(lp, overwrite=True, dtype="float64")
+    with pytest.raises(ValueError, match="method='exp' is not supported"):
+        sinkhorn_knopp(lp, method="exp")
+
+
+def test_em_in_place_buffer_and_shape_errors():
+    p = _logits(50, 4, 13).softmax(1)
+    ref = em_soft_labels(p, 1.0, max_iter=7, tol=0.0)
+    buf = p.clone()
+    got = em_soft_labels(p, 1.0, max_iter=7, tol=0.0, init=buf, out=buf, chunk_size=8)
+    assert got.y is buf and torch.allclose(got.y, ref.y, atol=1e-12)
+    with pytest.raises(ValueError, match="init has shape"):
+        em_soft_labels(p, init=p[:3])
+    with pytest.raises(ValueError, match="out must be a torch.float64 tensor of shape"):
+        em_soft_labels(p, out=torch.empty(50, 4))
