@@ -86,3 +86,47 @@ def test_errors():
         EntropyClustering(2).fit(np.full((5, 2), np.nan))
     with pytest.raises(ValueError, match="not fitted"):
         EntropyClustering(2).predict(X)
+
+
+def test_warmup_runs_mi_before_self_labelling():
+    X, _ = _two_bands(60)
+    kw = dict(head="linear", max_iter=3, batch_size=30, random_state=1, lr=0.05)
+    mi = EntropyClustering(2, loss="mi", **kw).fit(X).predict_proba(X)
+    only_warm = EntropyClustering(2, loss="collision", warmup=3, **kw).fit(X).predict_proba(X)
+    started = EntropyClustering(2, loss="collision", warmup=1, **kw).fit(X).predict_proba(X)
+    assert np.array_equal(mi, only_warm)  # the pseudo-label step never became due
+    assert not np.allclose(mi, started)
+
+
+def test_vat_view_is_adversarial_with_radius_eps():
+    from bayesclust.models.heads import vat_view
+
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    x = torch.randn(64, 5, generator=g)
+    z = net(x)
+    eps = torch.full((64,), 0.3)
+    xa = vat_view(net, x, z, eps, generator=g)
+    assert torch.allclose((xa - x).norm(dim=1), eps, atol=1e-5) and not xa.requires_grad
+
+    def kl(v):
+        p, q = z.log_softmax(1), net(v).log_softmax(1)
+        return float((p.exp() * (p - q)).sum(1).mean())
+
+    unit = lambda: torch.nn.functional.normalize(torch.randn(64, 5, generator=g), dim=1)  # noqa: E731
+    rand = [kl(x + 0.3 * unit()) for _ in range(40)]
+    assert kl(xa) > max(rand)  # the power-iteration direction beats random ones of equal length
+    X, _ = _two_bands(30)
+    m = EntropyClustering(2, head="mlp", hidden=8, loss="collision", aug_weight=1.0, augmentation="vat",
+                          max_iter=2, batch_size=20, random_state=0)
+    assert np.isfinite(m.fit(X).predict_proba(X)).all()
+
+
+def test_new_parameter_errors():
+    X, _ = _two_bands(10)
+    with pytest.raises(ValueError, match="augmentation='mixup' is not supported"):
+        EntropyClustering(2, augmentation="mixup").fit(X)
+    with pytest.raises(ValueError, match="warmup must be >= 0"):
+        EntropyClustering(2, warmup=-1).fit(X)
+    with pytest.raises(ValueError, match="vat_eps must be > 0"):
+        EntropyClustering(2, vat_eps=0.0).fit(X)

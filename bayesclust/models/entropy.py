@@ -15,7 +15,7 @@ from ..base import BaseEstimator, ClusterMixin
 from ..inference.engine import Engine, Step
 from ..inference.neural import neural_step
 from ..inference.selflabel import em_soft_labels, sela_labels, swav_codes
-from .heads import augment, build_head
+from .heads import augment, build_head, vat_view
 
 __all__ = ["EntropyClustering"]
 
@@ -36,7 +36,13 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         CE), ``"sela"`` (Sinkhorn hard labels, power ``sela_lambda``); ``"swav"`` uses per-batch Sinkhorn
         codes of one augmented view as targets for the other.
     lam : fairness weight. alpha : Renyi order. aug_weight : weight of the self-augmentation KL.
-    em_iter : EM iterations per pseudo-label step. sela_lambda, swav_epsilon : solver parameters.
+    augmentation : the second view for that KL: ``"random"`` (Gaussian noise; random affine + noise
+        for images) or ``"vat"`` (virtual adversarial direction of radius ``vat_eps``, IMSAT); the
+        prediction on the clean input is the (fixed) target for ``"vat"``.
+    em_iter : EM iterations per pseudo-label step (warm-started from the previous step's labels).
+    warmup : epochs trained on the MI loss (weight ``lam``) before the self-labelling losses start, so
+        their first pseudo-labels come from an informative network rather than a random one.
+    sela_lambda, swav_epsilon : solver parameters.
     n_init : independent restarts (seeds ``random_state + i``); the one with the highest mutual
         information of its predictions on the training data (:meth:`score`) is kept.
     hidden : MLP width. normalize_prototypes : cosine (L2-normalised) prototypes in the last layer.
@@ -53,7 +59,10 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         lam: float = 1.0,
         alpha: float = 2.0,
         aug_weight: float = 0.0,
+        augmentation: str = "random",
+        vat_eps: float = 1.0,
         em_iter: int = 20,
+        warmup: int = 0,
         sela_lambda: float = 25.0,
         swav_epsilon: float = 0.05,
         hidden: int = 256,
@@ -76,7 +85,10 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         self.lam = lam
         self.alpha = alpha
         self.aug_weight = aug_weight
+        self.augmentation = augmentation
+        self.vat_eps = vat_eps
         self.em_iter = em_iter
+        self.warmup = warmup
         self.sela_lambda = sela_lambda
         self.swav_epsilon = swav_epsilon
         self.hidden = hidden
@@ -111,8 +123,12 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         lam = check_scalar(self.lam, "lam", low=0.0)
         alpha = check_scalar(self.alpha, "alpha", low=0.0, low_inclusive=False)
         aug_w = check_scalar(self.aug_weight, "aug_weight", low=0.0)
+        check_option(self.augmentation, "augmentation", ("random", "vat"))
+        check_scalar(self.vat_eps, "vat_eps", low=0.0, low_inclusive=False)
         check_scalar(self.lr, "lr", low=0.0, low_inclusive=False)
         check_scalar(self.weight_decay, "weight_decay", low=0.0)
+        check_positive_int(self.warmup, "warmup", minimum=0)
+        check_positive_int(self.em_iter, "em_iter")
         if self.batch_size is not None:
             check_positive_int(self.batch_size, "batch_size")
         raw = check_array(X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, min_samples=k)
@@ -159,6 +175,9 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         def aug_term(z: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
             if aug_w == 0.0:
                 return z.new_zeros(())
+            if self.augmentation == "vat":
+                za = module(vat_view(module, xb, z, self.vat_eps, generator=gen))
+                return aug_w * L.self_augmentation_loss(z.detach(), za)
             return aug_w * L.self_augmentation_loss(z, module(augment(xb, gen)))
 
         def batch_loss(st: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
@@ -169,7 +188,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
                 q2 = swav_codes(z2, self.swav_epsilon)
                 return 0.5 * (L.cross_entropy(z2, q1) + L.cross_entropy(z1, q2))
             z = module(xb)
-            if self.loss == "mi":
+            if self.loss == "mi" or (self.loss != "renyi" and st["y"] is None):  # MI (or its warm-up)
                 base = L.mi_loss(z, weight=lam, alpha=1.0)
             elif self.loss == "renyi":
                 base = L.decisiveness(z, alpha) + lam * L.fairness(z, "entropy")
@@ -186,18 +205,24 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         def label_step(st: dict[str, Any], iteration: int) -> None:
             logits = self._logits_all(x)
             if self.loss == "sela":
-                labels, _ = sela_labels(logits.log_softmax(1), self.sela_lambda, tol=1e-3)
+                # kernel Sinkhorn in the logits' memory, warm-started from the last column potential
+                labels, res = sela_labels(
+                    logits.log_softmax(1), self.sela_lambda, tol=1e-3, overwrite=False,
+                    init_log_v=st.get("log_v"),
+                )
+                st["log_v"] = res.log_v
                 st["y"] = nn.functional.one_hot(labels, k).to(logits.dtype)
             else:
                 kind = "reverse" if self.loss == "rce" else "collision"
+                probs = logits.softmax(1)
                 st["y"] = em_soft_labels(
-                    logits.softmax(1), lam, loss=kind, max_iter=self.em_iter, init=st["y"]
+                    probs, lam, loss=kind, max_iter=self.em_iter, init=st["y"], out=st["y"]
                 ).y
             return None
 
         schedule = []
         if self.loss in ("collision", "rce", "ce", "sela"):
-            schedule.append(Step("pseudo_labels", label_step))
+            schedule.append(Step("pseudo_labels", label_step, start=int(self.warmup)))
         schedule.append(Step("neural", neural_step(engine, n, self.batch_size, batch_loss)))
         result = engine.run(schedule, state)
         self.history_ = list(result.history)

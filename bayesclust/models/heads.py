@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["PrototypeHead", "augment", "build_head"]
+__all__ = ["PrototypeHead", "augment", "build_head", "vat_view"]
 
 
 class PrototypeHead(nn.Module):
@@ -30,7 +30,8 @@ def build_head(
 ) -> nn.Module:
     """``"linear"`` / ``"mlp"`` on flattened inputs, ``"cnn"`` (VGG-4-like) on (C, H, W) images, or a module.
 
-    The module maps (N, *in_shape) to (N, n_clusters) logits.
+    The module maps (N, *in_shape) to (N, n_clusters) logits. ``"mlp"`` is IMSAT's
+    D-hidden-hidden-K with batch normalisation and ReLU.
     """
     if isinstance(head, nn.Module):
         return head
@@ -44,7 +45,14 @@ def build_head(
         return nn.Sequential(nn.Flatten(), last(d))
     if head == "mlp":
         return nn.Sequential(
-            nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), last(hidden)
+            nn.Flatten(),
+            nn.Linear(d, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            last(hidden),
         )
     if head == "cnn":
         if len(in_shape) != 3:
@@ -90,3 +98,30 @@ def augment(
         x = nn.functional.grid_sample(x, grid, align_corners=False)
     eps = torch.randn(x.shape, generator=generator).to(x)
     return x + noise * eps
+
+
+def vat_view(
+    module: nn.Module,
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    eps: float | torch.Tensor = 1.0,
+    xi: float = 10.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""A virtual-adversarial view ``x + eps * r`` (VAT, Miyato et al. 2018; IMSAT's self-augmentation).
+
+    ``r`` is the unit direction (per sample, over all feature dimensions) that most increases
+    :math:`KL(\sigma(x) \| \sigma(x + r))`, found by one power iteration from a random direction
+    scaled to length ``xi``. ``logits`` (N, K) are the module's outputs on ``x`` (used as the fixed
+    target); ``eps`` a scalar or an (N,) per-sample radius. Returns a detached tensor shaped like ``x``.
+    """
+    flat = lambda t: t.reshape(t.shape[0], -1)  # noqa: E731
+    d = torch.randn(x.shape, generator=generator).to(x)
+    d = (xi * nn.functional.normalize(flat(d), dim=1)).reshape(x.shape).requires_grad_(True)
+    target = logits.detach().log_softmax(1)
+    out = module(x + d).log_softmax(1)
+    kl = (target.exp() * (target - out)).sum(1).sum()
+    (g,) = torch.autograd.grad(kl, d)
+    r = nn.functional.normalize(flat(g), dim=1)
+    e = torch.as_tensor(eps, dtype=x.dtype, device=x.device).reshape(-1, 1)
+    return (flat(x) + e * r).reshape(x.shape).detach()
