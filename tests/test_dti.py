@@ -231,3 +231,18 @@ def test_plotting_writes_figures(glyphs, tmp_path):
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("p.png", "r.png", "c.png"))
     with pytest.raises(ValueError, match=r"prototypes must have shape \(K, H, W\)"):
         plot_prototypes(np.zeros(5))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fit_matches_cpu_model_outputs(glyphs):
+    """The same code trains on CUDA; the fitted network gives the same costs on either device."""
+    X, _ = glyphs
+    kw = dict(transforms=("affine", "morpho", "tps"), max_iter=30, batch_size=32, encoder_width=8,
+              feature_dim=16, head_hidden=8, random_state=0)
+    gpu = DTIKMeans(3, device="cuda", **kw).fit(X)
+    assert next(gpu._net.parameters()).is_cuda and np.isfinite(gpu.history_).all()
+    cost_gpu = gpu.transform(X[:20])
+    gpu._net = gpu._net.cpu()
+    np.testing.assert_allclose(gpu.transform(X[:20]), cost_gpu, rtol=1e-4, atol=1e-6)
+    g = DTIGMM(3, device="cuda", **kw).fit(X)
+    assert np.isfinite(g.score(X[:20]))
