@@ -41,6 +41,8 @@ def run_ours(X, y, inference: str, seed: int, max_iter: int, **kw) -> dict:
     out = {"route": f"bc.DPGMM[{inference}]", "seed": seed, "time_s": dt, "K": m.n_components_}
     if y is not None:
         out.update(metrics.evaluate(y, m.labels_))
+    sizes = np.bincount(m.labels_)
+    out["K_big"] = int((sizes >= 0.005 * len(X)).sum())  # clusters holding >= 0.5% of the points
     if inference == "splitmerge":
         out["posterior_k"] = {k: round(v, 3) for k, v in sorted(m.posterior_k_.items())}
     return out
@@ -65,7 +67,7 @@ def run_sklearn(X, y, k_max: int, seed: int, max_iter: int) -> dict:
 
 
 def fmt(r: dict) -> str:
-    keys = ["route", "seed", "time_s", "K", "acc", "nmi", "ari", "posterior_k"]
+    keys = ["route", "seed", "time_s", "K", "K_big", "acc", "nmi", "ari", "posterior_k"]
     parts = []
     for k in keys:
         if k in r:
@@ -102,6 +104,7 @@ def main() -> None:
     ap.add_argument("--synth-n", type=int, default=100_000)
     ap.add_argument("--big-n", type=int, default=1_000_000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--psi-scale", type=float, default=1.0, help="DPGMM psi_scale on MNIST/USPS")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     only = set(args.only.split(","))
@@ -128,12 +131,13 @@ def main() -> None:
         print(f"\n## {name} UMAP-10 N={len(X)}")
         rows = []
         for s in seeds:
-            r = run_ours(X, y, "splitmerge", s, args.max_iter)
+            r = run_ours(X, y, "splitmerge", s, args.max_iter, psi_scale=args.psi_scale)
             rows.append(r)
             print(fmt(r), flush=True)
         print(
             f"  summary splitmerge: NMI {np.mean([r['nmi'] for r in rows]):.4f} ACC "
             f"{np.mean([r['acc'] for r in rows]):.4f} K {[r['K'] for r in rows]} "
+            f"K_big {[r['K_big'] for r in rows]} "
             f"time {np.mean([r['time_s'] for r in rows]):.1f}s"
         )
         print(fmt(run_ours(X, y, "svi", seeds[0], args.svi_max_iter)), flush=True)

@@ -6,9 +6,11 @@ The model (:func:`dp_mixture_model`, a Pyro program) is
     Lambda_k ~ Wishart(nu0, psi0^-1),  mu_k ~ N(m0, (kappa0 Lambda_k)^-1)   (NIW base measure)
     z_i ~ Categorical(pi),  x_i ~ N(mu_{z_i}, Lambda_{z_i}^-1).
 
-``inference="splitmerge"`` (default) runs the exact-in-the-limit parallel sub-cluster sampler of
-Chang & Fisher (2013) (inference/splitmerge.py) without truncation; ``inference="svi"`` the
-truncated stick-breaking mean-field VI of scikit-learn's BayesianGaussianMixture
+``inference="splitmerge"`` (default) runs the parallel sub-cluster sampler of Chang & Fisher (2013)
+(inference/splitmerge.py) without truncation, with the corrections that make it exact on small
+clusters (anchored restricted Gibbs, merge ratio the inverse of the split ratio, exact sub-cluster
+terms for clusters of <= 10 points; checked against exact enumeration in tests/test_dpgmm.py);
+``inference="svi"`` the truncated stick-breaking mean-field VI of scikit-learn's BayesianGaussianMixture
 (inference/stickbreaking.py), pruning components of negligible weight.
 
 Prior defaults (all computed in a standardised frame: each feature centred and divided by its
@@ -115,7 +117,9 @@ class DPGMM(ClusterMixin, BaseEstimator):
     truncation : number of stick-breaking components for ``svi``.
     prune_threshold : ``svi`` drops components holding less than this fraction of the points (and
         less than half a point) under the responsibilities.
-    split_delay : sweeps a new cluster waits before it may split or merge (its sub-clusters settle).
+    split_delay : sweeps a new cluster waits before it may split or merge (its sub-clusters settle);
+        with ``split_delay=0`` and ``reset_every=0`` the sampler uses no heuristics and is exact on
+        data whose clusters hold at most 10 points (see inference/splitmerge.py).
     n_merge_neighbors : merges are proposed between each cluster and this many nearest clusters.
     reset_every : a cluster's sub-clusters are re-drawn (random hyperplane through its mean) every
         this many sweeps, so a rejected sub-cluster split does not block other splits (0: never).
