@@ -124,6 +124,11 @@ def log_prob_coefficients(params: GMMParams, covariance_type: str) -> tuple[torc
 FeatureSource = Callable[[slice], torch.Tensor]
 
 
+# exp(x) below -87 (float32) or -708 (float64) is a denormal, which costs the exp and the next matmul
+# many times a normal number; relative responsibilities below these floors are set to the floor.
+_EXP_FLOOR = {4: -80.0, 8: -700.0}
+
+
 def block_rows(q: int, itemsize: int, chunk_size: int) -> int:
     """Rows per block so one block of phi (rows x q) stays in cache (~4 MiB) across both matmuls."""
     return max(256, min(chunk_size, (1 << 22) // (q * itemsize)))
@@ -140,25 +145,42 @@ def e_step(
 ) -> tuple[float, torch.Tensor | None]:
     """Chunked E-step: total log-likelihood and, if ``accumulate``, G = [phi, 1]^T r (Q + 1, K).
 
-    ``features(slice)`` returns phi of those rows (a view of a cache or computed on the fly). Rows
-    are taken in cache-sized blocks so that the E-step matmul and the M-step statistics matmul read
-    the same block of phi while it is still in cache: on a CPU both products are memory-bound, so
-    this halves the traffic to main memory.
+    ``features(slice)`` returns phi of those rows (a view of a cache or computed on the fly). In
+    float32, rows are taken in cache-sized blocks so that the E-step matmul and the M-step
+    statistics matmul read the same block of phi while it is still in cache: both products are
+    memory-bound there, so this halves the traffic to main memory.
     """
     total = torch.zeros((), dtype=torch.float64, device=A.device)
     G = torch.zeros(A.shape[0] + 1, A.shape[1], dtype=A.dtype, device=A.device) if accumulate else None
-    step = block_rows(A.shape[0], A.element_size(), chunk_size)
+    if A.element_size() >= 8:
+        # float64 products are compute-bound on a CPU (half the SIMD lanes), so cache blocking does
+        # not pay; large chunks in the (K, n) layout measured faster (0.35 vs 0.42 s, 200k x 560 x 16).
+        step, transposed = chunk_size, True
+    else:
+        step, transposed = block_rows(A.shape[0], A.element_size(), chunk_size), False
+    floor = _EXP_FLOOR.get(A.element_size(), -80.0)
     for start in range(0, n, step):
         phi = features(slice(start, min(n, start + step)))
-        logits = torch.addmm(c, phi, A)  # (m, K)
-        peak = logits.amax(dim=1, keepdim=True)
-        resp = torch.exp_(logits.sub_(peak))  # one exp serves log-sum-exp and responsibilities
-        norm = resp.sum(dim=1, keepdim=True)
+        # one exp serves the log-sum-exp and the responsibilities; reductions run over K
+        if transposed:
+            logits = torch.addmm(c[:, None], A.T, phi.T)  # (K, m)
+            peak = logits.amax(dim=0, keepdim=True)
+            resp = torch.exp_(logits.sub_(peak).clamp_(min=floor))
+            norm = resp.sum(dim=0, keepdim=True)
+        else:
+            logits = torch.addmm(c, phi, A)  # (m, K)
+            peak = logits.amax(dim=1, keepdim=True)
+            resp = torch.exp_(logits.sub_(peak).clamp_(min=floor))
+            norm = resp.sum(dim=1, keepdim=True)
         total += (peak + torch.log(norm)).sum(dtype=torch.float64)
         if G is not None:
             resp.div_(norm)
-            G[:-1].addmm_(phi.T, resp)
-            G[-1] += resp.sum(0)
+            if transposed:
+                G[:-1].addmm_(phi.T, resp.T)
+                G[-1] += resp.sum(1)
+            else:
+                G[:-1].addmm_(phi.T, resp)
+                G[-1] += resp.sum(0)
     return float(total), G
 
 
