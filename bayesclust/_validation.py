@@ -53,7 +53,7 @@ def _to_numpy_or_tensor(X: Any, name: str) -> np.ndarray | torch.Tensor:
 
 
 def _check_finite(tensor: torch.Tensor, name: str) -> None:
-    if not (tensor.is_floating_point() or tensor.is_complex()):
+    if not tensor.is_floating_point():
         return
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):

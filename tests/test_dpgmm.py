@@ -106,19 +106,27 @@ def test_sampler_posterior_over_k_matches_exact_enumeration():
     assert abs(sum(m.posterior_k_.values()) - 1.0) < 1e-9
 
 
-def test_merge_ratio_is_the_inverse_of_the_split_ratio():
-    prior = NIW(
-        torch.zeros(2, dtype=torch.float64),
-        torch.tensor(0.1, dtype=torch.float64),
-        torch.tensor(4.0, dtype=torch.float64),
-        torch.eye(2, dtype=torch.float64),
+def _niw_2d(kappa: float) -> NIW:
+    """NIW on R^2: m0 = 0, kappa0 = ``kappa``, nu0 = 4, psi0 = I (float64)."""
+    f64 = dict(dtype=torch.float64)
+    return NIW(
+        torch.zeros(2, **f64), torch.tensor(kappa, **f64), torch.tensor(4.0, **f64), torch.eye(2, **f64)
     )
+
+
+def _lml(prior: NIW, x: torch.Tensor) -> torch.Tensor:
+    """NIW log marginal likelihood of the rows of x (n, D)."""
+    n = torch.tensor(float(len(x)), dtype=torch.float64)
+    return prior.log_marginal_likelihood(n, x.sum(0), x.T @ x)
+
+
+def test_merge_ratio_is_the_inverse_of_the_split_ratio():
+    prior = _niw_2d(0.1)
     rng = np.random.default_rng(3)
     a, b = torch.as_tensor(rng.normal(-1, 1, (9, 2))), torch.as_tensor(rng.normal(1, 1, (4, 2)))
 
     def lml(x):
-        n = torch.tensor(float(len(x)), dtype=torch.float64)
-        return prior.log_marginal_likelihood(n, x.sum(0), x.T @ x)
+        return _lml(prior, x)
 
     na, nb = torch.tensor(9.0, dtype=torch.float64), torch.tensor(4.0, dtype=torch.float64)
     log_merge = sm.log_merge_ratio(na, nb, lml(torch.cat([a, b])), lml(a), lml(b), 0.7)
@@ -128,19 +136,13 @@ def test_merge_ratio_is_the_inverse_of_the_split_ratio():
 
 
 def test_log_rho_table_matches_brute_force_enumeration():
-    prior = NIW(
-        torch.zeros(2, dtype=torch.float64),
-        torch.tensor(0.5, dtype=torch.float64),
-        torch.tensor(4.0, dtype=torch.float64),
-        torch.eye(2, dtype=torch.float64),
-    )
+    prior = _niw_2d(0.5)
     rng = np.random.default_rng(4)
     X = torch.as_tensor(rng.normal(size=(4, 2)))
     alpha = 1.3
 
     def lml(x):
-        n = torch.tensor(float(len(x)), dtype=torch.float64)
-        return float(prior.log_marginal_likelihood(n, x.sum(0), x.T @ x))
+        return float(_lml(prior, x))
 
     # cluster 0: all 4 points; cluster 1: the first 3, padded to 4 slots
     phi = torch.stack([sm.feature_map(X).double(), sm.feature_map(X).double()])
@@ -183,12 +185,7 @@ def test_restricted_gibbs_keeps_every_cluster():
 
 
 def test_split_hastings_ratio_matches_direct_formula():
-    prior = NIW(
-        torch.zeros(2, dtype=torch.float64),
-        torch.tensor(0.1, dtype=torch.float64),
-        torch.tensor(4.0, dtype=torch.float64),
-        torch.eye(2, dtype=torch.float64),
-    )
+    prior = _niw_2d(0.1)
     rng = np.random.default_rng(1)
     a = torch.as_tensor(rng.normal(-3, 1, (7, 2)))
     b = torch.as_tensor(rng.normal(3, 1, (5, 2)))

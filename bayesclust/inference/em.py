@@ -56,18 +56,30 @@ def feature_dim(d: int, covariance_type: str) -> int:
     return d * (d + 1) // 2 + d if covariance_type in ("full", "tied") else 2 * d
 
 
-def feature_map(X: torch.Tensor, covariance_type: str) -> torch.Tensor:
-    """phi(X) (n, Q): [x_i x_j for i <= j, x] (full, tied) or [x^2, x] (diag, spherical)."""
+def feature_map(
+    X: torch.Tensor, covariance_type: str, *, out: torch.Tensor | None = None, ones: bool = False
+) -> torch.Tensor:
+    """phi(X) (n, Q): [x_i x_j for i <= j, x] (full, tied) or [x^2, x] (diag, spherical).
+
+    ``ones=True`` appends a column of ones (Q + 1 columns). Written into ``out`` (>= n rows) when
+    given; the products are D contiguous slice products (a column gather ``X[:, i] * X[:, j]``
+    costs several times more).
+    """
     n, d = X.shape
+    q = feature_dim(d, covariance_type) + int(ones)
+    out = X.new_empty(n, q) if out is None else out[:n]
     if covariance_type in ("full", "tied"):
-        out = torch.empty(n, d * (d + 1) // 2 + d, dtype=X.dtype, device=X.device)
         col = 0
         for i in range(d):  # row i of the upper triangle, in triu_indices order (a loop over D, not N)
             torch.mul(X[:, i : i + 1], X[:, i:], out=out[:, col : col + d - i])
             col += d - i
-        out[:, col:] = X
-        return out
-    return torch.cat([X * X, X], dim=1)
+    else:
+        torch.mul(X, X, out=out[:, :d])
+        col = d
+    out[:, col : col + d] = X
+    if ones:
+        out[:, -1] = 1.0
+    return out
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -159,28 +171,22 @@ def e_step(
     else:
         step, transposed = block_rows(A.shape[0], A.element_size(), chunk_size), False
     floor = _EXP_FLOOR.get(A.element_size(), -80.0)
+    dim = 0 if transposed else 1  # the axis over components
     for start in range(0, n, step):
         phi = features(slice(start, min(n, start + step)))
-        # one exp serves the log-sum-exp and the responsibilities; reductions run over K
         if transposed:
             logits = torch.addmm(c[:, None], A.T, phi.T)  # (K, m)
-            peak = logits.amax(dim=0, keepdim=True)
-            resp = torch.exp_(logits.sub_(peak).clamp_(min=floor))
-            norm = resp.sum(dim=0, keepdim=True)
         else:
             logits = torch.addmm(c, phi, A)  # (m, K)
-            peak = logits.amax(dim=1, keepdim=True)
-            resp = torch.exp_(logits.sub_(peak).clamp_(min=floor))
-            norm = resp.sum(dim=1, keepdim=True)
+        # one exp serves the log-sum-exp and the responsibilities
+        peak = logits.amax(dim=dim, keepdim=True)
+        resp = torch.exp_(logits.sub_(peak).clamp_(min=floor))
+        norm = resp.sum(dim=dim, keepdim=True)
         total += (peak + torch.log(norm)).sum(dtype=torch.float64)
         if G is not None:
             resp.div_(norm)
-            if transposed:
-                G[:-1].addmm_(phi.T, resp.T)
-                G[-1] += resp.sum(1)
-            else:
-                G[:-1].addmm_(phi.T, resp)
-                G[-1] += resp.sum(0)
+            G[:-1].addmm_(phi.T, resp.T if transposed else resp)
+            G[-1] += resp.sum(1 - dim)
     return float(total), G
 
 

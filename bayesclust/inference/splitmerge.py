@@ -40,36 +40,19 @@ import numpy as np
 import torch
 
 from ..models.priors import NIW
+from . import em
 
 
 # ---------------------------------------------------------------------------- features and statistics
-def _triu(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    iu = torch.triu_indices(d, d, device=device)
-    return iu[0], iu[1]
-
-
 def feature_map(X: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """phi(X) (n, Q) with Q = D(D+1)/2 + D + 1: [x_i x_j for i <= j (row-major), x, 1].
-
-    Built from D contiguous slice products, written into ``out`` (>= n rows) when given: a column
-    gather ``X[:, i] * X[:, j]`` and a fresh allocation per chunk cost 7x more (measured, D = 32).
-    """
-    n, d = X.shape
-    q = d * (d + 1) // 2 + d + 1
-    out = X.new_empty(n, q) if out is None else out[:n]
-    c = 0
-    for i in range(d):  # D slice products, each over all n rows
-        torch.mul(X[:, i : i + 1], X[:, i:], out=out[:, c : c + d - i])
-        c += d - i
-    out[:, c : c + d] = X
-    out[:, -1] = 1.0
-    return out
+    """phi(X) (n, Q) with Q = D(D+1)/2 + D + 1: [x_i x_j for i <= j (row-major), x, 1] (see em)."""
+    return em.feature_map(X, "full", out=out, ones=True)
 
 
 def unpack_stats(G: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """G (M, Q) -> counts n (M,), sums sx (M, D), scatter sxx (M, D, D)."""
     p = d * (d + 1) // 2
-    i, j = _triu(d, G.device)
+    i, j = em._triu(d, G.device)
     sxx = torch.zeros(G.shape[0], d, d, dtype=G.dtype, device=G.device)
     sxx[:, i, j] = G[:, :p]
     sxx[:, j, i] = G[:, :p]
@@ -82,7 +65,7 @@ def gaussian_coefficients(mu: torch.Tensor, sigma: torch.Tensor, log_w: torch.Te
     chol = torch.linalg.cholesky(sigma)
     prec = torch.cholesky_inverse(chol)
     logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    i, j = _triu(d, mu.device)
+    i, j = em._triu(d, mu.device)
     quad = -prec[:, i, j] * torch.where(i == j, 0.5, 1.0).to(prec.dtype)
     pmu = (prec @ mu.unsqueeze(-1)).squeeze(-1)
     const = log_w - 0.5 * (pmu * mu).sum(-1) - 0.5 * logdet - 0.5 * d * math.log(2 * math.pi)
