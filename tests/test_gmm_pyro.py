@@ -68,8 +68,8 @@ def closed_form_map_em(X, K, ct, prior, init, n_iter=500):
     """Reference joint-MAP EM in the precision parametrisation (formulas derived independently).
 
     weights (N_k + a - 1) / (N + K (a - 1)); mu_k = m_n; full Psi_n / (nu0 + N_k - D);
-    tied Psi_tot / (nu0 + N + K - D - 1); diag Psi_n,dd / (nu0 + N_k - 1);
-    spherical tr(Psi_n) / (D (nu0 + N_k + 1) - 2).
+    tied Psi_tot / (nu0 + N + K - D - 1); diag Psi_n,dd / (nu0 + N_k - D);
+    spherical tr(Psi_n) / (D (nu0 + N_k - D)).
     """
     N, D = X.shape
     a, m0, k0, nu0, psi0 = prior.alpha, prior.m0, prior.kappa0, prior.nu0, prior.psi0
@@ -93,9 +93,9 @@ def closed_form_map_em(X, K, ct, prior, init, n_iter=500):
         elif ct == "tied":
             cov = (psi0 + (psin - psi0).sum(0)) / (nu0 + N + K - D - 1)
         elif ct == "diag":
-            cov = torch.diagonal(psin, dim1=-2, dim2=-1) / (nu0 + nk - 1)[:, None]
+            cov = torch.diagonal(psin, dim1=-2, dim2=-1) / (nu0 + nk - D)[:, None]
         else:
-            cov = torch.diagonal(psin, dim1=-2, dim2=-1).sum(-1) / (D * (nu0 + nk + 1) - 2)
+            cov = torch.diagonal(psin, dim1=-2, dim2=-1).sum(-1) / (D * (nu0 + nk - D))
     return {"weights": w, "means": mu, "covariances": cov, "resp": r}
 
 
@@ -149,10 +149,10 @@ def test_model_sites_and_prior_densities_vs_scipy(ct):
         ref_mu = sum(stats.multivariate_normal(m0, np.linalg.inv(k0 * lam[k])).logpdf(mu[k])
                      for k in range(K))
     elif ct == "diag":
-        ref_prec = stats.gamma(nu0 / 2, scale=2 / np.diag(psi0)).logpdf(prec).sum()
+        ref_prec = stats.gamma((nu0 - D + 1) / 2, scale=2 / np.diag(psi0)).logpdf(prec).sum()
         ref_mu = stats.norm(m0, 1 / np.sqrt(k0 * prec)).logpdf(mu).sum()
     else:
-        ref_prec = stats.gamma(D * nu0 / 2, scale=2 / np.trace(psi0)).logpdf(prec).sum()
+        ref_prec = stats.gamma(D * (nu0 - D - 1) / 2 + 1, scale=2 / np.trace(psi0)).logpdf(prec).sum()
         ref_mu = sum(stats.multivariate_normal(m0, np.eye(D) / (k0 * prec[k])).logpdf(mu[k])
                      for k in range(K))
     assert math.isclose(site["precisions"]["log_prob_sum"].item(), ref_prec, rel_tol=1e-8)
@@ -481,3 +481,20 @@ def test_nuts_errors():
         gmm_inference_data(object(), X, "full")
     with pytest.raises(ValueError, match="covariance_type=None is not supported"):
         gmm_inference_data(object(), X)
+
+
+def test_diag_and_spherical_priors_share_the_full_prior_mean_of_sigma():
+    # E[Sigma] = psi0 / (nu0 - D - 1) for every covariance type: the inverse-Wishart mean (full), the
+    # mean of its marginal InvGamma((nu0 - D + 1) / 2, psi0_dd / 2) (diag), and of the tied product
+    # Gamma(D (nu0 - D - 1) / 2 + 1, tr(psi0) / 2) on a shared precision (spherical)
+    from bayesclust.models.gmm_model import gamma_shape
+
+    D, nu0 = 5, 9.0
+    psi = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    iw_mean = psi / (nu0 - D - 1)
+    a = gamma_shape(nu0, D, "diag")
+    np.testing.assert_allclose(stats.invgamma(a, scale=psi / 2).mean(), iw_mean)
+    a_s = gamma_shape(nu0, D, "spherical")
+    assert math.isclose(stats.invgamma(a_s, scale=psi.sum() / 2).mean(), iw_mean.mean())
+    with pytest.raises(ValueError, match=r"covariance_type='spherical' needs degrees_of_freedom_prior"):
+        gamma_shape(D - 0.5, D, "spherical")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.gmm_model import gamma_shape
 from ..models.priors import NIW
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -204,6 +205,20 @@ def log_resp_chunks(
     return logits, ll
 
 
+def argmax_chunks(
+    n: int, features: FeatureSource, A: torch.Tensor, c: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """argmax_k of phi(x) . A[:, k] + c[k] for every row (N,), block by block (no (N, K) array)."""
+    labels = torch.empty(n, dtype=torch.long, device=A.device)
+    step = block_rows(A.shape[0], A.element_size(), chunk_size)
+    buf = torch.empty(min(n, step), A.shape[1], dtype=A.dtype, device=A.device)
+    for start in range(0, n, step):
+        sl = slice(start, min(n, start + step))
+        block = torch.addmm(c, features(sl), A, out=buf[: sl.stop - start])
+        torch.argmax(block, dim=1, out=labels[sl])
+    return labels
+
+
 # ---------------------------------------------------------------------------- M-step
 def unpack_stats(G: torch.Tensor, d: int, covariance_type: str):
     """G (Q + 1, K) -> counts (K,), sum x (K, D), second moments (full/tied (K,D,D); diag (K,D))."""
@@ -271,10 +286,13 @@ def m_step(
         else:
             psi_diag = torch.diagonal(niw.psi0)
             scatter = sxx + niw.kappa0 * niw.m0**2 - kn[:, None] * means**2  # (K, D)
-            if covariance_type == "diag":  # lambda_kd ~ Gamma(nu0/2, psi_dd/2); mode of (mu, lambda)
-                cov = (psi_diag + scatter) / (niw.nu0 + nk - 1.0)[:, None] + reg_covar
-            else:  # lambda_k ~ Gamma(D nu0/2, tr(psi)/2)
-                cov = (psi_diag.sum() + scatter.sum(1)) / (d * niw.nu0 + nk * d + d - 2.0) + reg_covar
+            # lambda ~ Gamma(a, psi/2) with a from gmm_model.gamma_shape; the joint mode of (mu, lambda)
+            # is (psi + scatter) / (2a - 1 + N_k) (diag), (tr psi + scatter) / (2a - 2 + D + D N_k)
+            if covariance_type == "diag":
+                cov = (psi_diag + scatter) / (niw.nu0 - d + nk)[:, None] + reg_covar
+            else:
+                gamma_shape(float(niw.nu0), d, "spherical")  # validates nu0
+                cov = (psi_diag.sum() + scatter.sum(1)) / (d * (niw.nu0 - d + nk)) + reg_covar
     if bool(empty.any()) and covariance_type != "tied":
         # A component with no mass keeps its previous parameters instead of dividing by ~0.
         means = torch.where(empty[:, None], previous.means, means)
@@ -303,10 +321,11 @@ def log_prior(params: GMMParams, prior: MAPPrior | None, covariance_type: str) -
         psi = torch.diagonal(niw.psi0)
         if covariance_type == "diag":
             lam = 1.0 / cov
-            lp = lp + D.Gamma(niw.nu0 / 2, psi / 2).log_prob(lam).sum()
+            lp = lp + D.Gamma(gamma_shape(float(niw.nu0), d, "diag"), psi / 2).log_prob(lam).sum()
         else:
             lam = (1.0 / cov).unsqueeze(-1).expand_as(mu)
-            lp = lp + D.Gamma(d * niw.nu0 / 2, psi.sum() / 2).log_prob(1.0 / cov).sum()
+            shape = gamma_shape(float(niw.nu0), d, "spherical")
+            lp = lp + D.Gamma(shape, psi.sum() / 2).log_prob(1.0 / cov).sum()
         lp = lp + D.Normal(niw.m0, (niw.kappa0 * lam).rsqrt()).log_prob(mu).sum()
     return float(lp)
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._device import resolve_device, resolve_dtype
+from .._device import empty_buffer, resolve_device, resolve_dtype
 from .._validation import (
     check_array,
     check_is_fitted,
@@ -261,14 +261,14 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
             torch.as_tensor(self.covariances_, **kw),
         )
         A, c = em.log_prob_coefficients(params, self.covariance_type)
-        logits, _ = em.log_resp_chunks(n, features, A, c, int(self.chunk_size))
-        return logits.argmax(1).cpu().numpy()
+        return em.argmax_chunks(n, features, A, c, int(self.chunk_size)).cpu().numpy()
 
     def _feature_source(self, Xc: torch.Tensor):
         n, d = Xc.shape
         q = em.feature_dim(d, self.covariance_type)
         if n * q * Xc.element_size() <= _FEATURE_CACHE_BYTES:
-            phi = em.feature_map(Xc, self.covariance_type)
+            buf = empty_buffer(n, q, Xc.dtype, Xc.device)
+            phi = em.feature_map(Xc, self.covariance_type, out=buf)
             return lambda sl: phi[sl]
         return lambda sl: em.feature_map(Xc[sl], self.covariance_type)
 

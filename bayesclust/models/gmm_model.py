@@ -5,9 +5,13 @@ Generative model (precision parametrisation; ``K`` components, ``D`` features)::
     weights ~ Dirichlet(alpha 1_K)
     full:      Lambda_k ~ Wishart(nu0, psi0^-1)          mu_k | Lambda_k ~ N(m0, (kappa0 Lambda_k)^-1)
     tied:      Lambda   ~ Wishart(nu0, psi0^-1) shared   mu_k | Lambda   ~ N(m0, (kappa0 Lambda)^-1)
-    diag:      lambda_kd ~ Gamma(nu0/2, psi0_dd/2)       mu_kd | lambda_kd ~ N(m0_d, 1/(kappa0 lambda_kd))
-    spherical: lambda_k ~ Gamma(D nu0/2, tr(psi0)/2)     mu_k | lambda_k ~ N(m0, I/(kappa0 lambda_k))
+    diag:      lambda_kd ~ Gamma(a_diag, psi0_dd/2)      mu_kd | lambda_kd ~ N(m0_d, 1/(kappa0 lambda_kd))
+    spherical: lambda_k ~ Gamma(a_sph, tr(psi0)/2)       mu_k | lambda_k ~ N(m0, I/(kappa0 lambda_k))
     z_n ~ Categorical(weights)   (enumerated out)        x_n ~ N(mu_{z_n}, Lambda_{z_n}^-1)
+
+with a_diag = (nu0 - D + 1)/2, the inverse-Wishart(nu0, psi0) marginal of one variance, and
+a_sph = D (nu0 - D - 1)/2 + 1, the product of the D diag densities at one shared precision
+(:func:`gamma_shape`): every covariance type then has the prior mean E[Sigma] = psi0 / (nu0 - D - 1).
 
 Sample sites: ``"weights"`` (K,), ``"means"`` (K, D), ``"precisions"`` (full (K, D, D), tied (D, D),
 diag (K, D), spherical (K,)), ``"assignment"`` and ``"obs"``; plates ``"components"`` and ``"data"``.
@@ -19,8 +23,8 @@ posterior (m_n, kappa_n, nu_n = nu0 + N_k, Psi_n) of each component:
     weights_k = (N_k + alpha - 1) / (N + K (alpha - 1)),   mu_k = m_n
     full:      Sigma_k   = Psi_n / (nu0 + N_k - D)
     tied:      Sigma     = (psi0 + sum_k (Psi_n,k - psi0)) / (nu0 + N + K - D - 1)
-    diag:      sigma2_kd = Psi_n,k,dd / (nu0 + N_k - 1)
-    spherical: sigma2_k  = tr(Psi_n,k) / (D (nu0 + N_k + 1) - 2)
+    diag:      sigma2_kd = Psi_n,k,dd / (nu0 + N_k - D)
+    spherical: sigma2_k  = tr(Psi_n,k) / (D (nu0 + N_k - D))
 
 (each from setting the gradient of log p(x, z, theta) to zero; the mean prior contributes
 |kappa0 Lambda|^(1/2) per component, which is why the denominators differ from the covariance-mode).
@@ -135,6 +139,24 @@ class WishartPrecision(dist.Wishart):
 # ---------------------------------------------------------------------------------------------------
 # prior
 # ---------------------------------------------------------------------------------------------------
+def gamma_shape(nu0: float, d: int, covariance_type: str) -> float:
+    """Shape of the Gamma prior on a diag / spherical precision (rate psi0_dd / 2, resp. tr(psi0) / 2).
+
+    diag: (nu0 - D + 1) / 2, so sigma2_kd ~ InvGamma((nu0 - D + 1) / 2, psi0_dd / 2), the marginal of a
+    diagonal entry of Sigma ~ InvWishart(nu0, psi0). spherical: D (nu0 - D - 1) / 2 + 1, the product of
+    the D diag densities evaluated at one shared precision. Both give E[sigma2] = psi0_dd / (nu0 - D - 1).
+    """
+    if covariance_type == "diag":
+        return (nu0 - d + 1.0) / 2.0
+    shape = d * (nu0 - d - 1.0) / 2.0 + 1.0
+    if shape <= 0:
+        raise ValueError(
+            f"covariance_type='spherical' needs degrees_of_freedom_prior (nu0) > D + 1 - 2/D = "
+            f"{d + 1 - 2 / d:.3g} for a proper prior on the shared precision; got {nu0:g}."
+        )
+    return shape
+
+
 @dataclass
 class GMMPrior:
     """Hyperparameters of the Bayesian GMM.
@@ -289,14 +311,16 @@ def make_gmm_model(K: int, covariance_type: str, prior: GMMPrior) -> Callable:
                     "means", dist.MultivariateNormal(p.m0, precision_matrix=p.kappa0 * precisions)
                 )
             elif covariance_type == "diag":
-                conc = torch.full((D,), p.nu0 / 2.0, **kw)
+                conc = torch.full((D,), gamma_shape(p.nu0, D, "diag"), **kw)
                 rate = torch.diagonal(p.psi0) / 2.0
                 precisions = pyro.sample("precisions", dist.Gamma(conc, rate).to_event(1))
                 means = pyro.sample("means", dist.Normal(p.m0, (p.kappa0 * precisions).rsqrt()).to_event(1))
             else:
                 precisions = pyro.sample(
                     "precisions",
-                    dist.Gamma(torch.tensor(D * p.nu0 / 2.0, **kw), torch.trace(p.psi0) / 2.0),
+                    dist.Gamma(
+                        torch.tensor(gamma_shape(p.nu0, D, "spherical"), **kw), torch.trace(p.psi0) / 2.0
+                    ),
                 )
                 scale = (p.kappa0 * precisions).rsqrt().unsqueeze(-1).expand(K, D)
                 means = pyro.sample("means", dist.Normal(p.m0, scale).to_event(1))
