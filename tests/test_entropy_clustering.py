@@ -130,3 +130,73 @@ def test_new_parameter_errors():
         EntropyClustering(2, warmup=-1).fit(X)
     with pytest.raises(ValueError, match="vat_eps must be > 0"):
         EntropyClustering(2, vat_eps=0.0).fit(X)
+    with pytest.raises(ValueError, match="vat_knn must be >= 1"):
+        EntropyClustering(2, augmentation="vat", aug_weight=1.0, vat_knn=0).fit(X)
+    with pytest.raises(TypeError, match="vat_knn must be an integer"):
+        EntropyClustering(2, augmentation="vat", aug_weight=1.0, vat_knn=2.5).fit(X)
+
+
+def test_kth_neighbor_distance_matches_brute_force():
+    from bayesclust.inference.neighbors import kth_neighbor_distance
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(70, 3, 2))
+    X[5] = X[6]  # a duplicate: its nearest neighbour is at distance 0
+    flat = X.reshape(70, -1)
+    d = np.sqrt(((flat[:, None] - flat[None]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    for k in (1, 4):
+        got = kth_neighbor_distance(torch.from_numpy(X), k, chunk_size=16).numpy()
+        np.testing.assert_allclose(got, np.sort(d, 1)[:, k - 1], rtol=1e-9, atol=1e-6)
+    assert kth_neighbor_distance(torch.from_numpy(X), 1)[5] < 1e-6
+    with pytest.raises(ValueError, match="k=70 neighbours need at least 71 samples"):
+        kth_neighbor_distance(torch.from_numpy(X), 70)
+
+
+def test_vat_knn_radius_follows_local_density():
+    # a dense and a sparse band: the per-sample radius (vat_eps x 3rd-neighbour distance) is what
+    # vat_view receives, so it must be larger in the sparse band
+    X, _ = _two_bands(40)
+    X[40:] = X[40:] * 4.0
+    seen = []
+    import bayesclust.models.entropy as ent
+
+    orig = ent.vat_view
+
+    def spy(module, x, z, eps, **kw):
+        seen.append(torch.as_tensor(eps).reshape(-1).clone())
+        return orig(module, x, z, eps, **kw)
+
+    ent.vat_view = spy
+    try:
+        m = EntropyClustering(2, head="mlp", hidden=8, loss="mi", aug_weight=1.0, augmentation="vat",
+                              vat_eps=0.25, vat_knn=3, max_iter=1, batch_size=None, random_state=0)
+        m.fit(X)
+    finally:
+        ent.vat_view = orig
+    from bayesclust.inference.neighbors import kth_neighbor_distance
+
+    expect = 0.25 * kth_neighbor_distance(torch.as_tensor(X, dtype=torch.float32), 3)
+    assert len(seen) == 1 and seen[0].shape == (80,)
+    assert torch.allclose(torch.sort(seen[0]).values, torch.sort(expect).values)
+    assert expect[40:].mean() > 2 * expect[:40].mean()
+
+
+def test_vat_probes_leave_batchnorm_running_stats_alone():
+    from bayesclust.models.heads import build_head, frozen_batchnorm_stats, vat_view
+
+    g = torch.Generator().manual_seed(0)
+    net = build_head("mlp", (6,), 3, hidden=8).train()
+    bn = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    x = torch.randn(32, 6, generator=g)
+    z = net(x)  # a clean pass updates the running statistics
+    before = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bn]
+    view = vat_view(net, x, z, 0.5, generator=g)
+    with frozen_batchnorm_stats(net):
+        out = net(view)
+    for m, (mean, var, _) in zip(bn, before, strict=True):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert m.momentum == 0.1  # restored
+    # inside, training mode still normalises with the batch's own statistics
+    assert torch.allclose(out, net(view), atol=1e-6)
+    assert not torch.equal(bn[0].running_mean, before[0][0])  # and outside, updates resume

@@ -13,9 +13,10 @@ from .. import losses as L
 from .._validation import check_array, check_is_fitted, check_option, check_positive_int, check_scalar
 from ..base import BaseEstimator, ClusterMixin
 from ..inference.engine import Engine, Step
+from ..inference.neighbors import kth_neighbor_distance
 from ..inference.neural import neural_step
 from ..inference.selflabel import em_soft_labels, sela_labels, swav_codes
-from .heads import augment, build_head, vat_view
+from .heads import augment, build_head, frozen_batchnorm_stats, vat_view
 
 __all__ = ["EntropyClustering"]
 
@@ -39,6 +40,9 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
     augmentation : the second view for that KL: ``"random"`` (Gaussian noise; random affine + noise
         for images) or ``"vat"`` (virtual adversarial direction of radius ``vat_eps``, IMSAT); the
         prediction on the clean input is the (fixed) target for ``"vat"``.
+    vat_knn : if set, the VAT radius of each x_i is ``vat_eps`` times the distance to its
+        ``vat_knn``-th nearest neighbour (IMSAT: ``vat_eps=0.25, vat_knn=10``), computed once by
+        exact search at the start of ``fit``; the radius then follows the local density of the data.
     em_iter : EM iterations per pseudo-label step (warm-started from the previous step's labels).
     warmup : epochs trained on the MI loss (weight ``lam``) before the self-labelling losses start, so
         their first pseudo-labels come from an informative network rather than a random one.
@@ -61,6 +65,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         aug_weight: float = 0.0,
         augmentation: str = "random",
         vat_eps: float = 1.0,
+        vat_knn: int | None = None,
         em_iter: int = 20,
         warmup: int = 0,
         sela_lambda: float = 25.0,
@@ -87,6 +92,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         self.aug_weight = aug_weight
         self.augmentation = augmentation
         self.vat_eps = vat_eps
+        self.vat_knn = vat_knn
         self.em_iter = em_iter
         self.warmup = warmup
         self.sela_lambda = sela_lambda
@@ -129,15 +135,20 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         check_scalar(self.weight_decay, "weight_decay", low=0.0)
         check_positive_int(self.warmup, "warmup", minimum=0)
         check_positive_int(self.em_iter, "em_iter")
+        if self.vat_knn is not None:
+            check_positive_int(self.vat_knn, "vat_knn")
         if self.batch_size is not None:
             check_positive_int(self.batch_size, "batch_size")
         raw = check_array(X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, min_samples=k)
         self.n_features_in_ = tuple(raw.shape[1:]) if raw.ndim > 2 else int(raw.shape[1])
         x = raw.unsqueeze(1) if raw.ndim == 3 else raw
+        radius = None
+        if self.vat_knn is not None and self.augmentation == "vat" and aug_w > 0:
+            radius = float(self.vat_eps) * kth_neighbor_distance(x, self.vat_knn)
         best = None
         for i in range(check_positive_int(self.n_init, "n_init")):
             seed = None if self.random_state is None else self.random_state + i
-            self._fit_once(x, k, lam, alpha, aug_w, seed)
+            self._fit_once(x, k, lam, alpha, aug_w, seed, radius)
             mi = -float(L.mi_loss(self._logits_all(x).double()))
             if best is None or mi > best[0]:
                 best = (mi, self.module_, self.history_, self.n_iter_, self.converged_)
@@ -145,7 +156,9 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         self.labels_ = self._logits_all(x).argmax(1).cpu().numpy()
         return self
 
-    def _fit_once(self, x: torch.Tensor, k: int, lam: float, alpha: float, aug_w: float, seed) -> None:
+    def _fit_once(
+        self, x: torch.Tensor, k: int, lam: float, alpha: float, aug_w: float, seed, radius
+    ) -> None:
         engine = Engine(
             device=self.device,
             dtype=self.dtype,
@@ -172,11 +185,14 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         gen = engine.generator
         n = x.shape[0]
 
-        def aug_term(z: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        def aug_term(z: torch.Tensor, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             if aug_w == 0.0:
                 return z.new_zeros(())
             if self.augmentation == "vat":
-                za = module(vat_view(module, xb, z, self.vat_eps, generator=gen))
+                eps = self.vat_eps if radius is None else radius[idx]
+                view = vat_view(module, xb, z, eps, generator=gen)
+                with frozen_batchnorm_stats(module):  # running statistics from clean inputs only
+                    za = module(view)
                 return aug_w * L.self_augmentation_loss(z.detach(), za)
             return aug_w * L.self_augmentation_loss(z, module(augment(xb, gen)))
 
@@ -200,7 +216,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
                     base = L.reverse_cross_entropy(z, yb)
                 else:  # "ce", "sela"
                     base = L.cross_entropy(z, yb)
-            return base + aug_term(z, xb)
+            return base + aug_term(z, xb, idx)
 
         def label_step(st: dict[str, Any], iteration: int) -> None:
             logits = self._logits_all(x)

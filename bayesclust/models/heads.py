@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
-__all__ = ["PrototypeHead", "augment", "build_head", "vat_view"]
+__all__ = ["PrototypeHead", "augment", "build_head", "frozen_batchnorm_stats", "vat_view"]
 
 
 class PrototypeHead(nn.Module):
@@ -100,6 +103,26 @@ def augment(
     return x + noise * eps
 
 
+@contextmanager
+def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """Forward passes inside keep every BatchNorm's running mean / variance unchanged.
+
+    The batch statistics are still used in training mode; only the running averages used at
+    prediction time are not updated (momentum 0), as VAT implementations do for perturbed inputs
+    (``update_batch_stats=False``): otherwise the noisy probe ``x + xi d`` and the adversarial view
+    would shift the statistics that ``predict`` normalises clean inputs with.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(norms, saved, strict=True):
+            m.momentum = mom
+
+
 def vat_view(
     module: nn.Module,
     x: torch.Tensor,
@@ -119,7 +142,8 @@ def vat_view(
     d = torch.randn(x.shape, generator=generator).to(x)
     d = (xi * nn.functional.normalize(flat(d), dim=1)).reshape(x.shape).requires_grad_(True)
     target = logits.detach().log_softmax(1)
-    out = module(x + d).log_softmax(1)
+    with frozen_batchnorm_stats(module):
+        out = module(x + d).log_softmax(1)
     kl = (target.exp() * (target - out)).sum(1).sum()
     (g,) = torch.autograd.grad(kl, d)
     r = nn.functional.normalize(flat(g), dim=1)
