@@ -147,6 +147,19 @@ def main() -> None:
         )
         print(fmt(run_ours(X, y, "svi", seeds[0], args.svi_max_iter)), flush=True)
 
+    if "prior-grid" in only:  # not in the default --only: does any prior default fit both sets?
+        print("\n## prior grid (psi_scale x nu0) on MNIST / USPS UMAP-10, seeds 0, 1")
+        sets = {n: load_npz(f) for n, f in (("mnist", "mnist70k_ae_umap10.npz"),
+                                              ("usps", "usps9298_ae_umap10.npz"))}
+        for ps in (0.3, 1.0, 3.0):
+            for nu in (None, 20.0, 50.0):
+                for name, (X, y) in sets.items():
+                    for s in (0, 1):
+                        r = run_ours(X, y, "splitmerge", s, args.max_iter, psi_scale=ps, nu0=nu)
+                        r["route"] = f"{name} psi_scale={ps} nu0={nu}"
+                        r.pop("posterior_k", None)
+                        print(fmt(r), flush=True)
+
     if "imbalanced" in only:
         X, y = imbalanced_mnist()
         print(f"\n## imbalanced MNIST UMAP-10 (8:10%, 2:5%, 5:20%, 9:30%) N={len(X)}")
