@@ -343,3 +343,31 @@ def test_deep_variant_splits_and_predicts_with_the_net(tmp_path):
     assert np.array_equal(m.predict(X), m.labels_)  # predict uses the clustering net
     m.save(tmp_path / "deep.pt")
     assert np.array_equal(DPGMM.load(tmp_path / "deep.pt").predict(X), m.labels_)
+
+
+def test_deep_map_params_survive_cancelled_float32_statistics():
+    # statistics summed in float32 (as the deep route does) lose digits in sxx - n mu mu^T for a tight
+    # cluster far from the origin; _map_params must still return positive-definite covariances, and
+    # _positive_definite must leave well-conditioned ones unchanged
+    from bayesclust.inference import deepdpm
+
+    d = 3
+    prior = NIW(torch.zeros(d, dtype=torch.float64), torch.tensor(1e-4, dtype=torch.float64),
+                torch.tensor(d + 2.0, dtype=torch.float64), 1e-4 * torch.eye(d, dtype=torch.float64))
+    sigma = torch.eye(d, dtype=torch.float64).repeat(2, 1, 1)
+    sigma[1] = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, -1e-9]], dtype=torch.float64)
+    fixed = deepdpm._positive_definite(sigma, torch.eye(d, dtype=torch.float64))
+    assert torch.equal(fixed[0], sigma[0])
+    assert bool((torch.linalg.cholesky_ex(fixed)[1] == 0).all())
+    assert torch.allclose(fixed[1], sigma[1], atol=1e-5)
+    # statistics whose scatter sxx - n mu mu^T has eigenvalue -0.1 (what cancellation can leave)
+    n, mean = 1000.0, torch.tensor([3.0, -2.0, 1.0], dtype=torch.float64)
+    sxx = n * torch.outer(mean, mean) - 0.1 * torch.eye(d, dtype=torch.float64)
+    i, j = torch.triu_indices(d, d)
+    G = torch.cat([sxx[i, j], n * mean, torch.tensor([n], dtype=torch.float64)])[None]
+    with pytest.raises(torch.linalg.LinAlgError):
+        torch.linalg.cholesky(prior.posterior(*sm.unpack_stats(G, d)).mode("covariance")[1])
+    mu, cov, log_w = deepdpm._map_params(prior, G, 1.0)
+    assert bool((torch.linalg.cholesky_ex(cov)[1] == 0).all())
+    X = mean.float() + 0.01 * torch.randn(50, d, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(deepdpm._log_dens(X, mu, cov, log_w)).all()

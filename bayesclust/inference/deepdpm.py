@@ -92,12 +92,33 @@ class DeepState:
         return self.net.head.out_features
 
 
+def _positive_definite(sigma: torch.Tensor, fallback: torch.Tensor, rel_floor: float = 1e-6) -> torch.Tensor:
+    """Batched covariances (..., D, D) made safely positive definite.
+
+    Statistics accumulated in float32 lose digits to cancellation in ``sxx - n mu mu^T`` for a tight
+    cluster far from the origin, which can leave a posterior scatter with a negative eigenvalue
+    (seen on MNIST-UMAP: a Cholesky failure). Matrices whose Cholesky fails get their eigenvalues
+    floored at ``rel_floor`` times their largest one; a matrix with no positive eigenvalue becomes
+    ``fallback`` (D, D). The others are returned unchanged.
+    """
+    sigma = 0.5 * (sigma + sigma.transpose(-1, -2))
+    bad = torch.linalg.cholesky_ex(sigma)[1] != 0
+    if not bool(bad.any()):
+        return sigma
+    evals, evecs = torch.linalg.eigh(sigma)
+    top = evals.amax(-1, keepdim=True)
+    fixed = (evecs * evals.clamp_min(rel_floor * top.clamp_min(0)).unsqueeze(-2)) @ evecs.transpose(-1, -2)
+    fixed = torch.where((top > 0)[..., None], 0.5 * (fixed + fixed.transpose(-1, -2)), fallback.to(sigma))
+    return torch.where(bad[..., None, None], fixed, sigma)
+
+
 def _map_params(prior: NIW, G: torch.Tensor, alpha: float) -> tuple[torch.Tensor, ...]:
     """NIW posterior modes (mu, Sigma) and MAP weights from statistics G (M, Q)."""
     n, sx, sxx = sm.unpack_stats(G, prior.dim)
     post = prior.posterior(n, sx, sxx)
     mu, sigma = post.mode("covariance")
-    sigma = sigma + 1e-6 * torch.eye(prior.dim, dtype=sigma.dtype)
+    prior_mode = prior.psi0 / (prior.nu0 + prior.dim + 2)  # the prior NIW mode of Sigma
+    sigma = _positive_definite(sigma + 1e-6 * torch.eye(prior.dim, dtype=sigma.dtype), prior_mode)
     w = n + alpha / max(1, n.numel())
     return mu, sigma, torch.log(w / w.sum())
 
