@@ -194,8 +194,9 @@ def test_vat_probes_leave_batchnorm_running_stats_alone():
     view = vat_view(net, x, z, 0.5, generator=g)
     with frozen_batchnorm_stats(net):
         out = net(view)
-    for m, (mean, var, _) in zip(bn, before, strict=True):
+    for m, (mean, var, count) in zip(bn, before, strict=True):
         assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert torch.equal(m.num_batches_tracked, count)
         assert m.momentum == 0.1  # restored
     # inside, training mode still normalises with the batch's own statistics
     assert torch.allclose(out, net(view), atol=1e-6)

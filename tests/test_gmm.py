@@ -189,6 +189,8 @@ def test_torch_input_and_chunking_give_same_result():
         ({"max_iter": 0}, ValueError, "max_iter must be >= 1"),
         ({"weight_concentration_prior": 0.0}, ValueError, "weight_concentration_prior must be > 0"),
         ({"degrees_of_freedom_prior": 1.0}, ValueError, "degrees_of_freedom_prior must be > 2"),
+        ({"covariance_type": "spherical", "degrees_of_freedom_prior": 2.5}, ValueError,
+         r"covariance_type='spherical' needs degrees_of_freedom_prior \(nu0\) > D \+ 1 - 2/D"),
         ({"covariance_prior": np.eye(2)}, ValueError, r"covariance_prior must be \(3, 3\)"),
         ({"mean_prior": [1.0, 2.0]}, ValueError, "mean_prior has 2 entries but X has 3 features"),
         ({"init": np.zeros((2, 3))}, ValueError, r"init means must have shape \(3, 3\)"),

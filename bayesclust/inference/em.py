@@ -291,7 +291,6 @@ def m_step(
             if covariance_type == "diag":
                 cov = (psi_diag + scatter) / (niw.nu0 - d + nk)[:, None] + reg_covar
             else:
-                gamma_shape(float(niw.nu0), d, "spherical")  # validates nu0
                 cov = (psi_diag.sum() + scatter.sum(1)) / (d * (niw.nu0 - d + nk)) + reg_covar
     if bool(empty.any()) and covariance_type != "tied":
         # A component with no mass keeps its previous parameters instead of dividing by ~0.

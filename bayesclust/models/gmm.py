@@ -30,6 +30,7 @@ from .._validation import (
 from ..base import BaseEstimator, ClusterMixin
 from ..inference import em
 from ..inference.engine import Engine, Step
+from .gmm_model import gamma_shape
 from .priors import NIW
 
 _FEATURE_CACHE_BYTES = 1 << 30  # cache phi(X) when it fits in 1 GiB; else recompute per chunk
@@ -171,6 +172,8 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
         nu0 = self.degrees_of_freedom_prior
         if nu0 is not None:
             check_scalar(nu0, "degrees_of_freedom_prior", low=d - 1, low_inclusive=False)
+            if self.covariance_type == "spherical":
+                gamma_shape(float(nu0), d, "spherical")  # raises when the shared-precision prior is improper
         m0 = None
         if self.mean_prior is not None:
             m0 = check_array(self.mean_prior, name="mean_prior", ndim=1, device=X.device, dtype=X.dtype)

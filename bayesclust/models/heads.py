@@ -113,14 +113,18 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
     would shift the statistics that ``predict`` normalises clean inputs with.
     """
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in norms]
     for m in norms:
         m.momentum = 0.0
     try:
         yield
     finally:
-        for m, mom in zip(norms, saved, strict=True):
+        # num_batches_tracked too: with momentum=None the running average is cumulative over it
+        for m, (mom, count) in zip(norms, saved, strict=True):
             m.momentum = mom
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 def vat_view(
