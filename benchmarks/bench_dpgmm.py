@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--svi-max-iter", type=int, default=200)
     ap.add_argument("--sklearn-max-iter", type=int, default=100, help="cap on sklearn's VI iterations")
     ap.add_argument("--no-sklearn", action="store_true")
+    ap.add_argument("--deep-max-iter", type=int, default=0,
+                    help="also run inference='deep' on MNIST/USPS with this many iterations (0: skip)")
     ap.add_argument("--synth-n", type=int, default=100_000)
     ap.add_argument("--big-n", type=int, default=1_000_000)
     ap.add_argument("--threads", type=int, default=2)
@@ -146,6 +148,13 @@ def main() -> None:
             f"time {np.mean([r['time_s'] for r in rows]):.1f}s"
         )
         print(fmt(run_ours(X, y, "svi", seeds[0], args.svi_max_iter)), flush=True)
+        if args.deep_max_iter:  # the DeepDPM-style route, every seed
+            deep = [run_ours(X, y, "deep", s, args.deep_max_iter) for s in seeds]
+            for r in deep:
+                print(fmt(r), flush=True)
+            print(f"  summary deep: NMI {np.mean([r['nmi'] for r in deep]):.4f} ACC "
+                  f"{np.mean([r['acc'] for r in deep]):.4f} K {[r['K'] for r in deep]} "
+                  f"K_big {[r['K_big'] for r in deep]} time {np.mean([r['time_s'] for r in deep]):.1f}s")
 
     if "prior-grid" in only:  # not in the default --only: does any prior default fit both sets?
         print("\n## prior grid (psi_scale x nu0) on MNIST / USPS UMAP-10, seeds 0, 1")
