@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bayesclust.metrics import accuracy
+from bayesclust.metrics import accuracy, evaluate
 from bayesclust.models.entropy import EntropyClustering
 
 
@@ -134,6 +134,25 @@ def test_new_parameter_errors():
         EntropyClustering(2, augmentation="vat", aug_weight=1.0, vat_knn=0).fit(X)
     with pytest.raises(TypeError, match="vat_knn must be an integer"):
         EntropyClustering(2, augmentation="vat", aug_weight=1.0, vat_knn=2.5).fit(X)
+    with pytest.raises(ValueError, match="label_predictions='stale' is not supported"):
+        EntropyClustering(2, loss="collision", label_predictions="stale").fit(X)
+
+
+@pytest.mark.parametrize("loss", ["collision", "sela", "rce"])
+def test_label_predictions_from_the_epoch(loss):
+    """Pseudo-labels from the epoch's own batch predictions: without warm-up the first step still
+    runs a fresh pass; "epoch" differs from "fresh" only through the (within-epoch) predictions it
+    solves on, and clusters as well."""
+    X, y = _two_bands(200)
+    kw = dict(head="linear", loss=loss, max_iter=15, batch_size=50, random_state=0, lr=0.05, lam=2.0)
+    for warmup in (0, 2):
+        fresh = EntropyClustering(2, label_predictions="fresh", warmup=warmup, **kw).fit(X)
+        epoch = EntropyClustering(2, label_predictions="epoch", warmup=warmup, **kw).fit(X)
+        acc_fresh, acc_epoch = (evaluate(y, m.labels_)["acc"] for m in (fresh, epoch))
+        assert acc_epoch >= acc_fresh - 0.05
+        if warmup == 0:
+            assert min(acc_fresh, acc_epoch) >= 0.95
+        assert not np.allclose(fresh.predict_proba(X), epoch.predict_proba(X))
 
 
 def test_kth_neighbor_distance_matches_brute_force():

@@ -96,10 +96,11 @@ def test_swav_codes_rows_and_queue():
     st.floats(0.01, 20.0),
     st.sampled_from(["collision", "reverse"]),
     st.integers(1, 13),
+    st.sampled_from(["fused", "torch"]),
 )
-def test_em_objective_is_monotone(n, k, seed, lam, loss, chunk):
+def test_em_objective_is_monotone(n, k, seed, lam, loss, chunk, backend):
     p = _logits(n, k, seed).softmax(1)
-    res = em_soft_labels(p, lam, loss=loss, max_iter=30, tol=0.0, chunk_size=chunk)
+    res = em_soft_labels(p, lam, loss=loss, max_iter=30, tol=0.0, chunk_size=chunk, backend=backend)
     h = res.objective
     assert all(b <= a + 1e-12 * max(1.0, abs(a)) for a, b in zip(h, h[1:]))
     assert torch.allclose(res.y.sum(1), torch.ones(n, dtype=p.dtype), atol=1e-10)
@@ -211,3 +212,76 @@ def test_em_in_place_buffer_and_shape_errors():
         em_soft_labels(p, init=p[:3])
     with pytest.raises(ValueError, match="out must be a torch.float64 tensor of shape"):
         em_soft_labels(p, out=torch.empty(50, 4))
+
+
+@SETTINGS
+@given(
+    st.integers(1, 300),
+    st.integers(2, 40),
+    st.integers(0, 10_000),
+    st.floats(0.01, 10.0),
+    st.sampled_from(["collision", "reverse"]),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+def test_fused_em_iteration_matches_torch_ops(n, k, seed, lam, loss, dtype):
+    """One compiled one-pass iteration = one iteration of the chunked torch ops, in either dtype."""
+    from bayesclust.inference import _em_kernels
+    from bayesclust.inference.selflabel import _em_iteration_torch
+
+    p = _logits(n, k, seed, dtype=dtype).softmax(1)
+    q0 = _logits(n, k, seed + 1, dtype=dtype).softmax(1)
+    b = lam / k / q0.sum(0)
+    tiny = torch.finfo(dtype).tiny * 1e6
+    q1, q2 = q0.clone(), q0.clone()
+    col1, data1 = _em_iteration_torch(p, q1, b, loss, tiny, chunk_size=7)
+    col2, data2 = _em_kernels.em_iteration(p, q2, b, loss, tiny)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(q1, q2, atol=tol, rtol=tol)
+    assert torch.allclose(col1, col2, atol=tol * n, rtol=tol)
+    assert math.isclose(-data1, data2, rel_tol=tol, abs_tol=tol * n)
+
+
+@SETTINGS
+@given(st.integers(1, 200), st.integers(2, 30), st.integers(0, 10_000), st.floats(0.0, 10.0),
+       st.sampled_from(["collision", "reverse"]), st.booleans())
+def test_fused_em_solver_matches_torch_ops(n, k, seed, lam, loss, warm):
+    p = _logits(n, k, seed).softmax(1)
+    init = _logits(n, k, seed + 1).softmax(1) if warm else None
+    kw = dict(loss=loss, max_iter=12, tol=1e-12, init=init)
+    a = em_soft_labels(p, lam, backend="torch", **kw)
+    b = em_soft_labels(p, lam, backend="fused", **kw)
+    assert a.n_iter == b.n_iter and torch.allclose(a.y, b.y, atol=1e-10, rtol=0)
+    assert all(math.isclose(u, v, rel_tol=1e-10, abs_tol=1e-12) for u, v in zip(a.objective, b.objective))
+
+
+def test_fused_em_does_not_depend_on_the_thread_count():
+    p = _logits(1000, 17, 3, dtype=torch.float32).softmax(1)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = em_soft_labels(p, 1.0, max_iter=5, tol=0.0, backend="fused")
+        torch.set_num_threads(2)
+        two = em_soft_labels(p, 1.0, max_iter=5, tol=0.0, backend="fused")
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one.y, two.y) and one.objective == two.objective
+
+
+def test_em_backend_errors():
+    p = _logits(20, 3, 1).softmax(1)
+    with pytest.raises(ValueError, match="backend='numba' is not supported"):
+        em_soft_labels(p, backend="numba")
+    with pytest.raises(ValueError, match="backend='fused' needs contiguous CPU float32/float64 tensors"):
+        em_soft_labels(p.T.contiguous().T, backend="fused")  # a transposed (non-contiguous) view
+    with pytest.raises(ValueError, match="backend='fused' needs contiguous CPU float32/float64 tensors"):
+        em_soft_labels(p, init=p.float(), backend="fused")  # mixed dtypes
+    # "auto" falls back to the torch ops for such inputs and agrees with them
+    auto = em_soft_labels(p.T.contiguous().T, max_iter=4, tol=0.0)
+    ref = em_soft_labels(p, max_iter=4, tol=0.0, backend="torch")
+    assert torch.allclose(auto.y, ref.y, atol=1e-12)
+
+
+def test_objective_without_fairness_is_finite_for_unused_classes():
+    p = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0]], dtype=torch.float64)
+    res = em_soft_labels(p, 0.0)  # lam = 0: one-hot argmax labels, class 2 unused
+    assert res.objective == [pytest.approx(-math.log(0.9 * 0.8) / 2)]

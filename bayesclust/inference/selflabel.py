@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._device import empty_buffer
 from .._validation import check_option, check_positive_int, check_scalar
 from .engine import Engine
 
@@ -378,6 +379,8 @@ def soft_label_objective(
         else:
             total += float(-(p * q.log()).sum())
         col += q.sum(0)
+    if lam == 0.0:  # no fairness term (an unused class would make it 0 * inf)
+        return total / n
     fair = -math.log(k) - float((col / n).log().mean())
     return total / n + lam * fair
 
@@ -392,6 +395,7 @@ def em_soft_labels(
     init: torch.Tensor | None = None,
     chunk_size: int | None = None,
     out: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> SoftLabelResult:
     r"""Soft pseudo-labels minimising ``F(y) = mean_i H(sigma_i, y_i) + lam * KL(u || ybar)``.
 
@@ -417,6 +421,9 @@ def em_soft_labels(
     init : starting ``y`` (default ``sigma``), floored at 1e-6 and renormalised.
     chunk_size : rows per chunk (default: ~1 MiB chunks).
     out : optional (N, K) buffer to write ``y`` into (may be ``init`` itself: saves an N x K buffer).
+    backend : ``"fused"`` (compiled one-pass iterations, ``inference/_em_kernels.py``: CPU tensors,
+        contiguous, float32/float64), ``"torch"`` (chunked torch ops, any device) or ``"auto"``
+        (fused where it applies).
     """
     _check_log_kernel(probs)
     lam = check_scalar(lam, "lam", low=0.0)
@@ -431,43 +438,78 @@ def em_soft_labels(
         raise ValueError(f"init has shape {tuple(init.shape)}; it must match probs {tuple(probs.shape)}.")
     if out is not None and (out.shape != probs.shape or out.dtype != probs.dtype):
         raise ValueError(f"out must be a {probs.dtype} tensor of shape {tuple(probs.shape)}.")
+    check_option(backend, "backend", ("auto", "fused", "torch"))
     dt = probs.dtype
     tiny = torch.finfo(dt).tiny * 1e6
-    y = out if out is not None else torch.empty_like(probs)
+    y = out if out is not None else empty_buffer(n, k, dt, probs.device)
+    fused = _em_kernels_for(backend, probs, y, init)
     if lam == 0.0 and loss == "collision":
         for sl in Engine.chunks(n, chunk_size):
             y[sl] = torch.nn.functional.one_hot(probs[sl].argmax(1), k).to(dt)
         return SoftLabelResult(y, [soft_label_objective(probs, y, 0.0, loss, chunk_size)], 0, True)
     col = torch.zeros(k, dtype=torch.float64, device=probs.device)
-    for sl in Engine.chunks(n, chunk_size):
-        src = probs[sl] if init is None else init[sl].to(dt)
-        q = src.clamp_min(1e-6)
-        q /= q.sum(1, keepdim=True)
-        y[sl] = q
-        col += q.sum(0).double()
+    if fused is not None:
+        col = fused.init_labels(probs if init is None else init, y, 1e-6)
+    else:
+        for sl in Engine.chunks(n, chunk_size):
+            src = probs[sl] if init is None else init[sl].to(dt)
+            q = src.clamp_min(1e-6)
+            q /= q.sum(1, keepdim=True)
+            y[sl] = q
+            col += q.sum(0).double()
     history: list[float] = []
     converged = False
     for _ in range(max_iter):
         b = (lam / k / col).to(dt)  # b_k = lam / (K colsum_k): Jensen weight of -ln ybar_k
         fair = -math.log(k) - float((col / n).log().mean())
-        new_col = torch.zeros_like(col)
-        data = 0.0
-        for sl in Engine.chunks(n, chunk_size):
-            p, q = probs[sl], y[sl]
-            z = torch.mv(q, b).add_(1.0 / n)  # z_i = 1/N + y_i . b, the row normaliser
-            if loss == "collision":
-                s = torch.linalg.vecdot(p, q).clamp_min_(tiny)  # sigma_i . y_i
-                data -= float(s.log().sum(dtype=torch.float64))
-                t = p * (1.0 / (n * s * z))[:, None]  # a_i sigma_ik / z_i
-                t.addr_(1.0 / z, b)  # + b_k / z_i
-                q.mul_(t)
-            else:
-                data -= float((p * q.clamp_min(tiny).log()).sum(dtype=torch.float64))
-                q.mul_(b).add_(p, alpha=1.0 / n).div_(z[:, None])  # (sigma / N + b y) / z
-            new_col += q.sum(0).double()
+        if fused is not None:  # the same update, one pass over sigma and y
+            new_col, data_sum = fused.em_iteration(probs, y, b, loss, tiny)
+            data = -data_sum
+        else:
+            new_col, data = _em_iteration_torch(probs, y, b, loss, tiny, chunk_size)
         history.append(data / n + lam * fair)
         col = new_col
         if len(history) > 1 and history[-2] - history[-1] < tol:
             converged = True
             break
     return SoftLabelResult(y, history, len(history), converged)
+
+
+def _em_iteration_torch(
+    probs: torch.Tensor, y: torch.Tensor, b: torch.Tensor, loss: str, tiny: float, chunk_size: int
+) -> tuple[torch.Tensor, float]:
+    """One EM iteration in place on ``y`` by chunked torch ops: (float64 column sums, data term * N)."""
+    n = probs.shape[0]
+    new_col = torch.zeros(probs.shape[1], dtype=torch.float64, device=probs.device)
+    data = 0.0
+    for sl in Engine.chunks(n, chunk_size):
+        p, q = probs[sl], y[sl]
+        z = torch.mv(q, b).add_(1.0 / n)  # z_i = 1/N + y_i . b, the row normaliser
+        if loss == "collision":
+            s = torch.linalg.vecdot(p, q).clamp_min_(tiny)  # sigma_i . y_i
+            data -= float(s.log().sum(dtype=torch.float64))
+            t = p * (1.0 / (n * s * z))[:, None]  # a_i sigma_ik / z_i
+            t.addr_(1.0 / z, b)  # + b_k / z_i
+            q.mul_(t)
+        else:
+            data -= float((p * q.clamp_min(tiny).log()).sum(dtype=torch.float64))
+            q.mul_(b).add_(p, alpha=1.0 / n).div_(z[:, None])  # (sigma / N + b y) / z
+        new_col += q.sum(0).double()
+    return new_col, data
+
+
+def _em_kernels_for(backend: str, probs: torch.Tensor, y: torch.Tensor, init: torch.Tensor | None):
+    """The fused-kernel module if ``backend`` asks for it and the tensors allow it, else None."""
+    if backend == "torch":
+        return None
+    from . import _em_kernels
+
+    tensors = (probs, y) if init is None else (probs, y, init)
+    if _em_kernels.supported(*tensors):
+        return _em_kernels
+    if backend == "fused":
+        raise ValueError(
+            "backend='fused' needs contiguous CPU float32/float64 tensors of one dtype "
+            f"(probs: {probs.dtype} on {probs.device}); use backend='torch' or 'auto'."
+        )
+    return None

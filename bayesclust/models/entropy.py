@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import losses as L
+from .._device import empty_buffer
 from .._validation import check_array, check_is_fitted, check_option, check_positive_int, check_scalar
 from ..base import BaseEstimator, ClusterMixin
 from ..inference.engine import Engine, Step
@@ -44,6 +45,11 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         ``vat_knn``-th nearest neighbour (IMSAT: ``vat_eps=0.25, vat_knn=10``), computed once by
         exact search at the start of ``fit``; the radius then follows the local density of the data.
     em_iter : EM iterations per pseudo-label step (warm-started from the previous step's labels).
+    label_predictions : the predictions a pseudo-label step solves on. ``"fresh"``: a forward pass
+        over the data before the step (exact, costs a third of an epoch's compute); ``"epoch"``: the
+        clean-view predictions kept from the last epoch's own mini-batches (each row as the network
+        was when its batch was seen; no extra pass). A step with no complete epoch behind it
+        (``warmup=0``) uses fresh predictions.
     warmup : epochs trained on the MI loss (weight ``lam``) before the self-labelling losses start, so
         their first pseudo-labels come from an informative network rather than a random one.
     sela_lambda, swav_epsilon : solver parameters.
@@ -67,6 +73,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         vat_eps: float = 1.0,
         vat_knn: int | None = None,
         em_iter: int = 20,
+        label_predictions: str = "fresh",
         warmup: int = 0,
         sela_lambda: float = 25.0,
         swav_epsilon: float = 0.05,
@@ -94,6 +101,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         self.vat_eps = vat_eps
         self.vat_knn = vat_knn
         self.em_iter = em_iter
+        self.label_predictions = label_predictions
         self.warmup = warmup
         self.sela_lambda = sela_lambda
         self.swav_epsilon = swav_epsilon
@@ -122,6 +130,14 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         with torch.no_grad():
             return torch.cat([self.module_(x[s]) for s in Engine.chunks(x.shape[0], chunk)])
 
+    def _predictions_into(self, x: torch.Tensor, out: torch.Tensor, log: bool, chunk: int = 4096) -> None:
+        """Fill ``out`` (N, K) with softmax (``log``: log-softmax) predictions, chunk by chunk."""
+        self.module_.eval()
+        with torch.no_grad():
+            for s in Engine.chunks(x.shape[0], chunk):
+                z = self.module_(x[s])
+                out[s] = z.log_softmax(1) if log else z.softmax(1)
+
     # ------------------------------------------------------------------ fit
     def fit(self, X: Any, y: Any = None) -> EntropyClustering:
         k = check_positive_int(self.n_clusters, "n_clusters", minimum=2)
@@ -135,6 +151,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         check_scalar(self.weight_decay, "weight_decay", low=0.0)
         check_positive_int(self.warmup, "warmup", minimum=0)
         check_positive_int(self.em_iter, "em_iter")
+        check_option(self.label_predictions, "label_predictions", ("fresh", "epoch"))
         if self.vat_knn is not None:
             check_positive_int(self.vat_knn, "vat_knn")
         if self.batch_size is not None:
@@ -181,9 +198,13 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         ).to(engine.device, engine.dtype)
         self.module_ = module
         opt = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        state: dict[str, Any] = {"model": module, "optimizer": opt, "y": None}
+        state: dict[str, Any] = {"model": module, "optimizer": opt, "y": None, "probs_ready": False}
         gen = engine.generator
         n = x.shape[0]
+        self_labelling = self.loss in ("collision", "rce", "ce", "sela")
+        keep_epoch = self_labelling and self.label_predictions == "epoch"
+        # one (N, K) buffer of predictions for the pseudo-label steps, allocated once
+        state["probs"] = empty_buffer(n, k, engine.dtype, engine.device) if self_labelling else None
 
         def aug_term(z: torch.Tensor, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             if aug_w == 0.0:
@@ -204,6 +225,10 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
                 q2 = swav_codes(z2, self.swav_epsilon)
                 return 0.5 * (L.cross_entropy(z2, q1) + L.cross_entropy(z1, q2))
             z = module(xb)
+            if keep_epoch:  # this epoch's clean-view predictions, for the next pseudo-label step
+                with torch.no_grad():
+                    zd = z.detach()
+                    st["probs"][idx] = zd.log_softmax(1) if self.loss == "sela" else zd.softmax(1)
             if self.loss == "mi" or (self.loss != "renyi" and st["y"] is None):  # MI (or its warm-up)
                 base = L.mi_loss(z, weight=lam, alpha=1.0)
             elif self.loss == "renyi":
@@ -219,18 +244,21 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
             return base + aug_term(z, xb, idx)
 
         def label_step(st: dict[str, Any], iteration: int) -> None:
-            logits = self._logits_all(x)
+            probs = st["probs"]
+            if not st["probs_ready"]:  # fresh predictions (or no complete epoch kept yet)
+                self._predictions_into(x, probs, log=self.loss == "sela")
             if self.loss == "sela":
-                # kernel Sinkhorn in the logits' memory, warm-started from the last column potential
+                # kernel Sinkhorn on log sigma, warm-started from the last column potential
                 labels, res = sela_labels(
-                    logits.log_softmax(1), self.sela_lambda, tol=1e-3, overwrite=False,
-                    init_log_v=st.get("log_v"),
+                    probs, self.sela_lambda, tol=1e-3, overwrite=False, init_log_v=st.get("log_v")
                 )
                 st["log_v"] = res.log_v
-                st["y"] = nn.functional.one_hot(labels, k).to(logits.dtype)
+                if st["y"] is None:
+                    st["y"] = empty_buffer(n, k, probs.dtype, probs.device)
+                for sl in Engine.chunks(n, 1 << 16):
+                    st["y"][sl] = nn.functional.one_hot(labels[sl], k).to(probs.dtype)
             else:
                 kind = "reverse" if self.loss == "rce" else "collision"
-                probs = logits.softmax(1)
                 st["y"] = em_soft_labels(
                     probs, lam, loss=kind, max_iter=self.em_iter, init=st["y"], out=st["y"]
                 ).y
@@ -239,7 +267,14 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         schedule = []
         if self.loss in ("collision", "rce", "ce", "sela"):
             schedule.append(Step("pseudo_labels", label_step, start=int(self.warmup)))
-        schedule.append(Step("neural", neural_step(engine, n, self.batch_size, batch_loss)))
+        epoch = neural_step(engine, n, self.batch_size, batch_loss)
+
+        def neural(st: dict[str, Any], iteration: int) -> float:
+            out = epoch(st, iteration)
+            st["probs_ready"] = keep_epoch  # every row of the buffer was written by this epoch
+            return out
+
+        schedule.append(Step("neural", neural))
         result = engine.run(schedule, state)
         self.history_ = list(result.history)
         self.n_iter_ = result.n_iter
