@@ -24,6 +24,14 @@ _BLOCKS = 64  # row blocks of the parallel loop (fixed: results do not depend on
 _FLUSH = 256  # rows summed in the input dtype before adding into the float64 column sums
 
 
+@njit(inline="always", cache=True)
+def _flush(col, acc):  # pragma: no cover - compiled
+    """``col += acc`` (float64 += input dtype), then ``acc = 0``."""
+    for j in range(acc.shape[0]):
+        col[j] += acc[j]
+        acc[j] = 0.0
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def _init_pass(src, y, floor, nblk):  # pragma: no cover - compiled
     """``y_i = max(src_i, floor) / sum``; returns the float64 column sums of ``y``."""
@@ -44,11 +52,8 @@ def _init_pass(src, y, floor, nblk):  # pragma: no cover - compiled
                 y[i, j] = v
                 acc[j] += v
             if (i - t * rows) % _FLUSH == _FLUSH - 1:
-                for j in range(k):
-                    cols[t, j] += acc[j]
-                    acc[j] = 0.0
-        for j in range(k):
-            cols[t, j] += acc[j]
+                _flush(cols[t], acc)
+        _flush(cols[t], acc)
     return cols.sum(0)
 
 
@@ -82,11 +87,8 @@ def _collision_pass(p, q, b, inv_n, tiny, nblk):  # pragma: no cover - compiled
                 q[i, j] = v
                 acc[j] += v
             if (i - t * rows) % _FLUSH == _FLUSH - 1:
-                for j in range(k):
-                    cols[t, j] += acc[j]
-                    acc[j] = 0.0
-        for j in range(k):
-            cols[t, j] += acc[j]
+                _flush(cols[t], acc)
+        _flush(cols[t], acc)
         logs[t] = ls
     return cols.sum(0), logs.sum()
 
@@ -117,11 +119,8 @@ def _reverse_pass(p, q, b, inv_n, tiny, nblk):  # pragma: no cover - compiled
                 q[i, j] = v
                 acc[j] += v
             if (i - t * rows) % _FLUSH == _FLUSH - 1:
-                for j in range(k):
-                    cols[t, j] += acc[j]
-                    acc[j] = 0.0
-        for j in range(k):
-            cols[t, j] += acc[j]
+                _flush(cols[t], acc)
+        _flush(cols[t], acc)
         logs[t] = ls
     return cols.sum(0), logs.sum()
 
