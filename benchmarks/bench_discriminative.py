@@ -224,7 +224,8 @@ def main() -> None:
             )
         for loss in a.losses.split(","):
             t = time.perf_counter()
-            callbacks = [_epoch_callback(X, y, t, a.budget_min, a.log_epochs, loss, seed)]
+            Xfit = Ximg[:, None] if a.head == "cnn" else X  # (N, 1, H, W) images for the CNN
+            callbacks = [_epoch_callback(Xfit, y, t, a.budget_min, a.log_epochs, loss, seed)]
             m = EntropyClustering(
                 10,
                 head=a.head,
@@ -244,7 +245,7 @@ def main() -> None:
                 random_state=seed,
                 callbacks=callbacks,
             )
-            pred = m.fit_predict(Ximg if a.head == "cnn" else X)
+            pred = m.fit_predict(Xfit)
             rows.setdefault(loss, []).append(
                 {**evaluate(y, pred), "s": time.perf_counter() - t, "ep": m.n_iter_}
             )
