@@ -1,13 +1,15 @@
 """Write benchmarks/RESULTS.md from the per-topic files in benchmarks/results/.
 
 Each topic file is copied verbatim except that its Markdown headings (outside code fences) move one
-level down, so printed benchmark output inside ``` blocks is never altered.
+level down and relative image links (``![...](x.png)``) gain the ``results/`` prefix, so printed
+benchmark output inside ``` blocks is never altered.
 
     python benchmarks/merge_results.py
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -19,7 +21,10 @@ def demote(text: str) -> str:
     for line in text.splitlines():
         if line.lstrip().startswith("```"):
             fenced = not fenced
-        out.append("#" + line if (not fenced and line.startswith("#")) else line)
+        if not fenced:
+            line = "#" + line if line.startswith("#") else line
+            line = re.sub(r"(!\[[^\]]*\]\()(?![a-z]+:|/|results/)", r"\1results/", line)
+        out.append(line)
     return "\n".join(out) + "\n"
 
 
