@@ -265,7 +265,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
             return None
 
         schedule = []
-        if self.loss in ("collision", "rce", "ce", "sela"):
+        if self_labelling:
             schedule.append(Step("pseudo_labels", label_step, start=int(self.warmup)))
         epoch = neural_step(engine, n, self.batch_size, batch_loss)
 
