@@ -254,6 +254,7 @@ def main() -> None:
     ap.add_argument("--vat-knn", type=int, default=None,
                     help="per-sample VAT radius vat_eps x distance to this neighbour (IMSAT: 0.25, 10)")
     ap.add_argument("--em-iter", type=int, default=20, help="EM iterations per pseudo-label step")
+    ap.add_argument("--n-init", type=int, default=1, help="restarts per fit, the highest-MI one kept")
     ap.add_argument("--label-predictions", default="fresh", choices=["fresh", "epoch"],
                     help="EntropyClustering(label_predictions=...): the predictions a label step solves on")
     ap.add_argument("--budget-min", type=float, default=None, help="stop each fit after this many minutes")
@@ -314,6 +315,7 @@ def main() -> None:
                 vat_knn=a.vat_knn,
                 em_iter=a.em_iter,
                 label_predictions=a.label_predictions,
+                n_init=a.n_init,
                 random_state=seed,
                 callbacks=callbacks,
             )
@@ -325,7 +327,8 @@ def main() -> None:
         f"data={a.data}/{a.split} n={len(X)} head={a.head} epochs<={a.epochs} lr={a.lr} "
         f"wd={a.weight_decay} lam={a.lam} warmup={a.warmup} batch={a.batch_size} aug={a.augmentation}"
         f"x{a.aug_weight} vat_eps={a.vat_eps} "
-        f"vat_knn={a.vat_knn} em_iter={a.em_iter} label_predictions={a.label_predictions} seeds={seeds} "
+        f"vat_knn={a.vat_knn} em_iter={a.em_iter} label_predictions={a.label_predictions} n_init={a.n_init} "
+        f"seeds={seeds} "
         f"budget_min={a.budget_min}"
     )
     print("| method | ACC | NMI | ARI | seconds/run | epochs |\n|---|---|---|---|---|---|")
