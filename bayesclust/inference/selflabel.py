@@ -28,6 +28,7 @@ __all__ = [
     "SinkhornResult",
     "SoftLabelResult",
     "em_soft_labels",
+    "one_hot_into",
     "sela_labels",
     "sinkhorn_knopp",
     "soft_label_objective",
@@ -444,13 +445,12 @@ def em_soft_labels(
     y = out if out is not None else empty_buffer(n, k, dt, probs.device)
     fused = _em_kernels_for(backend, probs, y, init)
     if lam == 0.0 and loss == "collision":
-        for sl in Engine.chunks(n, chunk_size):
-            y[sl] = torch.nn.functional.one_hot(probs[sl].argmax(1), k).to(dt)
+        one_hot_into(y, probs.argmax(1))
         return SoftLabelResult(y, [soft_label_objective(probs, y, 0.0, loss, chunk_size)], 0, True)
-    col = torch.zeros(k, dtype=torch.float64, device=probs.device)
     if fused is not None:
         col = fused.init_labels(probs if init is None else init, y, 1e-6)
     else:
+        col = torch.zeros(k, dtype=torch.float64, device=probs.device)
         for sl in Engine.chunks(n, chunk_size):
             src = probs[sl] if init is None else init[sl].to(dt)
             q = src.clamp_min(1e-6)
@@ -473,6 +473,12 @@ def em_soft_labels(
             converged = True
             break
     return SoftLabelResult(y, history, len(history), converged)
+
+
+def one_hot_into(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Write the one-hot rows of ``labels`` (N,) into ``out`` (N, K) in place (no int64 N x K temporary)."""
+    out.zero_().scatter_(1, labels.view(-1, 1), 1.0)
+    return out
 
 
 def _em_iteration_torch(

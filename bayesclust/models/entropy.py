@@ -16,7 +16,7 @@ from ..base import BaseEstimator, ClusterMixin
 from ..inference.engine import Engine, Step
 from ..inference.neighbors import kth_neighbor_distance
 from ..inference.neural import neural_step
-from ..inference.selflabel import em_soft_labels, sela_labels, swav_codes
+from ..inference.selflabel import em_soft_labels, one_hot_into, sela_labels, swav_codes
 from .heads import augment, build_head, frozen_batchnorm_stats, vat_view
 
 __all__ = ["EntropyClustering"]
@@ -166,11 +166,12 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         for i in range(check_positive_int(self.n_init, "n_init")):
             seed = None if self.random_state is None else self.random_state + i
             self._fit_once(x, k, lam, alpha, aug_w, seed, radius)
-            mi = -float(L.mi_loss(self._logits_all(x).double()))
+            logits = self._logits_all(x)  # one pass: the restart's MI score and its labels
+            mi = -float(L.mi_loss(logits.double()))
             if best is None or mi > best[0]:
-                best = (mi, self.module_, self.history_, self.n_iter_, self.converged_)
-        _, self.module_, self.history_, self.n_iter_, self.converged_ = best
-        self.labels_ = self._logits_all(x).argmax(1).cpu().numpy()
+                best = (mi, self.module_, self.history_, self.n_iter_, self.converged_, logits.argmax(1))
+        _, self.module_, self.history_, self.n_iter_, self.converged_, labels = best
+        self.labels_ = labels.cpu().numpy()
         return self
 
     def _fit_once(
@@ -255,8 +256,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
                 st["log_v"] = res.log_v
                 if st["y"] is None:
                     st["y"] = empty_buffer(n, k, probs.dtype, probs.device)
-                for sl in Engine.chunks(n, 1 << 16):
-                    st["y"][sl] = nn.functional.one_hot(labels[sl], k).to(probs.dtype)
+                one_hot_into(st["y"], labels)
             else:
                 kind = "reverse" if self.loss == "rce" else "collision"
                 st["y"] = em_soft_labels(
