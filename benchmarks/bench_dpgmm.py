@@ -93,6 +93,42 @@ def imbalanced_mnist(seed: int = 0):
     return X[keep], y[keep]
 
 
+def island_merge_ratios(max_iter: int) -> None:
+    """Deep route on MNIST-UMAP (seed 0): the smallest cluster's log merge Hastings ratio with each of
+    its three nearest clusters, from the fitted labels and the NIW prior in the model's standardised
+    space (``splitmerge.log_merge_ratio``: > 0 favours the merge)."""
+    from bayesclust.inference.splitmerge import log_merge_ratio
+    from bayesclust.models.priors import NIW
+
+    X, _ = load_npz("mnist70k_ae_umap10.npz")
+    m = DPGMM(inference="deep", random_state=0, max_iter=max_iter).fit(X)
+    Z = (torch.as_tensor(X, dtype=torch.float64) - m.data_mean_.double()) / m.data_scale_.double()
+    p = m.prior_
+    prior = NIW.__new__(NIW)._set(
+        p["m"].double(), torch.as_tensor(p["kappa"]).double(), torch.as_tensor(p["nu"]).double(),
+        p["psi"].double(),
+    )
+    lab = torch.as_tensor(m.labels_)
+    sizes = torch.bincount(lab)
+    small = int(sizes.argmin())
+    means = torch.stack([Z[lab == j].mean(0) for j in range(len(sizes))])
+    dist = (means - means[small]).norm(dim=1)
+    dist[small] = float("inf")
+
+    def log_ml(mask: torch.Tensor) -> torch.Tensor:
+        Zm = Z[mask]
+        return prior.log_marginal_likelihood(mask.sum().double()[None], Zm.sum(0)[None], (Zm.T @ Zm)[None])
+
+    print(f"\n## deep route, MNIST-UMAP seed 0: K={m.n_components_}, cluster sizes {sorted(sizes.tolist())}")
+    a = lab == small
+    for nb in dist.argsort()[:3].tolist():
+        b = lab == nb
+        na, nb_ = a.sum().double()[None], b.sum().double()[None]
+        r = log_merge_ratio(na, nb_, log_ml(a | b), log_ml(a), log_ml(b), float(m.alpha))
+        print(f"  cluster {small} (n={int(a.sum())}) + cluster {nb} (n={int(b.sum())}, standardised distance "
+              f"{float(dist[nb]):.2f}): log merge Hastings ratio {float(r[0]):.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", default="synth,mnist,usps,imbalanced,faithful,galaxies,big")
@@ -168,6 +204,9 @@ def main() -> None:
                         r["route"] = f"{name} psi_scale={ps} nu0={nu}"
                         r.pop("posterior_k", None)
                         print(fmt(r), flush=True)
+
+    if "island" in only:  # not in the default --only: why the deep route's MNIST K is 11
+        island_merge_ratios(args.deep_max_iter or 100)
 
     if "imbalanced" in only:
         X, y = imbalanced_mnist()
