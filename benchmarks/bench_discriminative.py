@@ -249,7 +249,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10, help="MI epochs before self-labelling starts")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--aug-weight", type=float, default=0.0)
-    ap.add_argument("--augmentation", default="random", choices=["random", "vat"])
+    ap.add_argument("--augmentation", default="random", choices=["random", "vat", "vat+random"])
+    ap.add_argument("--images", action="store_true",
+                    help="fit on (N, 1, H, W) images whatever the head (random affine views need images)")
     ap.add_argument("--vat-eps", type=float, default=1.5)
     ap.add_argument("--vat-knn", type=int, default=None,
                     help="per-sample VAT radius vat_eps x distance to this neighbour (IMSAT: 0.25, 10)")
@@ -260,6 +262,7 @@ def main() -> None:
     ap.add_argument("--budget-min", type=float, default=None, help="stop each fit after this many minutes")
     ap.add_argument("--log-epochs", action="store_true", help="print ACC per epoch (labels: report only)")
     ap.add_argument("--no-kmeans", action="store_true")
+    ap.add_argument("--confusion", action="store_true", help="print each fit's class x cluster counts")
     ap.add_argument("--only", choices=["pseudolabel-cost", "label-noise"], default=None,
                     help="run one special case")
     ap.add_argument("--cost-n", type=int, default=1_000_000, help="N for --only pseudolabel-cost")
@@ -296,7 +299,9 @@ def main() -> None:
             )
         for loss in a.losses.split(","):
             t = time.perf_counter()
-            Xfit = Ximg[:, None] if a.head == "cnn" else X  # (N, 1, H, W) images for the CNN
+            # (N, 1, H, W) images for the CNN, or with --images (the random affine view needs them;
+            # linear and MLP heads flatten them)
+            Xfit = Ximg[:, None] if a.head == "cnn" or a.images else X
             callbacks = [_epoch_callback(Xfit, y, t, a.budget_min, a.log_epochs, loss, seed)]
             m = EntropyClustering(
                 10,
@@ -323,6 +328,8 @@ def main() -> None:
             rows.setdefault(loss, []).append(
                 {**evaluate(y, pred), "s": time.perf_counter() - t, "ep": m.n_iter_}
             )
+            if a.confusion:
+                print_confusion(y, pred, f"{loss} seed {seed}")
     print(
         f"data={a.data}/{a.split} n={len(X)} head={a.head} epochs<={a.epochs} lr={a.lr} "
         f"wd={a.weight_decay} lam={a.lam} warmup={a.warmup} batch={a.batch_size} aug={a.augmentation}"
@@ -338,6 +345,20 @@ def main() -> None:
         secs = np.mean([r["s"] for r in rs])
         print(f"| {name} | {f('acc')} | {f('nmi')} | {f('ari')} | {secs:.1f} | {ep:.0f} |")
     print(f"load {os.getloadavg()}")
+
+
+def print_confusion(y: np.ndarray, pred: np.ndarray, title: str) -> None:
+    """Classes x clusters counts, clusters ordered by their Hungarian-matched class (report only)."""
+    from bayesclust.metrics import contingency_matrix, hungarian_mapping
+
+    c = contingency_matrix(y, pred)
+    match = hungarian_mapping(y, pred)
+    order = sorted(range(c.shape[1]), key=lambda j: match.get(j, c.shape[0] + j))
+    c = c[:, order]
+    print(f"  confusion [{title}]: rows = classes, columns = clusters matched to class 0, 1, ...")
+    print("    sizes  " + " ".join(f"{v:5d}" for v in c.sum(0)))
+    for i, row in enumerate(c):
+        print(f"    {i:5d}  " + " ".join(f"{v:5d}" for v in row))
 
 
 def _epoch_callback(X, y, t0, budget_min, log, loss, seed):

@@ -122,6 +122,36 @@ def test_vat_view_is_adversarial_with_radius_eps():
     assert np.isfinite(m.fit(X).predict_proba(X)).all()
 
 
+def test_vat_plus_random_sums_both_views_on_images():
+    """augmentation="vat+random": each batch adds the VAT KL and the random-affine KL."""
+    import bayesclust.models.entropy as ent
+
+    calls = {"vat": 0, "random": 0}
+    orig_vat, orig_aug = ent.vat_view, ent.augment
+
+    def spy_vat(*a, **kw):
+        calls["vat"] += 1
+        return orig_vat(*a, **kw)
+
+    def spy_aug(x, *a, **kw):
+        calls["random"] += 1
+        assert x.ndim == 4  # images keep their shape, so the affine warp applies
+        return orig_aug(x, *a, **kw)
+
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 8, 8)).astype(np.float32)
+    X[20:, :, :4] += 1.0  # two groups: bright left half or not
+    ent.vat_view, ent.augment = spy_vat, spy_aug
+    try:
+        m = EntropyClustering(2, head="mlp", hidden=8, loss="mi", aug_weight=1.0,
+                              augmentation="vat+random", vat_eps=0.5, vat_knn=3, max_iter=2,
+                              batch_size=20, random_state=0).fit(X)
+    finally:
+        ent.vat_view, ent.augment = orig_vat, orig_aug
+    assert calls == {"vat": 4, "random": 4}  # 2 epochs x 2 batches, one of each per batch
+    assert np.isfinite(m.predict_proba(X)).all()
+
+
 def test_new_parameter_errors():
     X, _ = _two_bands(10)
     with pytest.raises(ValueError, match="augmentation='mixup' is not supported"):

@@ -39,8 +39,8 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         codes of one augmented view as targets for the other.
     lam : fairness weight. alpha : Renyi order. aug_weight : weight of the self-augmentation KL.
     augmentation : the second view for that KL: ``"random"`` (Gaussian noise; random affine + noise
-        for images) or ``"vat"`` (virtual adversarial direction of radius ``vat_eps``, IMSAT); the
-        prediction on the clean input is the (fixed) target for ``"vat"``.
+        for images), ``"vat"`` (virtual adversarial direction of radius ``vat_eps``, IMSAT; the
+        prediction on the clean input is its fixed target) or ``"vat+random"`` (the sum of both KLs).
     vat_knn : if set, the VAT radius of each x_i is ``vat_eps`` times the distance to its
         ``vat_knn``-th nearest neighbour (IMSAT: ``vat_eps=0.25, vat_knn=10``), computed once by
         exact search at the start of ``fit``; the radius then follows the local density of the data.
@@ -145,7 +145,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         lam = check_scalar(self.lam, "lam", low=0.0)
         alpha = check_scalar(self.alpha, "alpha", low=0.0, low_inclusive=False)
         aug_w = check_scalar(self.aug_weight, "aug_weight", low=0.0)
-        check_option(self.augmentation, "augmentation", ("random", "vat"))
+        check_option(self.augmentation, "augmentation", ("random", "vat", "vat+random"))
         check_scalar(self.vat_eps, "vat_eps", low=0.0, low_inclusive=False)
         check_scalar(self.lr, "lr", low=0.0, low_inclusive=False)
         check_scalar(self.weight_decay, "weight_decay", low=0.0)
@@ -160,7 +160,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         self.n_features_in_ = tuple(raw.shape[1:]) if raw.ndim > 2 else int(raw.shape[1])
         x = raw.unsqueeze(1) if raw.ndim == 3 else raw
         radius = None
-        if self.vat_knn is not None and self.augmentation == "vat" and aug_w > 0:
+        if self.vat_knn is not None and "vat" in self.augmentation and aug_w > 0:
             radius = float(self.vat_eps) * kth_neighbor_distance(x, self.vat_knn)
         best = None
         for i in range(check_positive_int(self.n_init, "n_init")):
@@ -201,6 +201,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         opt = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         state: dict[str, Any] = {"model": module, "optimizer": opt, "y": None, "probs_ready": False}
         gen = engine.generator
+        use_vat, use_random = "vat" in self.augmentation, "random" in self.augmentation
         n = x.shape[0]
         self_labelling = self.loss in ("collision", "rce", "ce", "sela")
         keep_epoch = self_labelling and self.label_predictions == "epoch"
@@ -208,15 +209,18 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         state["probs"] = empty_buffer(n, k, engine.dtype, engine.device) if self_labelling else None
 
         def aug_term(z: torch.Tensor, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            out = z.new_zeros(())
             if aug_w == 0.0:
-                return z.new_zeros(())
-            if self.augmentation == "vat":
+                return out
+            if use_vat:
                 eps = self.vat_eps if radius is None else radius[idx]
                 view = vat_view(module, xb, z, eps, generator=gen)
                 with frozen_batchnorm_stats(module):  # running statistics from clean inputs only
                     za = module(view)
-                return aug_w * L.self_augmentation_loss(z.detach(), za)
-            return aug_w * L.self_augmentation_loss(z, module(augment(xb, gen)))
+                out = out + L.self_augmentation_loss(z.detach(), za)
+            if use_random:
+                out = out + L.self_augmentation_loss(z, module(augment(xb, gen)))
+            return aug_w * out
 
         def batch_loss(st: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
             xb = x[idx]
