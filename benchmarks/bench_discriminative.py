@@ -348,14 +348,19 @@ def main() -> None:
 
 
 def print_confusion(y: np.ndarray, pred: np.ndarray, title: str) -> None:
-    """Classes x clusters counts, clusters ordered by their Hungarian-matched class (report only)."""
+    """Classes x clusters counts, clusters ordered by their Hungarian-matched class (report only).
+
+    The ``match`` row names each column's matched class (``-``: none); empty clusters do not appear.
+    """
     from bayesclust.metrics import contingency_matrix, hungarian_mapping
 
     c = contingency_matrix(y, pred)
     match = hungarian_mapping(y, pred)
-    order = sorted(range(c.shape[1]), key=lambda j: match.get(j, c.shape[0] + j))
+    order = [j for j in sorted(range(c.shape[1]), key=lambda j: match.get(j, c.shape[0] + j))
+             if c[:, j].sum() > 0]
     c = c[:, order]
-    print(f"  confusion [{title}]: rows = classes, columns = clusters matched to class 0, 1, ...")
+    print(f"  confusion [{title}]: rows = classes, columns = non-empty clusters")
+    print("    match  " + " ".join(f"{match[j] if j in match else '-':>5}" for j in order))
     print("    sizes  " + " ".join(f"{v:5d}" for v in c.sum(0)))
     for i, row in enumerate(c):
         print(f"    {i:5d}  " + " ".join(f"{v:5d}" for v in row))
