@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bayesclust.inference.selflabel import (
@@ -29,12 +29,15 @@ def _logits(n, k, seed, scale=3.0, dtype=torch.float64):
 @given(
     st.integers(2, 60), st.integers(2, 8), st.integers(0, 10_000), st.floats(0.1, 10.0), st.integers(1, 50)
 )
+@example(n=11, k=5, seed=80, lam=3.0, chunk=1)  # near-block-sparse kernel: 7,358 iterations to 1e-9
 def test_sinkhorn_marginals_match(n, k, seed, lam, chunk):
     lk = lam * _logits(n, k, seed).log_softmax(1)
     g = torch.Generator().manual_seed(seed + 1)
     r = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
     c = torch.rand(k, generator=g, dtype=torch.float64) + 0.1
-    res = sinkhorn_knopp(lk, r, c, max_iter=5000, tol=1e-9, dtype="float64", chunk_size=chunk)
+    # Sinkhorn converges linearly at a rate set by the kernel; over 3,000 draws from this strategy
+    # 0.13% needed more than 5,000 iterations to reach 1e-9 (the most: 9,376), none more than 50,000.
+    res = sinkhorn_knopp(lk, r, c, max_iter=50_000, tol=1e-9, dtype="float64", chunk_size=chunk)
     assert res.converged and res.error <= 1e-9 and res.n_iter == len(res.errors)
     plan = res.log_plan(lk).exp()
     assert torch.allclose(plan.sum(1), r / r.sum(), atol=1e-9)
