@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
-_FAIRNESS = ("entropy", "kl_uniform", "kl_reverse")
+FAIRNESS_KINDS = ("entropy", "kl_uniform", "kl_reverse")
 
 
 def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -121,8 +121,8 @@ def fairness(
 
     ``log_mean`` (shape ``(K,)``) may be given instead of recomputing it from ``logits``.
     """
-    if kind not in _FAIRNESS:
-        raise ValueError(f"kind={kind!r} is not supported; choose one of {list(_FAIRNESS)}.")
+    if kind not in FAIRNESS_KINDS:
+        raise ValueError(f"kind={kind!r} is not supported; choose one of {list(FAIRNESS_KINDS)}.")
     lm = log_mean_prediction(logits) if log_mean is None else log_mean
     k = lm.shape[-1]
     if kind == "entropy":

@@ -257,6 +257,10 @@ def main() -> None:
                     help="per-sample VAT radius vat_eps x distance to this neighbour (IMSAT: 0.25, 10)")
     ap.add_argument("--em-iter", type=int, default=20, help="EM iterations per pseudo-label step")
     ap.add_argument("--n-init", type=int, default=1, help="restarts per fit, the highest-MI one kept")
+    ap.add_argument("--init-epochs", type=int, default=None,
+                    help="screen restarts: each trains this many epochs, the highest-MI one goes on")
+    ap.add_argument("--fairness", default="entropy", choices=["entropy", "kl_uniform", "kl_reverse"],
+                    help="fairness term of the MI / Renyi losses and the warm-up")
     ap.add_argument("--label-predictions", default="fresh", choices=["fresh", "epoch"],
                     help="EntropyClustering(label_predictions=...): the predictions a label step solves on")
     ap.add_argument("--budget-min", type=float, default=None, help="stop each fit after this many minutes")
@@ -321,6 +325,8 @@ def main() -> None:
                 em_iter=a.em_iter,
                 label_predictions=a.label_predictions,
                 n_init=a.n_init,
+                init_epochs=a.init_epochs,
+                fairness=a.fairness,
                 random_state=seed,
                 callbacks=callbacks,
             )
@@ -335,6 +341,7 @@ def main() -> None:
         f"wd={a.weight_decay} lam={a.lam} warmup={a.warmup} batch={a.batch_size} aug={a.augmentation}"
         f"x{a.aug_weight} vat_eps={a.vat_eps} "
         f"vat_knn={a.vat_knn} em_iter={a.em_iter} label_predictions={a.label_predictions} n_init={a.n_init} "
+        f"init_epochs={a.init_epochs} fairness={a.fairness} "
         f"seeds={seeds} "
         f"budget_min={a.budget_min}"
     )

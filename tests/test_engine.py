@@ -121,3 +121,31 @@ def test_no_warning_when_converged():
         Engine(device="cpu", max_iter=100, tol=1e-2, maximize=False).run(
             [Step("halve", _halving_step)], {"x": torch.tensor(1.0)}
         )
+
+
+def test_run_in_stages_equals_one_run():
+    """stop_at ends a call early; passing its result back continues with the same history."""
+    calls = []
+
+    def step(state, it):
+        calls.append(it)
+        return _halving_step(state, it)
+
+    whole = Engine(device="cpu", max_iter=8, tol=0).run(
+        [Step("halve", _halving_step)], {"x": torch.tensor(1.0)}
+    )
+    eng = Engine(device="cpu", max_iter=8, tol=0)
+    state = {"x": torch.tensor(1.0)}
+    first = eng.run([Step("halve", step)], state, stop_at=3)
+    assert first.n_iter == 3 and calls == [0, 1, 2] and not first.stopped
+    assert eng.run([Step("halve", step)], state, stop_at=50, result=first) is first  # capped at max_iter
+    assert calls == list(range(8))
+    assert first.n_iter == 8 and first.history == whole.history
+
+
+def test_callback_stop_is_recorded():
+    eng = Engine(device="cpu", max_iter=50, tol=0, callbacks=[lambda e, it, obj, st: it == 2])
+    res = eng.run([Step("halve", _halving_step)], {"x": torch.tensor(1.0)})
+    assert res.stopped and res.n_iter == 3
+    plain = Engine(device="cpu", max_iter=3, tol=0)
+    assert not plain.run([Step("h", _halving_step)], {"x": torch.tensor(1.0)}).stopped

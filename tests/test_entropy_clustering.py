@@ -250,3 +250,40 @@ def test_vat_probes_leave_batchnorm_running_stats_alone():
     # inside, training mode still normalises with the batch's own statistics
     assert torch.allclose(out, net(view), atol=1e-6)
     assert not torch.equal(bn[0].running_mean, before[0][0])  # and outside, updates resume
+
+
+def test_screened_restarts_continue_the_highest_mi_restart():
+    """n_init restarts trained init_epochs epochs; the highest-MI one is trained on to max_iter and
+    equals a single fit from that restart's seed (restarts are deterministic given their seed)."""
+    X, _ = _two_bands(60, seed=2)
+    kw = dict(head="mlp", hidden=8, loss="collision", warmup=2, batch_size=40, lr=0.05, aug_weight=0.5)
+    screened_mi = [
+        EntropyClustering(2, max_iter=2, random_state=10 + i, **kw).fit(X).score(X) for i in range(3)
+    ]
+    assert len(set(screened_mi)) == 3  # the restarts differ, so the choice is not a tie
+    best = int(np.argmax(screened_mi))
+    m = EntropyClustering(2, max_iter=5, n_init=3, init_epochs=2, random_state=10, **kw).fit(X)
+    single = EntropyClustering(2, max_iter=5, random_state=10 + best, **kw).fit(X)
+    assert m.n_iter_ == len(m.history_) == 5
+    assert m.history_ == single.history_
+    assert np.array_equal(m.predict_proba(X), single.predict_proba(X))
+    # init_epochs >= max_iter: plain restarts, each trained to the end
+    full = EntropyClustering(2, max_iter=5, n_init=3, random_state=10, **kw).fit(X)
+    same = EntropyClustering(2, max_iter=5, n_init=3, init_epochs=9, random_state=10, **kw).fit(X)
+    assert full.history_ == same.history_
+
+
+def test_fairness_kinds():
+    """kl_uniform = -H(mean) + ln K has the entropy fairness' gradients (identical fits); the
+    zero-avoiding KL(u || mean) trains differently."""
+    X, _ = _two_bands(60)
+    kw = dict(loss="mi", head="mlp", hidden=8, max_iter=3, batch_size=30, random_state=1, lr=0.05, lam=2.0)
+    ent = EntropyClustering(2, fairness="entropy", **kw).fit(X)
+    klu = EntropyClustering(2, fairness="kl_uniform", **kw).fit(X)
+    klr = EntropyClustering(2, fairness="kl_reverse", **kw).fit(X)
+    assert np.allclose(ent.predict_proba(X), klu.predict_proba(X), atol=1e-6)
+    assert not np.allclose(ent.predict_proba(X), klr.predict_proba(X), atol=1e-3)
+    with pytest.raises(ValueError, match="fairness='gini' is not supported"):
+        EntropyClustering(2, fairness="gini").fit(X)
+    with pytest.raises(ValueError, match="init_epochs must be >= 1"):
+        EntropyClustering(2, n_init=2, init_epochs=0).fit(X)

@@ -58,6 +58,7 @@ class FitResult:
     converged: bool = False
     interrupted: bool = False
     best_objective: float = -math.inf
+    stopped: bool = False  # a callback asked to stop
     step_history: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -139,12 +140,27 @@ class Engine:
             yield slice(start, min(n, start + chunk_size))
 
     # ------------------------------------------------------------------ the loop
-    def run(self, schedule: Sequence[Step], state: dict[str, Any]) -> FitResult:
-        """Run ``schedule`` on ``state`` (updated in place) and return the :class:`FitResult`."""
-        result = FitResult(step_history={s.name: [] for s in schedule})
-        start_iter = 0
-        if self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+    def run(
+        self,
+        schedule: Sequence[Step],
+        state: dict[str, Any],
+        *,
+        stop_at: int | None = None,
+        result: FitResult | None = None,
+    ) -> FitResult:
+        """Run ``schedule`` on ``state`` (updated in place) and return the :class:`FitResult`.
+
+        A fit can run in stages: ``stop_at`` ends this call after that many iterations in all
+        (at most ``max_iter``), and passing the returned ``result`` back continues from its
+        ``n_iter`` with the same history (used to screen restarts after a few epochs).
+        """
+        end_iter = self.max_iter if stop_at is None else min(int(stop_at), self.max_iter)
+        if result is not None:  # a later stage of this fit
+            start_iter = result.n_iter
+        elif self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             start_iter, result = self._load_checkpoint(state)
+        else:
+            start_iter, result = 0, FitResult(step_history={s.name: [] for s in schedule})
         best_snapshot = None
         sign = 1.0 if self.maximize else -1.0
         result.best_objective = (
@@ -154,7 +170,7 @@ class Engine:
         prev = result.history[-1] if result.history else None
         iteration = start_iter
         try:
-            for iteration in range(start_iter, self.max_iter):
+            for iteration in range(start_iter, end_iter):
                 objective = None
                 for step in schedule:
                     if not step.due(iteration):
@@ -197,6 +213,7 @@ class Engine:
                     break
                 prev = objective
                 if stop:
+                    result.stopped = True
                     break
         except KeyboardInterrupt:
             result.interrupted = True

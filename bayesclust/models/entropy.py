@@ -38,6 +38,11 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         CE), ``"sela"`` (Sinkhorn hard labels, power ``sela_lambda``); ``"swav"`` uses per-batch Sinkhorn
         codes of one augmented view as targets for the other.
     lam : fairness weight. alpha : Renyi order. aug_weight : weight of the self-augmentation KL.
+    fairness : the fairness term that ``"mi"``, ``"renyi"`` and the warm-up train with:
+        ``"entropy"`` (``-H(mean sigma)``; with ``lam=1`` the MI loss is ``-I(X; C)``), ``"kl_uniform"``
+        (``KL(mean sigma || u)``, the same minimiser) or ``"kl_reverse"`` (the zero-avoiding
+        ``KL(u || mean sigma)``: its gradient grows as ``1 / mean sigma_k``, so a cluster that is
+        emptying is pushed back; it is the fairness the EM pseudo-label step already uses).
     augmentation : the second view for that KL: ``"random"`` (Gaussian noise; random affine + noise
         for images), ``"vat"`` (virtual adversarial direction of radius ``vat_eps``, IMSAT; the
         prediction on the clean input is its fixed target) or ``"vat+random"`` (the sum of both KLs).
@@ -55,6 +60,10 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
     sela_lambda, swav_epsilon : solver parameters.
     n_init : independent restarts (seeds ``random_state + i``); the one with the highest mutual
         information of its predictions on the training data (:meth:`score`) is kept.
+    init_epochs : if set, each restart first trains only ``init_epochs`` epochs; the restart with the
+        highest mutual information at that point is the only one trained on to ``max_iter``
+        (screening: many cheap starts for the cost of one full fit plus ``n_init * init_epochs``
+        epochs). ``None``: every restart is trained to ``max_iter``.
     hidden : MLP width. normalize_prototypes : cosine (L2-normalised) prototypes in the last layer.
     lr, weight_decay (the norm regulariser), batch_size, max_iter (epochs), tol, device, dtype,
     random_state, verbose, callbacks : see :class:`bayesclust.Engine`.
@@ -67,6 +76,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         loss: str = "mi",
         *,
         lam: float = 1.0,
+        fairness: str = "entropy",
         alpha: float = 2.0,
         aug_weight: float = 0.0,
         augmentation: str = "random",
@@ -80,6 +90,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         hidden: int = 256,
         normalize_prototypes: bool = False,
         n_init: int = 1,
+        init_epochs: int | None = None,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
         batch_size: int | None = 256,
@@ -95,6 +106,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         self.head = head
         self.loss = loss
         self.lam = lam
+        self.fairness = fairness
         self.alpha = alpha
         self.aug_weight = aug_weight
         self.augmentation = augmentation
@@ -108,6 +120,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         self.hidden = hidden
         self.normalize_prototypes = normalize_prototypes
         self.n_init = n_init
+        self.init_epochs = init_epochs
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
@@ -125,17 +138,23 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         x = check_array(X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, **kw)
         return x.unsqueeze(1) if x.ndim == 3 else x
 
-    def _logits_all(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        self.module_.eval()
+    def _logits_all(
+        self, x: torch.Tensor, module: nn.Module | None = None, chunk: int = 4096
+    ) -> torch.Tensor:
+        module = self.module_ if module is None else module
+        module.eval()
         with torch.no_grad():
-            return torch.cat([self.module_(x[s]) for s in Engine.chunks(x.shape[0], chunk)])
+            return torch.cat([module(x[s]) for s in Engine.chunks(x.shape[0], chunk)])
 
-    def _predictions_into(self, x: torch.Tensor, out: torch.Tensor, log: bool, chunk: int = 4096) -> None:
+    @staticmethod
+    def _predictions_into(
+        module: nn.Module, x: torch.Tensor, out: torch.Tensor, log: bool, chunk: int = 4096
+    ) -> None:
         """Fill ``out`` (N, K) with softmax (``log``: log-softmax) predictions, chunk by chunk."""
-        self.module_.eval()
+        module.eval()
         with torch.no_grad():
             for s in Engine.chunks(x.shape[0], chunk):
-                z = self.module_(x[s])
+                z = module(x[s])
                 out[s] = z.log_softmax(1) if log else z.softmax(1)
 
     # ------------------------------------------------------------------ fit
@@ -146,6 +165,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         alpha = check_scalar(self.alpha, "alpha", low=0.0, low_inclusive=False)
         aug_w = check_scalar(self.aug_weight, "aug_weight", low=0.0)
         check_option(self.augmentation, "augmentation", ("random", "vat", "vat+random"))
+        check_option(self.fairness, "fairness", L.FAIRNESS_KINDS)
         check_scalar(self.vat_eps, "vat_eps", low=0.0, low_inclusive=False)
         check_scalar(self.lr, "lr", low=0.0, low_inclusive=False)
         check_scalar(self.weight_decay, "weight_decay", low=0.0)
@@ -162,26 +182,41 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         radius = None
         if self.vat_knn is not None and "vat" in self.augmentation and aug_w > 0:
             radius = float(self.vat_eps) * kth_neighbor_distance(x, self.vat_knn)
+        n_init = check_positive_int(self.n_init, "n_init")
+        max_iter = check_positive_int(self.max_iter, "max_iter")
+        screen = max_iter
+        if self.init_epochs is not None:
+            screen = min(check_positive_int(self.init_epochs, "init_epochs"), max_iter)
         best = None
-        for i in range(check_positive_int(self.n_init, "n_init")):
+        for i in range(n_init):
             seed = None if self.random_state is None else self.random_state + i
-            self._fit_once(x, k, lam, alpha, aug_w, seed, radius)
-            logits = self._logits_all(x)  # one pass: the restart's MI score and its labels
-            mi = -float(L.mi_loss(logits.double()))
+            engine, schedule, state = self._start(x, k, lam, alpha, aug_w, seed, radius, max_iter)
+            result = engine.run(schedule, state, stop_at=screen)
+            mi = self._mutual_information(state["model"], x)
             if best is None or mi > best[0]:
-                best = (mi, self.module_, self.history_, self.n_iter_, self.converged_, logits.argmax(1))
-        _, self.module_, self.history_, self.n_iter_, self.converged_, labels = best
-        self.labels_ = labels.cpu().numpy()
+                best = (mi, engine, schedule, state, result)
+        _, engine, schedule, state, result = best
+        if result.n_iter < max_iter and not (result.converged or result.stopped or result.interrupted):
+            result = engine.run(schedule, state, result=result)  # the screened winner, to max_iter
+        self.module_ = state["model"]
+        self.history_ = list(result.history)
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.labels_ = self._logits_all(x).argmax(1).cpu().numpy()
         return self
 
-    def _fit_once(
-        self, x: torch.Tensor, k: int, lam: float, alpha: float, aug_w: float, seed, radius
-    ) -> None:
+    def _mutual_information(self, module: nn.Module, x: torch.Tensor) -> float:
+        return -float(L.mi_loss(self._logits_all(x, module).double()))
+
+    def _start(
+        self, x: torch.Tensor, k: int, lam: float, alpha: float, aug_w: float, seed, radius, max_iter: int
+    ) -> tuple[Engine, list[Step], dict[str, Any]]:
+        """One restart's engine, schedule and state (module, optimiser, pseudo-labels)."""
         engine = Engine(
             device=self.device,
             dtype=self.dtype,
             random_state=seed,
-            max_iter=check_positive_int(self.max_iter, "max_iter"),
+            max_iter=max_iter,
             tol=self.tol,
             maximize=False,
             verbose=self.verbose,
@@ -197,7 +232,6 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
             hidden=self.hidden,
             normalize_prototypes=self.normalize_prototypes,
         ).to(engine.device, engine.dtype)
-        self.module_ = module
         opt = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         state: dict[str, Any] = {"model": module, "optimizer": opt, "y": None, "probs_ready": False}
         gen = engine.generator
@@ -235,9 +269,9 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
                     zd = z.detach()
                     st["probs"][idx] = zd.log_softmax(1) if self.loss == "sela" else zd.softmax(1)
             if self.loss == "mi" or (self.loss != "renyi" and st["y"] is None):  # MI (or its warm-up)
-                base = L.mi_loss(z, weight=lam, alpha=1.0)
+                base = L.decisiveness(z, 1.0) + lam * L.fairness(z, self.fairness)
             elif self.loss == "renyi":
-                base = L.decisiveness(z, alpha) + lam * L.fairness(z, "entropy")
+                base = L.decisiveness(z, alpha) + lam * L.fairness(z, self.fairness)
             else:
                 yb = st["y"][idx]
                 if self.loss == "collision":
@@ -251,7 +285,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         def label_step(st: dict[str, Any], iteration: int) -> None:
             probs = st["probs"]
             if not st["probs_ready"]:  # fresh predictions (or no complete epoch kept yet)
-                self._predictions_into(x, probs, log=self.loss == "sela")
+                self._predictions_into(module, x, probs, log=self.loss == "sela")
             if self.loss == "sela":
                 # kernel Sinkhorn on log sigma, warm-started from the last column potential
                 labels, res = sela_labels(
@@ -279,10 +313,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
             return out
 
         schedule.append(Step("neural", neural))
-        result = engine.run(schedule, state)
-        self.history_ = list(result.history)
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
+        return engine, schedule, state
 
     # ------------------------------------------------------------------ predict
     def predict_proba(self, X: Any) -> np.ndarray:
