@@ -92,6 +92,7 @@ def sinkhorn_knopp(
     method: str = "auto",
     overwrite: bool = False,
     prescale: int = 2,
+    relax: float = 1.0,
 ) -> SinkhornResult:
     r"""Sinkhorn-Knopp: scale the kernel ``exp(scale * log_kernel)`` (N, K) to the given marginals.
 
@@ -125,6 +126,11 @@ def sinkhorn_knopp(
         ``log_kernel`` is destroyed; needs ``dtype`` equal to its dtype).
     prescale : max-plus scaling passes before the kernel is built (cheap ``amax`` passes; 0 = none;
         skipped when ``init_log_v`` is given).
+    relax : over-relaxation ``omega`` in [1, 2) of the column update on the kernel path,
+        :math:`\ln v \leftarrow (1-\omega)\ln v + \omega \ln(c / G^\top u)` (Thibault et al., 2021,
+        "Overrelaxed Sinkhorn-Knopp algorithm for regularized optimal transport"; ``1`` is plain
+        Sinkhorn). Same fixed point, far fewer iterations on peaked kernels (SeLa's ``sigma^25``).
+        Safeguarded: whenever the marginal error grows, ``omega`` is halved towards 1.
 
     Returns a :class:`SinkhornResult` whose potentials refer to ``exp(scale * log_kernel)``.
     """
@@ -133,6 +139,7 @@ def sinkhorn_knopp(
     tol = check_scalar(tol, "tol", low=0.0)
     check_option(method, "method", ("auto", "kernel", "log"))
     prescale = check_positive_int(prescale, "prescale", minimum=0)
+    omega = check_scalar(relax, "relax", low=1.0, high=2.0, high_inclusive=False)
     dt = log_kernel.dtype if dtype is None else _dtype(dtype)
     n, k = log_kernel.shape
     if chunk_size is None:
@@ -195,12 +202,16 @@ def sinkhorn_knopp(
         good = bool(torch.isfinite(u).all()) and bool((gtu > 0).all()) and bool(torch.isfinite(gtu).all())
         if good:
             err = float((v * gtu - c).abs().sum())
+            if omega > 1.0 and errors and err > errors[-1]:
+                omega = 1.0 + 0.5 * (omega - 1.0)  # safeguard: relax less once the error grows
             errors.append(err)
             v_new = c / gtu
-            lv = v_new.log()
             if err <= tol or len(errors) >= max_iter:
-                v = v_new
+                v = v_new  # a plain last update: the returned columns are exact
                 break
+            if omega > 1.0:  # v^(1 - omega) (c / G^T u)^omega
+                v_new = v.pow(1.0 - omega) * v_new.pow(omega)
+            lv = v_new.log()
             if bool(torch.isfinite(lv).all()) and float(lv.max() - lv.min()) < max_range:
                 v = v_new
                 continue
@@ -296,20 +307,22 @@ def sela_labels(
     init_log_v: torch.Tensor | None = None,
     method: str = "auto",
     overwrite: bool = False,
+    relax: float = 1.9,
 ) -> tuple[torch.Tensor, SinkhornResult]:
     r"""SeLa hard pseudo-labels: equipartitioned argmax of the Sinkhorn plan for ``sigma^lambda``.
 
     Solves :math:`\max_Q \langle Q, \lambda \ln\sigma\rangle + H(Q)` over plans with uniform
     marginals and labels each row by :math:`\arg\max_k (\lambda \ln\sigma_{ik} + \ln v_k)`.
     ``log_probs`` is (N, K) ``log sigma``; returns ``(labels (N,), SinkhornResult)``. ``method``,
-    ``overwrite`` (``log_probs`` then holds the kernel afterwards) and ``chunk_size`` as in
-    :func:`sinkhorn_knopp`.
+    ``overwrite`` (``log_probs`` then holds the kernel afterwards), ``relax`` and ``chunk_size`` as
+    in :func:`sinkhorn_knopp`; over-relaxed by default (``relax=1.9``: the same labels in about half
+    the iterations on ``sigma^lambda``; 1 gives plain Sinkhorn).
     """
     lam = check_scalar(lam, "lam", low=0.0, low_inclusive=False)
     _check_log_kernel(log_probs)
     out = sinkhorn_knopp(
         log_probs, max_iter=max_iter, tol=tol, dtype=dtype, chunk_size=chunk_size,
-        init_log_v=init_log_v, scale=lam, method=method, overwrite=overwrite,
+        init_log_v=init_log_v, scale=lam, method=method, overwrite=overwrite, relax=relax,
     )
     n, k = log_probs.shape
     step = chunk_size or max(1, _CACHE_ELEMS // k)
