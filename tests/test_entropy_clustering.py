@@ -287,3 +287,17 @@ def test_fairness_kinds():
         EntropyClustering(2, fairness="gini").fit(X)
     with pytest.raises(ValueError, match="init_epochs must be >= 1"):
         EntropyClustering(2, n_init=2, init_epochs=0).fit(X)
+
+
+def test_label_predictions_auto_switches_to_epoch_on_large_data(monkeypatch):
+    """"auto" is "fresh" below EPOCH_PREDICTIONS_FROM rows and "epoch" from there on."""
+    import bayesclust.models.entropy as ent
+
+    X, _ = _two_bands(100)
+    kw = dict(head="linear", loss="collision", max_iter=4, batch_size=50, random_state=0, lr=0.05, warmup=1)
+    fit = {mode: EntropyClustering(2, label_predictions=mode, **kw).fit(X).predict_proba(X)
+           for mode in ("auto", "fresh", "epoch")}
+    assert np.array_equal(fit["auto"], fit["fresh"]) and not np.allclose(fit["fresh"], fit["epoch"])
+    monkeypatch.setattr(ent, "EPOCH_PREDICTIONS_FROM", len(X))
+    auto_large = EntropyClustering(2, label_predictions="auto", **kw).fit(X).predict_proba(X)
+    assert np.array_equal(auto_large, fit["epoch"])

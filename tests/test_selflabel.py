@@ -291,7 +291,10 @@ def test_objective_without_fairness_is_finite_for_unused_classes():
 
 
 @SETTINGS
-@given(st.integers(30, 120), st.integers(2, 8), st.integers(0, 10_000), st.floats(1.0, 10.0), st.floats(1.0, 1.95))
+@given(
+    st.integers(30, 120), st.integers(2, 8), st.integers(0, 10_000), st.floats(1.0, 10.0),
+    st.floats(1.0, 1.95),
+)
 def test_over_relaxed_sinkhorn_marginals_match(n, k, seed, lam, omega):
     """Over-relaxation changes the path, not the fixed point: the relaxed iterates converge to a
     scaling diag(u) G diag(v) with the requested marginals, which is unique (Sinkhorn, 1967), so it is

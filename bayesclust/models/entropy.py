@@ -22,6 +22,7 @@ from .heads import augment, build_head, frozen_batchnorm_stats, vat_view
 __all__ = ["EntropyClustering"]
 
 _LOSSES = ("mi", "renyi", "collision", "sela", "swav", "ce", "rce")
+EPOCH_PREDICTIONS_FROM = 100_000  # label_predictions="auto": reuse the epoch's predictions from here
 
 
 class EntropyClustering(ClusterMixin, BaseEstimator):
@@ -54,7 +55,9 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         over the data before the step (exact, costs a third of an epoch's compute); ``"epoch"``: the
         clean-view predictions kept from the last epoch's own mini-batches (each row as the network
         was when its batch was seen; no extra pass). A step with no complete epoch behind it
-        (``warmup=0``) uses fresh predictions.
+        (``warmup=0``) uses fresh predictions. ``"auto"`` (default): ``"epoch"`` from
+        N = 100,000 rows on (at N = 1e6, K = 1e3 the fresh pass costs ~25-30% of an epoch, the EM
+        step alone under 10%: ``benchmarks/RESULTS.md``), ``"fresh"`` below.
     warmup : epochs trained on the MI loss (weight ``lam``) before the self-labelling losses start, so
         their first pseudo-labels come from an informative network rather than a random one.
     sela_lambda, swav_epsilon : solver parameters.
@@ -83,7 +86,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         vat_eps: float = 1.0,
         vat_knn: int | None = None,
         em_iter: int = 20,
-        label_predictions: str = "fresh",
+        label_predictions: str = "auto",
         warmup: int = 0,
         sela_lambda: float = 25.0,
         swav_epsilon: float = 0.05,
@@ -171,7 +174,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         check_scalar(self.weight_decay, "weight_decay", low=0.0)
         check_positive_int(self.warmup, "warmup", minimum=0)
         check_positive_int(self.em_iter, "em_iter")
-        check_option(self.label_predictions, "label_predictions", ("fresh", "epoch"))
+        check_option(self.label_predictions, "label_predictions", ("auto", "fresh", "epoch"))
         if self.vat_knn is not None:
             check_positive_int(self.vat_knn, "vat_knn")
         if self.batch_size is not None:
@@ -238,7 +241,10 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         use_vat, use_random = "vat" in self.augmentation, "random" in self.augmentation
         n = x.shape[0]
         self_labelling = self.loss in ("collision", "rce", "ce", "sela")
-        keep_epoch = self_labelling and self.label_predictions == "epoch"
+        mode = self.label_predictions
+        if mode == "auto":
+            mode = "epoch" if n >= EPOCH_PREDICTIONS_FROM else "fresh"
+        keep_epoch = self_labelling and mode == "epoch"
         # one (N, K) buffer of predictions for the pseudo-label steps, allocated once
         state["probs"] = empty_buffer(n, k, engine.dtype, engine.device) if self_labelling else None
 
