@@ -89,12 +89,16 @@ def pseudolabel_cost(
     perm = torch.randperm(n)
     starts = range(0, n, batch)
     n_batches = max(1, round(len(starts) * epoch_fraction))
+
+    def train(targets: torch.Tensor) -> None:  # n_batches steps of hard-label cross-entropy
+        for s in starts[:n_batches]:
+            idx = perm[s : s + batch]
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(X[idx]), targets[idx]).backward()
+            opt.step()
+
     t = time.perf_counter()
-    for s in starts[:n_batches]:
-        idx = perm[s : s + batch]
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(X[idx]), comp[idx]).backward()
-        opt.step()
+    train(comp)
     epoch_measured = time.perf_counter() - t
     epoch = epoch_measured * len(starts) / n_batches
     # the same batches with the self-labelling recipe's VAT term (bench MNIST settings: xi 10, eps
@@ -131,11 +135,7 @@ def pseudolabel_cost(
     y = em.y
     # a later step: the network trains on (a share of) another epoch, then the step is warm-started
     # from the previous labels, in place (init=out=y), as in EntropyClustering
-    for s in starts[:n_batches]:
-        idx = perm[s : s + batch]
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(X[idx]), comp[idx]).backward()
-        opt.step()
+    train(comp)
     predictions_into(buf)
     t = time.perf_counter()
     warm = em_soft_labels(buf, 1.0, max_iter=20, init=y, out=y)
@@ -149,11 +149,7 @@ def pseudolabel_cost(
     counts = torch.bincount(labels, minlength=k)
     # a later SeLa step as EntropyClustering runs it: warm-started from the last column potential
     # after another share of an epoch of training on the SeLa labels
-    for s in starts[:n_batches]:
-        idx = perm[s : s + batch]
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(X[idx]), labels[idx]).backward()
-        opt.step()
+    train(labels)
     predictions_into(buf)
     t = time.perf_counter()
     for s in range(0, n, 8192):
@@ -393,7 +389,9 @@ def print_confusion(y: np.ndarray, pred: np.ndarray, title: str) -> None:
 
 
 def _epoch_callback(X, y, t0, budget_min, log, loss, seed):
-    """Stop a fit after ``budget_min`` minutes; optionally print ACC (labels used for reporting only)."""
+    """Stop a fit after ``budget_min`` minutes; optionally print ACC (labels used for reporting only)
+    and the mutual information of the predictions on X (what ``n_init`` / ``init_epochs`` select by)."""
+    from bayesclust.losses import mi_loss
 
     def cb(engine, iteration, objective, state):
         elapsed = time.perf_counter() - t0
@@ -401,13 +399,13 @@ def _epoch_callback(X, y, t0, budget_min, log, loss, seed):
             model = state["model"]
             model.eval()
             with torch.no_grad():
-                pred = torch.cat(
-                    [model(torch.from_numpy(X[s : s + 4096])).argmax(1) for s in range(0, len(X), 4096)]
-                ).numpy()
+                logits = torch.cat([model(torch.from_numpy(X[s : s + 4096])) for s in range(0, len(X), 4096)])
+            pred = logits.argmax(1).numpy()
+            mi = -float(mi_loss(logits.double()))
             r = evaluate(y, pred)
             print(
                 f"  [{loss} seed {seed}] epoch {iteration + 1}: objective {objective:.4f} "
-                f"ACC {r['acc']:.3f} NMI {r['nmi']:.3f} {elapsed:.0f} s",
+                f"ACC {r['acc']:.3f} NMI {r['nmi']:.3f} MI {mi:.4f} {elapsed:.0f} s",
                 flush=True,
             )
         return budget_min is not None and elapsed > 60 * budget_min
