@@ -195,6 +195,8 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
             seed = None if self.random_state is None else self.random_state + i
             engine, schedule, state = self._start(x, k, lam, alpha, aug_w, seed, radius, max_iter)
             result = engine.run(schedule, state, stop_at=screen)
+            # free the (N, K) prediction buffer while other restarts run (the winner refills it)
+            state["probs"], state["probs_ready"] = None, False
             mi = self._mutual_information(state["model"], x)
             if best is None or mi > best[0]:
                 best = (mi, engine, schedule, state, result)
@@ -245,8 +247,15 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         if mode == "auto":
             mode = "epoch" if n >= EPOCH_PREDICTIONS_FROM else "fresh"
         keep_epoch = self_labelling and mode == "epoch"
-        # one (N, K) buffer of predictions for the pseudo-label steps, allocated once
-        state["probs"] = empty_buffer(n, k, engine.dtype, engine.device) if self_labelling else None
+        # one (N, K) buffer of predictions for the pseudo-label steps, allocated when first needed
+        # and kept; fit() drops it between the stages of a screened restart (it is refilled)
+        state["probs"] = None
+
+        def probs_buffer(st: dict[str, Any]) -> torch.Tensor:
+            if st["probs"] is None:
+                st["probs"] = empty_buffer(n, k, engine.dtype, engine.device)
+                st["probs_ready"] = False
+            return st["probs"]
 
         def aug_term(z: torch.Tensor, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             out = z.new_zeros(())
@@ -289,7 +298,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
             return base + aug_term(z, xb, idx)
 
         def label_step(st: dict[str, Any], iteration: int) -> None:
-            probs = st["probs"]
+            probs = probs_buffer(st)
             if not st["probs_ready"]:  # fresh predictions (or no complete epoch kept yet)
                 self._predictions_into(module, x, probs, log=self.loss == "sela")
             if self.loss == "sela":
@@ -314,6 +323,8 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         epoch = neural_step(engine, n, self.batch_size, batch_loss)
 
         def neural(st: dict[str, Any], iteration: int) -> float:
+            if keep_epoch:
+                probs_buffer(st)
             out = epoch(st, iteration)
             st["probs_ready"] = keep_epoch  # every row of the buffer was written by this epoch
             return out
