@@ -149,3 +149,22 @@ def test_callback_stop_is_recorded():
     assert res.stopped and res.n_iter == 3
     plain = Engine(device="cpu", max_iter=3, tol=0)
     assert not plain.run([Step("h", _halving_step)], {"x": torch.tensor(1.0)}).stopped
+
+
+def test_keep_best_keys_snapshot_only_those():
+    """keep_best=(keys): only those keys are copied at each new best and restored on interrupt;
+    keep_best=False keeps the interrupted state as it is."""
+
+    def step(state, it):
+        if it == 5:
+            raise KeyboardInterrupt
+        state["x"] = torch.tensor(float([1, 5, 3, 2, 4][it]))
+        state["buf"] = torch.full((3,), float(it))
+        return float(state["x"])
+
+    for keep, want_x in ((("x",), 5.0), (False, 4.0)):
+        state = {"x": torch.tensor(0.0), "buf": torch.zeros(3)}
+        with pytest.warns(RuntimeWarning, match="interrupted at iteration 5"):
+            Engine(device="cpu", max_iter=10, tol=0, keep_best=keep).run([Step("s", step)], state)
+        assert float(state["x"]) == want_x
+        assert torch.equal(state["buf"], torch.full((3,), 4.0))  # never snapshotted: left as is

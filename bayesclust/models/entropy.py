@@ -227,6 +227,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
             verbose=self.verbose,
             callbacks=self.callbacks,
             warn_not_converged=self.tol > 0,
+            keep_best=("model", "optimizer"),  # not the (N, K) prediction / label buffers
             desc=f"EntropyClustering({self.loss})",
         )
         self._engine_dtype = engine.dtype
