@@ -56,7 +56,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         clean-view predictions kept from the last epoch's own mini-batches (each row as the network
         was when its batch was seen; no extra pass). A step with no complete epoch behind it
         (``warmup=0``) uses fresh predictions. ``"auto"`` (default): ``"epoch"`` from
-        N = 100,000 rows on (at N = 1e6, K = 1e3 the fresh pass costs ~25-30% of an epoch, the EM
+        N = 100,000 rows on (at N = 1e6, K = 1e3 the fresh pass alone costs 24-29% of an epoch, the EM
         step alone under 10%: ``benchmarks/RESULTS.md``), ``"fresh"`` below.
     warmup : epochs trained on the MI loss (weight ``lam``) before the self-labelling losses start, so
         their first pseudo-labels come from an informative network rather than a random one.
