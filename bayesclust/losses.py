@@ -132,13 +132,16 @@ def fairness(
     return -math.log(k) - lm.mean(-1)
 
 
-def mi_loss(logits: torch.Tensor, weight: float = 1.0, alpha: float = 1.0) -> torch.Tensor:
+def mi_loss(
+    logits: torch.Tensor, weight: float = 1.0, alpha: float = 1.0, fairness_kind: str = "entropy"
+) -> torch.Tensor:
     r"""Bridle's mutual-information loss (negative MI between input and cluster).
 
     :math:`L = \frac1N\sum_i H_\alpha(\sigma_i) - w\,H(\bar\sigma)`; with ``w = 1`` and
-    ``alpha = 1`` this is :math:`-I(X; C)`. ``alpha != 1`` gives the Renyi decisiveness variant.
+    ``alpha = 1`` this is :math:`-I(X; C)`. ``alpha != 1`` gives the Renyi decisiveness variant;
+    ``fairness_kind`` swaps the :func:`fairness` term (``-H`` is ``"entropy"``).
     """
-    return decisiveness(logits, alpha) + weight * fairness(logits, "entropy")
+    return decisiveness(logits, alpha) + weight * fairness(logits, fairness_kind)
 
 
 def cross_entropy(

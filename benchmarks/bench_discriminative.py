@@ -141,9 +141,12 @@ def pseudolabel_cost(
     warm = em_soft_labels(buf, 1.0, max_iter=20, init=y, out=y)
     t_warm = time.perf_counter() - t
     del y
+    def log_in_place(buf: torch.Tensor) -> None:  # sigma -> log sigma, chunk by chunk
+        for s in range(0, n, 8192):
+            buf[s : s + 8192].clamp_min_(1e-30).log_()
+
     t = time.perf_counter()
-    for s in range(0, n, 8192):  # sigma -> log sigma, in place
-        buf[s : s + 8192].clamp_min_(1e-30).log_()
+    log_in_place(buf)
     labels, sk = sela_labels(buf, lam=25.0, max_iter=100, tol=1e-2, overwrite=False)
     t_sela = time.perf_counter() - t
     counts = torch.bincount(labels, minlength=k)
@@ -152,8 +155,7 @@ def pseudolabel_cost(
     train(labels)
     predictions_into(buf)
     t = time.perf_counter()
-    for s in range(0, n, 8192):
-        buf[s : s + 8192].clamp_min_(1e-30).log_()
+    log_in_place(buf)
     labels2, sk2 = sela_labels(buf, lam=25.0, max_iter=100, tol=1e-2, overwrite=False, init_log_v=sk.log_v)
     t_sela2 = time.perf_counter() - t
     counts2 = torch.bincount(labels2, minlength=k)

@@ -168,3 +168,12 @@ def test_keep_best_keys_snapshot_only_those():
             Engine(device="cpu", max_iter=10, tol=0, keep_best=keep).run([Step("s", step)], state)
         assert float(state["x"]) == want_x
         assert torch.equal(state["buf"], torch.full((3,), 4.0))  # never snapshotted: left as is
+    with pytest.raises(TypeError, match="keep_best must be True, False or a sequence of state keys"):
+        Engine(device="cpu", keep_best="x")
+    with pytest.raises(TypeError, match="keep_best must be True, False or a sequence of state keys"):
+        Engine(device="cpu", keep_best=("x", 3))
+    with pytest.raises(TypeError, match="keep_best must be True, False or a sequence of state keys"):
+        Engine(device="cpu", keep_best=3)
+    eng = Engine(device="cpu", max_iter=2, keep_best=("x", "y"))
+    with pytest.raises(ValueError, match=r"keep_best names keys that are not in the state: \['y'\]"):
+        eng.run([Step("s", step)], {"x": torch.tensor(0.0)})

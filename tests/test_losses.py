@@ -98,6 +98,11 @@ def test_mi_loss_is_negative_mutual_information(z):
     mi = -(pm * pm.log()).sum() + (p * p.log()).sum(-1).mean()
     assert torch.allclose(L.mi_loss(z), -mi, atol=1e-10)
     assert L.mi_loss(z) <= 1e-10  # MI >= 0
+    # the fairness term can be swapped: KL(u || mean) instead of -H(mean)
+    want = L.decisiveness(z, 2.0) + 3.0 * L.fairness(z, "kl_reverse")
+    assert torch.allclose(L.mi_loss(z, 3.0, 2.0, "kl_reverse"), want, atol=1e-12)
+    with pytest.raises(ValueError, match="kind='gini' is not supported"):
+        L.mi_loss(z, fairness_kind="gini")
 
 
 @SETTINGS

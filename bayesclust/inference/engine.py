@@ -114,6 +114,16 @@ class Engine:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.checkpoint_every = int(checkpoint_every)
         self.resume = resume
+        if not isinstance(keep_best, bool):
+            if (
+                isinstance(keep_best, str)
+                or not isinstance(keep_best, Sequence)
+                or not all(isinstance(k, str) for k in keep_best)
+            ):
+                raise TypeError(
+                    f"keep_best must be True, False or a sequence of state keys (str), got {keep_best!r}."
+                )
+            keep_best = tuple(keep_best)
         self.keep_best = keep_best
         self.check_convergence_after = check_convergence_after
         self.warn_not_converged = warn_not_converged
@@ -163,6 +173,10 @@ class Engine:
             start_iter, result = self._load_checkpoint(state)
         else:
             start_iter, result = 0, FitResult(step_history={s.name: [] for s in schedule})
+        if not isinstance(self.keep_best, bool):
+            missing = [k for k in self.keep_best if k not in state]
+            if missing:
+                raise ValueError(f"keep_best names keys that are not in the state: {missing}.")
         best_snapshot = None
         sign = 1.0 if self.maximize else -1.0
         result.best_objective = (

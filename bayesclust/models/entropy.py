@@ -179,39 +179,41 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
             check_positive_int(self.vat_knn, "vat_knn")
         if self.batch_size is not None:
             check_positive_int(self.batch_size, "batch_size")
+        n_init = check_positive_int(self.n_init, "n_init")
+        max_iter = check_positive_int(self.max_iter, "max_iter")
+        screen = max_iter  # epochs each restart trains before the restarts are compared
+        if self.init_epochs is not None:
+            screen = min(check_positive_int(self.init_epochs, "init_epochs"), max_iter)
         raw = check_array(X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, min_samples=k)
         self.n_features_in_ = tuple(raw.shape[1:]) if raw.ndim > 2 else int(raw.shape[1])
         x = raw.unsqueeze(1) if raw.ndim == 3 else raw
         radius = None
         if self.vat_knn is not None and "vat" in self.augmentation and aug_w > 0:
             radius = float(self.vat_eps) * kth_neighbor_distance(x, self.vat_knn)
-        n_init = check_positive_int(self.n_init, "n_init")
-        max_iter = check_positive_int(self.max_iter, "max_iter")
-        screen = max_iter
-        if self.init_epochs is not None:
-            screen = min(check_positive_int(self.init_epochs, "init_epochs"), max_iter)
         best = None
         for i in range(n_init):
             seed = None if self.random_state is None else self.random_state + i
             engine, schedule, state = self._start(x, k, lam, alpha, aug_w, seed, radius, max_iter)
             result = engine.run(schedule, state, stop_at=screen)
-            # free the (N, K) prediction buffer while other restarts run (the winner refills it)
-            state["probs"], state["probs_ready"] = None, False
-            mi = self._mutual_information(state["model"], x)
+            state["probs"] = None  # free the (N, K) buffer while other restarts run (refilled later)
+            logits = self._logits_all(x, state["model"])  # one pass: the restart's MI and labels
+            mi = self._mutual_information(logits)
             if best is None or mi > best[0]:
-                best = (mi, engine, schedule, state, result)
-        _, engine, schedule, state, result = best
+                best = (mi, engine, schedule, state, result, logits.argmax(1))
+        _, engine, schedule, state, result, labels = best
+        self.module_ = state["model"]
         if result.n_iter < max_iter and not (result.converged or result.stopped or result.interrupted):
             result = engine.run(schedule, state, result=result)  # the screened winner, to max_iter
-        self.module_ = state["model"]
+            labels = self._logits_all(x).argmax(1)
         self.history_ = list(result.history)
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
-        self.labels_ = self._logits_all(x).argmax(1).cpu().numpy()
+        self.labels_ = labels.cpu().numpy()
         return self
 
-    def _mutual_information(self, module: nn.Module, x: torch.Tensor) -> float:
-        return -float(L.mi_loss(self._logits_all(x, module).double()))
+    @staticmethod
+    def _mutual_information(logits: torch.Tensor) -> float:
+        return -float(L.mi_loss(logits.double()))
 
     def _start(
         self, x: torch.Tensor, k: int, lam: float, alpha: float, aug_w: float, seed, radius, max_iter: int
@@ -249,7 +251,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
             mode = "epoch" if n >= EPOCH_PREDICTIONS_FROM else "fresh"
         keep_epoch = self_labelling and mode == "epoch"
         # one (N, K) buffer of predictions for the pseudo-label steps, allocated when first needed
-        # and kept; fit() drops it between the stages of a screened restart (it is refilled)
+        # and kept; fit() drops it after a restart's first stage (a new buffer is never "ready")
         state["probs"] = None
 
         def probs_buffer(st: dict[str, Any]) -> torch.Tensor:
@@ -285,9 +287,9 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
                     zd = z.detach()
                     st["probs"][idx] = zd.log_softmax(1) if self.loss == "sela" else zd.softmax(1)
             if self.loss == "mi" or (self.loss != "renyi" and st["y"] is None):  # MI (or its warm-up)
-                base = L.decisiveness(z, 1.0) + lam * L.fairness(z, self.fairness)
+                base = L.mi_loss(z, lam, 1.0, self.fairness)
             elif self.loss == "renyi":
-                base = L.decisiveness(z, alpha) + lam * L.fairness(z, self.fairness)
+                base = L.mi_loss(z, lam, alpha, self.fairness)
             else:
                 yb = st["y"][idx]
                 if self.loss == "collision":
@@ -345,4 +347,4 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
     def score(self, X: Any, y: Any = None) -> float:
         """Mutual information of the predictions on X, ``-mi_loss`` (higher is better, any ``loss``)."""
         check_is_fitted(self, ["module_"])
-        return -float(L.mi_loss(self._logits_all(self._check_X(X, fitted=True)).double()))
+        return self._mutual_information(self._logits_all(self._check_X(X, fitted=True)))
