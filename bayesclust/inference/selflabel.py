@@ -129,7 +129,7 @@ def sinkhorn_knopp(
     relax : over-relaxation ``omega`` in [1, 2) of the column update on the kernel path,
         :math:`\ln v \leftarrow (1-\omega)\ln v + \omega \ln(c / G^\top u)` (Thibault et al., 2021,
         "Overrelaxed Sinkhorn-Knopp algorithm for regularized optimal transport"; ``1`` is plain
-        Sinkhorn). Same fixed point, far fewer iterations on peaked kernels (SeLa's ``sigma^25``).
+        Sinkhorn). Same fixed point, fewer iterations on peaked kernels (SeLa's ``sigma^25``).
         Safeguarded: whenever the marginal error grows, ``omega`` is halved towards 1.
 
     Returns a :class:`SinkhornResult` whose potentials refer to ``exp(scale * log_kernel)``.
@@ -315,8 +315,8 @@ def sela_labels(
     marginals and labels each row by :math:`\arg\max_k (\lambda \ln\sigma_{ik} + \ln v_k)`.
     ``log_probs`` is (N, K) ``log sigma``; returns ``(labels (N,), SinkhornResult)``. ``method``,
     ``overwrite`` (``log_probs`` then holds the kernel afterwards), ``relax`` and ``chunk_size`` as
-    in :func:`sinkhorn_knopp`; over-relaxed by default (``relax=1.9``: the same labels in about half
-    the iterations on ``sigma^lambda``; 1 gives plain Sinkhorn).
+    in :func:`sinkhorn_knopp`; over-relaxed by default (``relax=1.9``: the same plan in fewer
+    iterations on ``sigma^lambda``, under 0.7x of plain Sinkhorn's in the tests; 1 gives plain Sinkhorn).
     """
     lam = check_scalar(lam, "lam", low=0.0, low_inclusive=False)
     _check_log_kernel(log_probs)
