@@ -6,11 +6,8 @@ Public API re-exports only; see the README for a tour.
 from . import datasets, losses, metrics, plotting
 from ._device import resolve_device
 from ._validation import NotFittedError
+from .estimators import DPGMM, DTIGMM, DTIKMeans, EntropyClustering, GaussianMixture
 from .inference.engine import ConvergenceWarning, Engine, NonFiniteError, Step
-from .models.dpgmm import DPGMM
-from .models.dti import DTIGMM, DTIKMeans
-from .models.entropy import EntropyClustering
-from .models.gmm import GaussianMixture
 
 __version__ = "0.1.0"
 

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from bayesclust.datasets import load_mnist, load_usps
+from bayesclust.estimators.entropy import EntropyClustering
 from bayesclust.metrics import evaluate
-from bayesclust.models.entropy import EntropyClustering
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

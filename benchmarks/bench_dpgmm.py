@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bayesclust import metrics  # noqa: E402
-from bayesclust.models.dpgmm import DPGMM  # noqa: E402
+from bayesclust.estimators.dpgmm import DPGMM  # noqa: E402
 
 DATA = Path(os.environ.get("BAYESCLUST_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

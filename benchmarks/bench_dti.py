@@ -26,8 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bayesclust.estimators.dti import DTIGMM, DTIKMeans  # noqa: E402
 from bayesclust.metrics import evaluate  # noqa: E402
-from bayesclust.models.dti import DTIGMM, DTIKMeans  # noqa: E402
 
 SHARED = Path(os.environ.get("BAYESCLUST_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

@@ -11,8 +11,11 @@ import torch
 
 from bayesclust import metrics
 from bayesclust._validation import NotFittedError
+from bayesclust.estimators.dpgmm import DPGMM
 from bayesclust.inference import splitmerge as sm
-from bayesclust.models.dpgmm import DPGMM, dp_mixture_model, mix_weights
+from bayesclust.inference import streaming
+from bayesclust.models import gaussian
+from bayesclust.models.dp import dp_mixture_model, mix_weights
 from bayesclust.models.priors import NIW
 from tests.conftest import shared_file
 
@@ -145,7 +148,7 @@ def test_log_rho_table_matches_brute_force_enumeration():
         return float(_lml(prior, x))
 
     # cluster 0: all 4 points; cluster 1: the first 3, padded to 4 slots
-    phi = torch.stack([sm.feature_map(X).double(), sm.feature_map(X).double()])
+    phi = torch.stack([gaussian.full_feature_map(X).double(), gaussian.full_feature_map(X).double()])
     phi[1, 3] = 0.0
     L, lr = sm.log_rho_table(phi, torch.tensor([4.0, 3.0], dtype=torch.float64), prior, alpha)
     for c, m in ((0, 4), (1, 3)):
@@ -169,7 +172,7 @@ def test_restricted_gibbs_keeps_every_cluster():
     # a singleton cluster sitting inside another cluster: unanchored restricted Gibbs loses it
     X, y = _blobs(n=200, k=2, d=2, sep=10.0, seed=1)
     Xt = torch.as_tensor(X)
-    feats = sm.Features(Xt, 64)
+    feats = streaming.Features(Xt, 64)
     gen = torch.Generator().manual_seed(0)
     st = sm.init_state(feats, gen, torch.device("cpu"))
     z = torch.as_tensor(y).clone()
@@ -198,7 +201,7 @@ def test_split_hastings_ratio_matches_direct_formula():
     X = torch.cat([a, b])
     direct = math.log(0.7) + math.lgamma(7) + lml(a) + math.lgamma(5) + lml(b) - math.lgamma(12) - lml(X)
     # the same ratio from the collapsed joint of the two labellings
-    feats = sm.Features(X, 4)
+    feats = streaming.Features(X, 4)
     z2 = torch.tensor([0] * 7 + [1] * 5)
     joint = []
     for z, k in ((torch.zeros(12, dtype=torch.long), 1), (z2, 2)):
@@ -212,8 +215,8 @@ def test_statistics_and_gaussian_coefficients_match_direct_computation():
     X = torch.as_tensor(rng.normal(size=(50, 3)))
     z = torch.as_tensor(rng.integers(0, 3, 50))
     zs = torch.as_tensor(rng.integers(0, 2, 50))
-    G = sm.sub_statistics(sm.Features(X, 7), z, zs, 3)
-    n, sx, sxx = sm.unpack_stats(G, 3)
+    G = sm.sub_statistics(streaming.Features(X, 7), z, zs, 3)
+    n, sx, sxx = gaussian.unpack_full_stats(G, 3)
     for j in range(6):
         x = X[(2 * z + zs) == j]
         assert n[j] == len(x)
@@ -221,11 +224,11 @@ def test_statistics_and_gaussian_coefficients_match_direct_computation():
     mu = torch.as_tensor(rng.normal(size=(2, 3)))
     L = torch.as_tensor(rng.normal(size=(2, 3, 3)))
     sigma = L @ L.transpose(1, 2) + torch.eye(3)
-    A = sm.gaussian_coefficients(mu, sigma, torch.log(torch.tensor([0.3, 0.7], dtype=torch.float64)))
+    A = gaussian.gaussian_coefficients(mu, sigma, torch.log(torch.tensor([0.3, 0.7], dtype=torch.float64)))
     ref = torch.distributions.MultivariateNormal(mu, sigma).log_prob(X[:, None, :]) + torch.log(
         torch.tensor([0.3, 0.7], dtype=torch.float64)
     )
-    assert torch.allclose(sm.feature_map(X) @ A, ref, atol=1e-10)
+    assert torch.allclose(gaussian.full_feature_map(X) @ A, ref, atol=1e-10)
 
 
 def test_stick_breaking_weights_sum_to_one():
@@ -366,7 +369,7 @@ def test_deep_map_params_survive_cancelled_float32_statistics():
     i, j = torch.triu_indices(d, d)
     G = torch.cat([sxx[i, j], n * mean, torch.tensor([n], dtype=torch.float64)])[None]
     with pytest.raises(torch.linalg.LinAlgError):
-        torch.linalg.cholesky(prior.posterior(*sm.unpack_stats(G, d)).mode("covariance")[1])
+        torch.linalg.cholesky(prior.posterior(*gaussian.unpack_full_stats(G, d)).mode("covariance")[1])
     mu, cov, log_w = deepdpm._map_params(prior, G, 1.0)
     assert bool((torch.linalg.cholesky_ex(cov)[1] == 0).all())
     X = mean.float() + 0.01 * torch.randn(50, d, generator=torch.Generator().manual_seed(0))

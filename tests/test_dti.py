@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bayesclust.estimators.dti import DTIGMM, DTIKMeans
 from bayesclust.inference.dti_steps import reassign_clusters
 from bayesclust.metrics import accuracy
-from bayesclust.models.dti import DTIGMM, DTIKMeans, DTINetwork, gmm_negative_log_likelihood
+from bayesclust.models.dti import DTINetwork, gmm_negative_log_likelihood
 
 
 def _glyphs(n_per: int = 80, size: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from bayesclust.estimators.entropy import EntropyClustering
 from bayesclust.metrics import accuracy, evaluate
-from bayesclust.models.entropy import EntropyClustering
 
 
 def _two_bands(n=200, seed=0):
@@ -124,7 +124,7 @@ def test_vat_view_is_adversarial_with_radius_eps():
 
 def test_vat_plus_random_sums_both_views_on_images():
     """augmentation="vat+random": each batch adds the VAT KL and the random-affine KL."""
-    import bayesclust.models.entropy as ent
+    import bayesclust.estimators.entropy as ent
 
     calls = {"vat": 0, "random": 0}
     orig_vat, orig_aug = ent.vat_view, ent.augment
@@ -208,7 +208,7 @@ def test_vat_knn_radius_follows_local_density():
     X, _ = _two_bands(40)
     X[40:] = X[40:] * 4.0
     seen = []
-    import bayesclust.models.entropy as ent
+    import bayesclust.estimators.entropy as ent
 
     orig = ent.vat_view
 
@@ -291,7 +291,7 @@ def test_fairness_kinds():
 
 def test_label_predictions_auto_switches_to_epoch_on_large_data(monkeypatch):
     """"auto" is "fresh" below EPOCH_PREDICTIONS_FROM rows and "epoch" from there on."""
-    import bayesclust.models.entropy as ent
+    import bayesclust.estimators.entropy as ent
 
     X, _ = _two_bands(100)
     kw = dict(head="linear", loss="collision", max_iter=4, batch_size=50, random_state=0, lr=0.05, warmup=1)

@@ -11,6 +11,7 @@ import torch
 import bayesclust as bc
 from bayesclust import metrics
 from bayesclust.inference import em
+from bayesclust.models import gaussian
 from tests.conftest import shared_file
 
 sk_mixture = pytest.importorskip("sklearn.mixture")
@@ -63,10 +64,10 @@ def test_float32_matches_float64():
 
 
 def _map_objective(X, params, prior, cov_type):
-    A, c = em.log_prob_coefficients(params, cov_type)
-    phi = em.feature_map(X, cov_type)
+    A, c = gaussian.log_prob_coefficients(params, cov_type)
+    phi = gaussian.feature_map(X, cov_type)
     loglik, _ = em.e_step(X.shape[0], lambda sl: phi[sl], A, c, 10_000, accumulate=False)
-    return loglik + em.log_prior(params, prior, cov_type)
+    return loglik + gaussian.log_prior(params, prior, cov_type)
 
 
 @pytest.mark.parametrize("cov_type", COV_TYPES)
@@ -78,15 +79,15 @@ def test_map_m_step_is_the_mode_of_the_complete_data_posterior(cov_type):
     prior = model._map_prior(X)
     prior.alpha = 2.0
     resp = torch.nn.functional.one_hot(torch.tensor(y), 3).double()
-    phi = em.feature_map(X, cov_type)
+    phi = gaussian.feature_map(X, cov_type)
     G = torch.cat([phi.T @ resp, resp.sum(0, keepdim=True)])
-    dummy = em.GMMParams(torch.full((3,), 1 / 3).double(), torch.zeros(3, 3).double(),
+    dummy = gaussian.GMMParams(torch.full((3,), 1 / 3).double(), torch.zeros(3, 3).double(),
                          model._given_params(torch.zeros(3, 3).double(), X).covariances)
-    best = em.m_step(G, 3, cov_type, 0.0, prior, dummy)
+    best = gaussian.m_step(G, 3, cov_type, 0.0, prior, dummy)
 
     def complete(p):  # log p(X, z | theta) + log p(theta) for the fixed hard labels
-        A, c = em.log_prob_coefficients(p, cov_type)
-        return float(((phi @ A + c) * resp).sum()) + em.log_prior(p, prior, cov_type)
+        A, c = gaussian.log_prob_coefficients(p, cov_type)
+        return float(((phi @ A + c) * resp).sum()) + gaussian.log_prior(p, prior, cov_type)
 
     f0 = complete(best)
     gen = torch.Generator().manual_seed(0)
@@ -159,7 +160,7 @@ def test_sample_score_and_save_load(tmp_path):
     assert loaded.score(X) == pytest.approx(m.score(X))
     assert loaded.get_params() == m.get_params()
     with pytest.raises(TypeError, match="not a"):
-        from bayesclust.base import BaseEstimator
+        from bayesclust.estimators._base import BaseEstimator
 
         class Other(BaseEstimator):
             def __init__(self):

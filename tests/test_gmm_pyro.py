@@ -203,8 +203,8 @@ def test_svi_map_equals_closed_form_map(ct):
 
 @pytest.mark.parametrize("ct", ["full", "tied"])
 def test_svi_map_equals_estimator_em_map(ct):
-    """Cross-check with the estimator's closed-form MAP-EM route (bayesclust.models.gmm)."""
-    gmm = pytest.importorskip("bayesclust.models.gmm")
+    """Cross-check with the estimator's closed-form MAP-EM route (bayesclust.estimators.gaussian_mixture)."""
+    gmm = pytest.importorskip("bayesclust.estimators.gaussian_mixture")
     X, y = blobs()
     em = gmm.GaussianMixture(2, covariance_type=ct, inference="em", dtype="float64", random_state=0,
                              tol=1e-12, max_iter=1000, reg_covar=0.0).fit(X.numpy())

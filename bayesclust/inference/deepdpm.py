@@ -20,52 +20,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
+from ..inference import streaming
+from ..models import gaussian
+from ..models.deepdpm import ClusterNet, SubNets
 from ..models.priors import NIW
 from . import splitmerge as sm
 
 
-class ClusterNet(nn.Module):
-    """MLP D -> H -> K (logits)."""
-
-    def __init__(self, d: int, k: int, hidden: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(d, hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, k)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-    def resize(self, keep: torch.Tensor, duplicate: torch.Tensor) -> None:
-        """Output units ``keep`` (indices, in order) followed by copies of units ``duplicate``."""
-        w, b = self.head.weight.data, self.head.bias.data
-        idx = torch.cat([keep, duplicate])
-        head = nn.Linear(w.shape[1], idx.numel()).to(w)
-        head.weight.data.copy_(w[idx])
-        head.bias.data.copy_(b[idx])
-        self.head = head
-
-
-class SubNets(nn.Module):
-    """K two-way MLPs evaluated at once: logits (n, K, 2)."""
-
-    def __init__(self, d: int, k: int, hidden: int, generator: torch.Generator) -> None:
-        super().__init__()
-        s1, s2 = 1 / math.sqrt(d), 1 / math.sqrt(hidden)
-        self.w1 = nn.Parameter((torch.rand(k, d, hidden, generator=generator) * 2 - 1) * s1)
-        self.b1 = nn.Parameter(torch.zeros(k, hidden))
-        self.w2 = nn.Parameter((torch.rand(k, hidden, 2, generator=generator) * 2 - 1) * s2)
-        self.b2 = nn.Parameter(torch.zeros(k, 2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(torch.einsum("nd,kdh->nkh", x, self.w1) + self.b1)
-        return torch.einsum("nkh,khj->nkj", h, self.w2) + self.b2
-
-
 @dataclass
 class DeepState:
-    feats: sm.Features
+    feats: streaming.Features
     prior: NIW
     alpha: float
     net: ClusterNet
@@ -114,7 +79,7 @@ def _positive_definite(sigma: torch.Tensor, fallback: torch.Tensor, rel_floor: f
 
 def _map_params(prior: NIW, G: torch.Tensor, alpha: float) -> tuple[torch.Tensor, ...]:
     """NIW posterior modes (mu, Sigma) and MAP weights from statistics G (M, Q)."""
-    n, sx, sxx = sm.unpack_stats(G, prior.dim)
+    n, sx, sxx = gaussian.unpack_full_stats(G, prior.dim)
     post = prior.posterior(n, sx, sxx)
     mu, sigma = post.mode("covariance")
     prior_mode = prior.psi0 / (prior.nu0 + prior.dim + 2)  # the prior NIW mode of Sigma
@@ -124,14 +89,14 @@ def _map_params(prior: NIW, G: torch.Tensor, alpha: float) -> tuple[torch.Tensor
 
 
 def _log_dens(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
-    A = sm.gaussian_coefficients(
+    A = gaussian.gaussian_coefficients(
         mu.reshape(-1, mu.shape[-1]), sigma.reshape(-1, *sigma.shape[-2:]), log_w.reshape(-1)
     ).to(x)
-    return sm.feature_map(x) @ A
+    return gaussian.full_feature_map(x) @ A
 
 
 def init_deep(
-    feats: sm.Features,
+    feats: streaming.Features,
     prior: NIW,
     alpha: float,
     gen: torch.Generator,
@@ -214,7 +179,7 @@ def deep_step(st: DeepState, iteration: int) -> float:
     with torch.no_grad():
         q = torch.softmax(st.net(X), 1)
         s = torch.softmax(st.subnets(X), 2)
-        phi = sm.feature_map(X)
+        phi = gaussian.full_feature_map(X)
         Gc = (q.T @ phi).double().cpu()
         Gs = ((q[:, :, None] * s).reshape(n, 2 * k).T @ phi).double().cpu()
     st.mu, st.sigma, st.log_pi = _map_params(st.prior, Gc, st.alpha)

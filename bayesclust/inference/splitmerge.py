@@ -39,60 +39,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models.gaussian import full_feature_map, gaussian_coefficients, unpack_full_stats
 from ..models.priors import NIW
-from . import em
+from .streaming import Features
 
 
-# ---------------------------------------------------------------------------- features and statistics
-def feature_map(X: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """phi(X) (n, Q) with Q = D(D+1)/2 + D + 1: [x_i x_j for i <= j (row-major), x, 1] (see em)."""
-    return em.feature_map(X, "full", out=out, ones=True)
-
-
-def unpack_stats(G: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """G (M, Q) -> counts n (M,), sums sx (M, D), scatter sxx (M, D, D)."""
-    p = d * (d + 1) // 2
-    i, j = em._triu(d, G.device)
-    sxx = torch.zeros(G.shape[0], d, d, dtype=G.dtype, device=G.device)
-    sxx[:, i, j] = G[:, :p]
-    sxx[:, j, i] = G[:, :p]
-    return G[:, -1], G[:, p : p + d], sxx
-
-
-def gaussian_coefficients(mu: torch.Tensor, sigma: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
-    """A (Q, M) with ``phi(x) @ A[:, m] = log_w[m] + log N(x | mu[m], sigma[m])``."""
-    m, d = mu.shape
-    chol = torch.linalg.cholesky(sigma)
-    prec = torch.cholesky_inverse(chol)
-    logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    i, j = em._triu(d, mu.device)
-    quad = -prec[:, i, j] * torch.where(i == j, 0.5, 1.0).to(prec.dtype)
-    pmu = (prec @ mu.unsqueeze(-1)).squeeze(-1)
-    const = log_w - 0.5 * (pmu * mu).sum(-1) - 0.5 * logdet - 0.5 * d * math.log(2 * math.pi)
-    return torch.cat([quad, pmu, const[:, None]], dim=1).T.contiguous()
-
-
-class Features:
-    """Chunked access to phi(X); cached when it fits in ``cache_bytes``."""
-
-    def __init__(self, X: torch.Tensor, chunk_size: int, cache_bytes: float = 4e8) -> None:
-        self.X = X
-        self.n, self.d = X.shape
-        self.q = self.d * (self.d + 1) // 2 + self.d + 1
-        self.chunk_size = max(1, int(chunk_size))
-        big = self.n * self.q * X.element_size() > cache_bytes
-        self.cache = None if big else feature_map(X)
-        self._buf = None if not big else X.new_empty(min(self.n, self.chunk_size), self.q)
-
-    def slices(self):
-        for start in range(0, self.n, self.chunk_size):
-            yield slice(start, min(self.n, start + self.chunk_size))
-
-    def __call__(self, sl: slice) -> torch.Tensor:
-        """phi of the rows ``sl``; without a cache, a view of a reused buffer (valid until the next call)."""
-        return self.cache[sl] if self.cache is not None else feature_map(self.X[sl], self._buf)
-
-
+# ---------------------------------------------------------------------------- statistics
 def sub_statistics(feats: Features, z: torch.Tensor, zsub: torch.Tensor, k: int) -> torch.Tensor:
     """G (2K, Q) float64: per sub-cluster sums of phi over the points with label 2 z + zsub."""
     G = torch.zeros(2 * k, feats.q, dtype=torch.float64, device=z.device)
@@ -203,7 +155,7 @@ def _compact(st: SamplerState) -> None:
 
 
 def _log_ml(prior: NIW, G: torch.Tensor) -> torch.Tensor:
-    n, sx, sxx = unpack_stats(G, prior.dim)
+    n, sx, sxx = unpack_full_stats(G, prior.dim)
     return prior.log_marginal_likelihood(n, sx, sxx)
 
 
@@ -270,7 +222,7 @@ def sample_labels(st: SamplerState, cfg: SamplerConfig) -> None:
     log_pi = torch.log(g[:k] / g.sum())
     gs = sample_gamma(ns + cfg.alpha / 2.0, st.np_rng)
     log_pis = torch.log(gs / gs.sum(1, keepdim=True)).reshape(-1)
-    n, sx, sxx = unpack_stats(torch.cat([Gc, Gs]), d)
+    n, sx, sxx = unpack_full_stats(torch.cat([Gc, Gs]), d)
     # global RNG (seeded by the Engine): NIW.sample with a generator re-seeds per call, which is slow
     mu, sigma = cfg.prior.posterior(n, sx, sxx).sample(None)
     A = gaussian_coefficients(mu, sigma, torch.cat([log_pi, log_pis]))
@@ -303,7 +255,7 @@ def reset_subclusters(st: SamplerState, clusters: torch.Tensor, Gc: torch.Tensor
     if not bool(clusters.any()):
         return
     d = st.feats.d
-    n, sx, sxx = unpack_stats(Gc, d)
+    n, sx, sxx = unpack_full_stats(Gc, d)
     n = n.clamp(min=1.0)
     mean = sx / n[:, None]
     cov = sxx / n[:, None, None] - mean[:, :, None] * mean[:, None, :]
@@ -354,7 +306,7 @@ def _padded_features(st: SamplerState, groups: list[torch.Tensor]) -> tuple[torc
     m = max(int(g.numel()) for g in groups)
     phi = torch.zeros(len(groups), m, st.feats.q, dtype=torch.float64)
     allidx = torch.cat(groups)
-    f = feature_map(st.feats.X[allidx]).double().cpu()
+    f = full_feature_map(st.feats.X[allidx]).double().cpu()
     start = 0
     for i, g in enumerate(groups):  # loop over small clusters (few, each <= exact_max points)
         phi[i, : g.numel()] = f[start : start + g.numel()]

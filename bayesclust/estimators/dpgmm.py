@@ -36,70 +36,16 @@ from .._validation import (
     check_positive_int,
     check_scalar,
 )
-from ..base import BaseEstimator, ClusterMixin
 from ..inference import splitmerge as sm
-from ..inference import stickbreaking as sb
+from ..inference import streaming
+from ..inference import vi as sb
 from ..inference.engine import Engine, Step
-from .priors import NIW
+from ..models import gaussian
+from ..models.dp import student_t_logpdf
+from ..models.priors import NIW
+from ._base import BaseEstimator, ClusterMixin
 
 INFERENCE = ("splitmerge", "svi", "deep")
-
-
-def mix_weights(beta: torch.Tensor) -> torch.Tensor:
-    """Stick-breaking weights (T,) from T - 1 stick proportions (the last stick takes the rest)."""
-    rest = torch.cumprod(1 - beta, -1)
-    return torch.cat([beta, beta.new_ones(beta.shape[:-1] + (1,))], -1) * torch.cat(
-        [beta.new_ones(beta.shape[:-1] + (1,)), rest], -1
-    )
-
-
-def dp_mixture_model(
-    X: torch.Tensor | None, *, alpha: float, prior: NIW, truncation: int, n: int | None = None
-) -> torch.Tensor:
-    """Pyro program of the (truncated) DP Gaussian mixture; returns the observations.
-
-    ``X`` (N, D) observed, or ``None`` to draw ``n`` points from the prior predictive.
-    """
-    import pyro
-    import pyro.distributions as dist
-
-    d = prior.dim
-    n = X.shape[0] if X is not None else int(n)  # type: ignore[arg-type]
-    dt = prior.m0.dtype
-    with pyro.plate("sticks", truncation - 1):
-        beta = pyro.sample("beta", dist.Beta(torch.ones((), dtype=dt), torch.tensor(alpha, dtype=dt)))
-    weights = mix_weights(beta)
-    psi_inv = torch.cholesky_inverse(torch.linalg.cholesky(prior.psi0))
-    with pyro.plate("components", truncation):
-        lam = pyro.sample("precision", dist.Wishart(df=prior.nu0, covariance_matrix=psi_inv))
-        mu = pyro.sample(
-            "mu", dist.MultivariateNormal(prior.m0.expand(truncation, d), precision_matrix=prior.kappa0 * lam)
-        )
-    with pyro.plate("data", n):
-        z = pyro.sample("z", dist.Categorical(weights))
-        return pyro.sample("obs", dist.MultivariateNormal(mu[z], precision_matrix=lam[z]), obs=X)
-
-
-def _student_t_logpdf(Xs: torch.Tensor, post: dict[str, torch.Tensor], chunk: int = 8192) -> torch.Tensor:
-    """log of the NIW posterior predictive (multivariate Student-t) of each cluster, (n, K)."""
-    m, kappa, nu, psi = post["m"], post["kappa"], post["nu"], post["psi"]
-    d = m.shape[1]
-    df = nu - d + 1
-    scale = psi * ((kappa + 1) / (kappa * df))[:, None, None]
-    chol = torch.linalg.cholesky(scale)
-    logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    const = (
-        torch.lgamma((df + d) / 2) - torch.lgamma(df / 2) - 0.5 * d * torch.log(df * math.pi) - 0.5 * logdet
-    )
-    out = []
-    Xd = Xs.double()
-    for start in range(0, Xd.shape[0], chunk):
-        x = Xd[start : start + chunk]
-        diff = (x[None, :, :] - m[:, None, :]).transpose(1, 2)  # (K, D, n)
-        sol = torch.linalg.solve_triangular(chol, diff, upper=False)
-        maha = (sol * sol).sum(1).T  # (n, K)
-        out.append(const - 0.5 * (df + d) * torch.log1p(maha / df))
-    return torch.cat(out)
 
 
 class DPGMM(ClusterMixin, BaseEstimator):
@@ -269,7 +215,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
         Xs = self._standardise(X.double()).to(X.dtype)
         prior = self._build_prior(X)
         self.prior_ = {"m": prior.m0, "kappa": prior.kappa0, "nu": prior.nu0, "psi": prior.psi0}
-        feats = sm.Features(Xs, self.chunk_size)
+        feats = streaming.Features(Xs, self.chunk_size)
         burn = self.max_iter // 2 if self.burn_in is None else int(self.burn_in)
         engine = Engine(
             device=dev,
@@ -291,7 +237,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
             self._fit_svi(feats, prior, engine)
         return self
 
-    def _fit_splitmerge(self, feats: sm.Features, prior: NIW, engine: Engine, burn: int) -> None:
+    def _fit_splitmerge(self, feats: streaming.Features, prior: NIW, engine: Engine, burn: int) -> None:
         cfg = sm.SamplerConfig(
             alpha=float(self.alpha),
             prior=prior,
@@ -319,7 +265,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
         _, labels = torch.unique(z, return_inverse=True)
         k = int(labels.max()) + 1
         G = sm.sub_statistics(feats, labels, torch.zeros_like(labels), k).view(k, 2, -1).sum(1).cpu()
-        nk, sx, sxx = sm.unpack_stats(G, feats.d)
+        nk, sx, sxx = gaussian.unpack_full_stats(G, feats.d)
         post = prior.posterior(nk, sx, sxx)
         self._set_components(post, nk / (nk.sum() + self.alpha), nk)
         self.labels_ = labels.cpu().numpy()
@@ -331,7 +277,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
         if self.coclustering:
             self.coclustering_ = _coclustering(st.draws_labels, labels)
 
-    def _fit_svi(self, feats: sm.Features, prior: NIW, engine: Engine) -> None:
+    def _fit_svi(self, feats: streaming.Features, prior: NIW, engine: Engine) -> None:
         vs = sb.init_vi(feats, prior, float(self.alpha), self.truncation, engine.generator)
         state = {"vi": vs}
         result = engine.run([Step("svi", lambda s, it: sb.vi_step(s["vi"]))], state)
@@ -356,7 +302,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
             [w[keep] / w[keep].sum()], [post.m0[keep]], self.data_mean_, self.data_scale_
         )
 
-    def _fit_deep(self, feats: sm.Features, prior: NIW, engine: Engine) -> None:
+    def _fit_deep(self, feats: streaming.Features, prior: NIW, engine: Engine) -> None:
         from ..inference import deepdpm
 
         check_positive_int(self.hidden, "hidden", minimum=2)
@@ -396,7 +342,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
         )
         k = int(used.numel())
         G = sm.cluster_statistics(sm.sub_statistics(feats, labels, torch.zeros_like(labels), k))
-        nk, sx, sxx = sm.unpack_stats(G, feats.d)
+        nk, sx, sxx = gaussian.unpack_full_stats(G, feats.d)
         self._set_components(prior.posterior(nk, sx, sxx), nk, nk)
         self.new_cluster_weight_ = 0.0
         self.labels_ = labels.cpu().numpy()
@@ -411,7 +357,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
         )
 
     def _net(self):
-        from ..inference.deepdpm import ClusterNet
+        from ..models.deepdpm import ClusterNet
 
         net = ClusterNet(self.n_features_in_, self.n_components_, self.hidden).double()
         net.load_state_dict({k: v.double() for k, v in self.net_state_.items()})
@@ -435,7 +381,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
         return self._standardise(X)
 
     def _log_joint_std(self, Xs: torch.Tensor) -> torch.Tensor:
-        return _student_t_logpdf(Xs.double(), self.posterior_) + torch.log(torch.as_tensor(self.weights_))
+        return student_t_logpdf(Xs.double(), self.posterior_) + torch.log(torch.as_tensor(self.weights_))
 
     def _proba_std(self, Xs: torch.Tensor) -> np.ndarray:
         if self.inference == "deep":  # DeepDPM predicts with the clustering net
@@ -464,7 +410,7 @@ class DPGMM(ClusterMixin, BaseEstimator):
         w_total = 1.0 - self.new_cluster_weight_
         logp = self._log_joint_std(Xs) + math.log(w_total)
         if self.new_cluster_weight_ > 0:
-            prior_pred = _student_t_logpdf(
+            prior_pred = student_t_logpdf(
                 Xs, {k: v[None] if v.ndim else v[None] for k, v in self.prior_.items()}
             )
             logp = torch.cat([logp, prior_pred + math.log(self.new_cluster_weight_)], 1)

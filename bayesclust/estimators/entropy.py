@@ -12,12 +12,12 @@ from torch import nn
 from .. import losses as L
 from .._device import empty_buffer
 from .._validation import check_array, check_is_fitted, check_option, check_positive_int, check_scalar
-from ..base import BaseEstimator, ClusterMixin
 from ..inference.engine import Engine, Step
 from ..inference.neighbors import kth_neighbor_distance
 from ..inference.neural import neural_step
 from ..inference.selflabel import em_soft_labels, one_hot_into, sela_labels, swav_codes
-from .heads import augment, build_head, frozen_batchnorm_stats, vat_view
+from ..models.heads import augment, build_head, frozen_batchnorm_stats, vat_view
+from ._base import BaseEstimator, ClusterMixin
 
 __all__ = ["EntropyClustering"]
 

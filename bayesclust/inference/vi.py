@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.gaussian import gaussian_coefficients, unpack_full_stats
 from ..models.priors import NIW
-from .splitmerge import Features, gaussian_coefficients, unpack_stats
+from .streaming import Features
 
 
 @dataclass
@@ -59,7 +60,7 @@ def log_rho_coefficients(st: VIState) -> torch.Tensor:
 
 
 def m_step(st: VIState, G: torch.Tensor) -> None:
-    n, sx, sxx = unpack_stats(G, st.prior.dim)
+    n, sx, sxx = unpack_full_stats(G, st.prior.dim)
     st.n = n
     st.post = st.prior.posterior(n, sx, sxx)
     st.g1 = 1.0 + n

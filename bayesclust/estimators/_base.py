@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import check_is_fitted
+from .._validation import check_is_fitted
 
 
 class BaseEstimator:

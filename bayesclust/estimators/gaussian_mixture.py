@@ -27,11 +27,12 @@ from .._validation import (
     check_positive_int,
     check_scalar,
 )
-from ..base import BaseEstimator, ClusterMixin
-from ..inference import em
+from ..inference import em, kmeans
 from ..inference.engine import Engine, Step
-from .gmm_model import gamma_shape
-from .priors import NIW
+from ..models import gaussian
+from ..models.gmm_model import gamma_shape
+from ..models.priors import NIW
+from ._base import BaseEstimator, ClusterMixin
 
 _FEATURE_CACHE_BYTES = 1 << 30  # cache phi(X) when it fits in 1 GiB; else recompute per chunk
 
@@ -137,7 +138,7 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
     # ------------------------------------------------------------------ validation
     def _check_params(self) -> None:
         check_positive_int(self.n_components, "n_components")
-        check_option(self.covariance_type, "covariance_type", em.COVARIANCE_TYPES)
+        check_option(self.covariance_type, "covariance_type", gaussian.COVARIANCE_TYPES)
         check_option(self.inference, "inference", ("em", "svi", "nuts"))
         check_option(self.prior, "prior", ("niw", None))
         if self.prior is None and self.inference != "em":
@@ -164,7 +165,7 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
         check_positive_int(self.warmup_steps, "warmup_steps", minimum=0)
         check_positive_int(self.num_chains, "num_chains")
 
-    def _map_prior(self, X: torch.Tensor) -> em.MAPPrior | None:
+    def _map_prior(self, X: torch.Tensor) -> gaussian.MAPPrior | None:
         """The prior on the data X (N, D) in the frame the EM runs in."""
         if self.prior is None:
             return None
@@ -183,7 +184,7 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
         if self.covariance_prior is not None:
             psi0 = self._covariance_prior_matrix(d, X)
         niw = NIW.from_data(X, kappa0=float(self.mean_precision_prior), nu0=nu0, m0=m0, psi0=psi0)
-        return em.MAPPrior(float(self.weight_concentration_prior), niw)
+        return gaussian.MAPPrior(float(self.weight_concentration_prior), niw)
 
     def _covariance_prior_matrix(self, d: int, X: torch.Tensor) -> torch.Tensor:
         cp = self.covariance_prior
@@ -216,7 +217,7 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
         prior_c = None
         if prior is not None:
             niw = prior.niw
-            prior_c = em.MAPPrior(prior.alpha, NIW(niw.m0 - shift, niw.kappa0, niw.nu0, niw.psi0))
+            prior_c = gaussian.MAPPrior(prior.alpha, NIW(niw.m0 - shift, niw.kappa0, niw.nu0, niw.psi0))
         features = self._feature_source(Xc)
         best = None
         warm = self.warm_start and hasattr(self, "means_")
@@ -258,32 +259,32 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
         dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
         kw = {"device": device, "dtype": dtype}
         shift = torch.as_tensor(self.shift_, **kw)
-        params = em.GMMParams(
+        params = gaussian.GMMParams(
             torch.as_tensor(self.weights_, **kw),
             torch.as_tensor(self.means_, **kw) - shift,
             torch.as_tensor(self.covariances_, **kw),
         )
-        A, c = em.log_prob_coefficients(params, self.covariance_type)
+        A, c = gaussian.log_prob_coefficients(params, self.covariance_type)
         return em.argmax_chunks(n, features, A, c, int(self.chunk_size)).cpu().numpy()
 
     def _feature_source(self, Xc: torch.Tensor):
         n, d = Xc.shape
-        q = em.feature_dim(d, self.covariance_type)
+        q = gaussian.feature_dim(d, self.covariance_type)
         if n * q * Xc.element_size() <= _FEATURE_CACHE_BYTES:
             buf = empty_buffer(n, q, Xc.dtype, Xc.device)
-            phi = em.feature_map(Xc, self.covariance_type, out=buf)
+            phi = gaussian.feature_map(Xc, self.covariance_type, out=buf)
             return lambda sl: phi[sl]
-        return lambda sl: em.feature_map(Xc[sl], self.covariance_type)
+        return lambda sl: gaussian.feature_map(Xc[sl], self.covariance_type)
 
-    def _em_step_fn(self, n: int, d: int, features, prior: em.MAPPrior | None):
+    def _em_step_fn(self, n: int, d: int, features, prior: gaussian.MAPPrior | None):
         cov_type, chunk, reg = self.covariance_type, int(self.chunk_size), float(self.reg_covar)
 
         def step(state: dict, iteration: int) -> float:
             params = state["params"]
-            A, c = em.log_prob_coefficients(params, cov_type)
+            A, c = gaussian.log_prob_coefficients(params, cov_type)
             loglik, G = em.e_step(n, features, A, c, chunk)
-            objective = (loglik + em.log_prior(params, prior, cov_type)) / n
-            state["params"] = em.m_step(G, d, cov_type, reg, prior, params)
+            objective = (loglik + gaussian.log_prior(params, prior, cov_type)) / n
+            state["params"] = gaussian.m_step(G, d, cov_type, reg, prior, params)
             return objective
 
         return step
@@ -293,9 +294,9 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
         Xc: torch.Tensor,
         shift: torch.Tensor,
         gen: torch.Generator,
-        prior: em.MAPPrior | None,
+        prior: gaussian.MAPPrior | None,
         features,
-    ) -> em.GMMParams:
+    ) -> gaussian.GMMParams:
         n, d = Xc.shape
         k = self.n_components
         chunk = int(self.chunk_size)
@@ -306,7 +307,7 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
             means = means - shift
             if self.weights_init is not None or self.covariances_init is not None:
                 return self._given_params(means, Xc)
-            resp = torch.nn.functional.one_hot(em.nearest_center(Xc, means, chunk), k).to(Xc.dtype)
+            resp = torch.nn.functional.one_hot(kmeans.nearest_center(Xc, means, chunk), k).to(Xc.dtype)
         elif self.init == "random":
             resp = torch.rand(n, k, generator=gen, dtype=torch.float64).to(Xc)
             resp = resp / resp.sum(1, keepdim=True)
@@ -315,27 +316,27 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
                 idx = torch.randperm(n, generator=gen)[:k].to(Xc.device)
                 centers = Xc[idx]
             else:
-                centers = em.kmeans_plusplus(Xc, k, gen, chunk)
+                centers = kmeans.kmeans_plusplus(Xc, k, gen, chunk)
                 if self.init == "kmeans":
-                    centers = em.lloyd(Xc, centers, 20, chunk)
-            resp = torch.nn.functional.one_hot(em.nearest_center(Xc, centers, chunk), k).to(Xc.dtype)
+                    centers = kmeans.lloyd(Xc, centers, 20, chunk)
+            resp = torch.nn.functional.one_hot(kmeans.nearest_center(Xc, centers, chunk), k).to(Xc.dtype)
         G = self._stats_from_resp(Xc, resp, features, chunk)
-        dummy = em.GMMParams(
+        dummy = gaussian.GMMParams(
             torch.full((k,), 1.0 / k, dtype=Xc.dtype, device=Xc.device),
             torch.zeros(k, d, dtype=Xc.dtype, device=Xc.device),
             _identity_cov(self.covariance_type, k, d, Xc),
         )
-        return em.m_step(G, d, self.covariance_type, float(self.reg_covar), prior, dummy)
+        return gaussian.m_step(G, d, self.covariance_type, float(self.reg_covar), prior, dummy)
 
     def _stats_from_resp(self, Xc, resp, features, chunk) -> torch.Tensor:
-        q = em.feature_dim(Xc.shape[1], self.covariance_type)
+        q = gaussian.feature_dim(Xc.shape[1], self.covariance_type)
         G = torch.zeros(q + 1, resp.shape[1], dtype=Xc.dtype, device=Xc.device)
         for sl in Engine.chunks(Xc.shape[0], chunk):
             G[:-1] += features(sl).T @ resp[sl]
             G[-1] += resp[sl].sum(0)
         return G
 
-    def _given_params(self, means_c: torch.Tensor, Xc: torch.Tensor) -> em.GMMParams:
+    def _given_params(self, means_c: torch.Tensor, Xc: torch.Tensor) -> gaussian.GMMParams:
         k, d = means_c.shape
         kw = {"device": Xc.device, "dtype": Xc.dtype}
         if self.weights_init is None:
@@ -355,21 +356,21 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
                     f"covariances_init must have shape {expected} for covariance_type="
                     f"{self.covariance_type!r}, got {tuple(cov.shape)}."
                 )
-        return em.GMMParams(w, means_c, cov)
+        return gaussian.GMMParams(w, means_c, cov)
 
-    def _warm_params(self, shift, dtype, device) -> em.GMMParams:
+    def _warm_params(self, shift, dtype, device) -> gaussian.GMMParams:
         kw = {"device": device, "dtype": dtype}
-        return em.GMMParams(
+        return gaussian.GMMParams(
             torch.as_tensor(self.weights_, **kw),
             torch.as_tensor(self.means_, **kw) - shift,
             torch.as_tensor(self.covariances_, **kw),
         )
 
-    def _store(self, params: em.GMMParams, shift: torch.Tensor) -> None:
+    def _store(self, params: gaussian.GMMParams, shift: torch.Tensor) -> None:
         self.weights_ = params.weights.detach().cpu().numpy()
         self.means_ = (params.means + shift).detach().cpu().numpy()
         self.covariances_ = params.covariances.detach().cpu().numpy()
-        prec_chol = em.precisions_cholesky(params.covariances, self.covariance_type)
+        prec_chol = gaussian.precisions_cholesky(params.covariances, self.covariance_type)
         self.precisions_cholesky_ = prec_chol.detach().cpu().numpy()
         if self.covariance_type in ("full", "tied"):
             self.precisions_ = (prec_chol @ prec_chol.transpose(-1, -2)).detach().cpu().numpy()
@@ -377,7 +378,7 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
             self.precisions_ = (prec_chol * prec_chol).detach().cpu().numpy()
 
     # ------------------------------------------------------------------ svi / nuts routes
-    def _fit_svi(self, X: torch.Tensor, prior: em.MAPPrior) -> None:
+    def _fit_svi(self, X: torch.Tensor, prior: gaussian.MAPPrior) -> None:
         from ..inference.svi import fit_svi
 
         engine = Engine(
@@ -393,7 +394,7 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
         self._store_route(result.weights, result.means, result.covariances)
         self.svi_history_ = list(result.history)
 
-    def _fit_nuts(self, X: torch.Tensor, prior: em.MAPPrior) -> None:
+    def _fit_nuts(self, X: torch.Tensor, prior: gaussian.MAPPrior) -> None:
         from ..inference.nuts import fit_nuts
 
         result = fit_nuts(
@@ -423,7 +424,7 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
         self.em_means_ = self.means_
         shift = torch.as_tensor(self.shift_)
         self._store(
-            em.GMMParams(
+            gaussian.GMMParams(
                 torch.as_tensor(weights).detach().cpu().to(shift.dtype),
                 torch.as_tensor(means).detach().cpu().to(shift.dtype) - shift,
                 torch.as_tensor(covariances).detach().cpu().to(shift.dtype),
@@ -453,15 +454,15 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
         shift = torch.as_tensor(self.shift_, device=device, dtype=dtype)
         Xc = Xt - shift
         kw = {"device": device, "dtype": dtype}
-        params = em.GMMParams(
+        params = gaussian.GMMParams(
             torch.as_tensor(self.weights_, **kw),
             torch.as_tensor(self.means_, **kw) - shift,
             torch.as_tensor(self.covariances_, **kw),
         )
-        A, c = em.log_prob_coefficients(params, self.covariance_type)
+        A, c = gaussian.log_prob_coefficients(params, self.covariance_type)
         cov_type = self.covariance_type
         return em.log_resp_chunks(
-            Xc.shape[0], lambda sl: em.feature_map(Xc[sl], cov_type), A, c, int(self.chunk_size)
+            Xc.shape[0], lambda sl: gaussian.feature_map(Xc[sl], cov_type), A, c, int(self.chunk_size)
         )
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -540,8 +541,8 @@ def _cov_shape(cov_type: str, k: int, d: int) -> tuple[int, ...]:
     return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[cov_type]
 
 
-def _gmm_prior(prior: em.MAPPrior, dtype: torch.dtype | None = None):
-    from .gmm_model import GMMPrior
+def _gmm_prior(prior: gaussian.MAPPrior, dtype: torch.dtype | None = None):
+    from ..models.gmm_model import GMMPrior
 
     niw = prior.niw
     cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
@@ -553,6 +554,6 @@ def _gmm_prior(prior: em.MAPPrior, dtype: torch.dtype | None = None):
 def _posterior_mean_cov(samples: dict[str, torch.Tensor], cov_type: str) -> torch.Tensor:
     if "covariances" in samples:
         return samples["covariances"].mean((0, 1))
-    from .gmm_model import precisions_to_covariances
+    from ..models.gmm_model import precisions_to_covariances
 
     return precisions_to_covariances(samples["precisions"], cov_type).mean((0, 1))

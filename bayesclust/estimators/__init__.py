@@ -1,0 +1,8 @@
+"""The user API: thin scikit-learn-style estimators on one base (:mod:`._base`)."""
+
+from .dpgmm import DPGMM
+from .dti import DTIGMM, DTIKMeans
+from .entropy import EntropyClustering
+from .gaussian_mixture import GaussianMixture
+
+__all__ = ["DPGMM", "DTIGMM", "DTIKMeans", "EntropyClustering", "GaussianMixture"]

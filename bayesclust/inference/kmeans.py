@@ -1,0 +1,59 @@
+"""k-means++ seeding and Lloyd iterations: the one k-means used to initialise every model."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def kmeans_plusplus(
+    X: torch.Tensor, k: int, generator: torch.Generator, chunk_size: int = 65536
+) -> torch.Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) with 2 + log k local trials, as scikit-learn."""
+    n = X.shape[0]
+    n_trials = 2 + int(math.log(k))
+    first = int(torch.randint(n, (1,), generator=generator))
+    centers = [X[first]]
+    sq_norms = (X * X).sum(1)
+    closest = _sq_dist(X, sq_norms, X[first : first + 1], chunk_size)[:, 0]
+    for _ in range(1, k):
+        total = closest.sum()
+        if float(total) <= 0:
+            cand = torch.randint(n, (n_trials,), generator=generator)
+        else:
+            u = torch.rand(n_trials, generator=generator, dtype=torch.float64) * float(total)
+            cand = torch.searchsorted(torch.cumsum(closest.double().cpu(), 0), u).clamp(max=n - 1)
+        cand = cand.to(X.device)
+        d_cand = torch.minimum(closest[:, None], _sq_dist(X, sq_norms, X[cand], chunk_size))
+        best = int(torch.argmin(d_cand.sum(0)))
+        closest = d_cand[:, best]
+        centers.append(X[cand[best]])
+    return torch.stack(centers)
+
+
+def _sq_dist(X: torch.Tensor, sq_norms: torch.Tensor, C: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    out = []
+    c_norm = (C * C).sum(1)
+    for start in range(0, X.shape[0], chunk_size):
+        sl = slice(start, start + chunk_size)
+        out.append((sq_norms[sl, None] - 2 * X[sl] @ C.T + c_norm).clamp(min=0))
+    return torch.cat(out)
+
+
+def nearest_center(X: torch.Tensor, C: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:
+    return torch.argmin(_sq_dist(X, (X * X).sum(1), C, chunk_size), dim=1)
+
+
+def lloyd(X: torch.Tensor, C: torch.Tensor, n_iter: int, chunk_size: int = 65536) -> torch.Tensor:
+    """A few Lloyd iterations (hard k-means) from centres C (K, D); empty clusters keep their centre."""
+    k = C.shape[0]
+    for _ in range(n_iter):
+        labels = nearest_center(X, C, chunk_size)
+        counts = torch.bincount(labels, minlength=k).to(X.dtype)
+        sums = torch.zeros_like(C).index_add_(0, labels, X)
+        new = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], C)
+        if torch.allclose(new, C):
+            return new
+        C = new
+    return C

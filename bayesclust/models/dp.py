@@ -1,0 +1,73 @@
+"""The Dirichlet-process Gaussian mixture as a Pyro program, and its NIW posterior predictive.
+
+The model (:func:`dp_mixture_model`) is
+
+    v_k ~ Beta(1, alpha),  pi_k = v_k prod_{j<k} (1 - v_j)          (stick breaking)
+    Lambda_k ~ Wishart(nu0, psi0^-1),  mu_k ~ N(m0, (kappa0 Lambda_k)^-1)   (NIW base measure)
+    z_i ~ Categorical(pi),  x_i ~ N(mu_{z_i}, Lambda_{z_i}^-1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .priors import NIW
+
+
+def mix_weights(beta: torch.Tensor) -> torch.Tensor:
+    """Stick-breaking weights (T,) from T - 1 stick proportions (the last stick takes the rest)."""
+    rest = torch.cumprod(1 - beta, -1)
+    return torch.cat([beta, beta.new_ones(beta.shape[:-1] + (1,))], -1) * torch.cat(
+        [beta.new_ones(beta.shape[:-1] + (1,)), rest], -1
+    )
+
+
+def dp_mixture_model(
+    X: torch.Tensor | None, *, alpha: float, prior: NIW, truncation: int, n: int | None = None
+) -> torch.Tensor:
+    """Pyro program of the (truncated) DP Gaussian mixture; returns the observations.
+
+    ``X`` (N, D) observed, or ``None`` to draw ``n`` points from the prior predictive.
+    """
+    import pyro
+    import pyro.distributions as dist
+
+    d = prior.dim
+    n = X.shape[0] if X is not None else int(n)  # type: ignore[arg-type]
+    dt = prior.m0.dtype
+    with pyro.plate("sticks", truncation - 1):
+        beta = pyro.sample("beta", dist.Beta(torch.ones((), dtype=dt), torch.tensor(alpha, dtype=dt)))
+    weights = mix_weights(beta)
+    psi_inv = torch.cholesky_inverse(torch.linalg.cholesky(prior.psi0))
+    with pyro.plate("components", truncation):
+        lam = pyro.sample("precision", dist.Wishart(df=prior.nu0, covariance_matrix=psi_inv))
+        mu = pyro.sample(
+            "mu", dist.MultivariateNormal(prior.m0.expand(truncation, d), precision_matrix=prior.kappa0 * lam)
+        )
+    with pyro.plate("data", n):
+        z = pyro.sample("z", dist.Categorical(weights))
+        return pyro.sample("obs", dist.MultivariateNormal(mu[z], precision_matrix=lam[z]), obs=X)
+
+
+def student_t_logpdf(Xs: torch.Tensor, post: dict[str, torch.Tensor], chunk: int = 8192) -> torch.Tensor:
+    """log of the NIW posterior predictive (multivariate Student-t) of each cluster, (n, K)."""
+    m, kappa, nu, psi = post["m"], post["kappa"], post["nu"], post["psi"]
+    d = m.shape[1]
+    df = nu - d + 1
+    scale = psi * ((kappa + 1) / (kappa * df))[:, None, None]
+    chol = torch.linalg.cholesky(scale)
+    logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    const = (
+        torch.lgamma((df + d) / 2) - torch.lgamma(df / 2) - 0.5 * d * torch.log(df * math.pi) - 0.5 * logdet
+    )
+    out = []
+    Xd = Xs.double()
+    for start in range(0, Xd.shape[0], chunk):
+        x = Xd[start : start + chunk]
+        diff = (x[None, :, :] - m[:, None, :]).transpose(1, 2)  # (K, D, n)
+        sol = torch.linalg.solve_triangular(chol, diff, upper=False)
+        maha = (sol * sol).sum(1).T  # (n, K)
+        out.append(const - 0.5 * (df + d) * torch.log1p(maha / df))
+    return torch.cat(out)

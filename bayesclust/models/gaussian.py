@@ -1,0 +1,272 @@
+"""Closed-form E and M steps for Gaussian mixtures, on sufficient statistics.
+
+The E-step writes every component's log density as one matmul on a feature map of the data:
+
+    log N(x | mu_k, Sigma_k) = phi(x) . a_k + c_k,
+
+with phi(x) = [x_i x_j (i <= j), x] for full / tied covariances (Q = D(D+1)/2 + D) and
+phi(x) = [x^2, x] for diag / spherical (Q = 2D). With responsibilities r (n, K) the M-step needs
+only G = [phi(X), 1]^T r (Q + 1, K): counts, first and second moments of every component. So one
+iteration is two (n x Q) @ (Q x K) products per chunk: memory O(chunk x (Q + K)), never
+O(N x K x D), and no Python loop over components.
+
+Covariances are stored as scikit-learn does: full (K, D, D), tied (D, D), diag (K, D), spherical (K,).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .gmm_model import gamma_shape
+from .priors import NIW
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+@dataclass
+class GMMParams:
+    """Mixture parameters (in the frame of the data the EM runs on)."""
+
+    weights: torch.Tensor  # (K,)
+    means: torch.Tensor  # (K, D)
+    covariances: torch.Tensor  # full (K,D,D) | tied (D,D) | diag (K,D) | spherical (K,)
+
+    def clone(self) -> GMMParams:
+        return GMMParams(self.weights.clone(), self.means.clone(), self.covariances.clone())
+
+
+@dataclass
+class MAPPrior:
+    """Conjugate prior for MAP-EM: symmetric Dirichlet(alpha) on weights and a NIW (see gmm_model)."""
+
+    alpha: float
+    niw: NIW
+
+
+# ---------------------------------------------------------------------------- features
+def _triu(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    iu = torch.triu_indices(d, d, device=device)
+    return iu[0], iu[1]
+
+
+def feature_dim(d: int, covariance_type: str) -> int:
+    return d * (d + 1) // 2 + d if covariance_type in ("full", "tied") else 2 * d
+
+
+def feature_map(
+    X: torch.Tensor, covariance_type: str, *, out: torch.Tensor | None = None, ones: bool = False
+) -> torch.Tensor:
+    """phi(X) (n, Q): [x_i x_j for i <= j, x] (full, tied) or [x^2, x] (diag, spherical).
+
+    ``ones=True`` appends a column of ones (Q + 1 columns). Written into ``out`` (>= n rows) when
+    given; the products are D contiguous slice products (a column gather ``X[:, i] * X[:, j]``
+    costs several times more).
+    """
+    n, d = X.shape
+    q = feature_dim(d, covariance_type) + int(ones)
+    out = X.new_empty(n, q) if out is None else out[:n]
+    if covariance_type in ("full", "tied"):
+        col = 0
+        for i in range(d):  # row i of the upper triangle, in triu_indices order (a loop over D, not N)
+            torch.mul(X[:, i : i + 1], X[:, i:], out=out[:, col : col + d - i])
+            col += d - i
+    else:
+        torch.mul(X, X, out=out[:, :d])
+        col = d
+    out[:, col : col + d] = X
+    if ones:
+        out[:, -1] = 1.0
+    return out
+
+
+# ---------------------------------------------------------------------------- parameters
+def precisions_cholesky(covariances: torch.Tensor, covariance_type: str) -> torch.Tensor:
+    """Cholesky factor L of the precision (Sigma^-1 = L L^T), as scikit-learn's precisions_cholesky_."""
+    if covariance_type in ("full", "tied"):
+        chol, info = torch.linalg.cholesky_ex(covariances)
+        if bool((info != 0).any()):
+            raise ValueError(
+                "A component covariance is not positive definite (singular or collapsed "
+                "component); increase reg_covar, use fewer components, or check for duplicated "
+                "points / constant features."
+            )
+        eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
+        eye = eye.expand_as(covariances)
+        return torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2)
+    if bool((covariances <= 0).any()):
+        raise ValueError(
+            "A component variance is <= 0 (collapsed component); increase reg_covar or use fewer "
+            "components."
+        )
+    return covariances.rsqrt()
+
+
+def log_prob_coefficients(params: GMMParams, covariance_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A (Q, K), c (K,)) with log w_k + log N(x | mu_k, Sigma_k) = phi(x) . A[:, k] + c[k]."""
+    w, mu, cov = params.weights, params.means, params.covariances
+    k, d = mu.shape
+    log_w = torch.log(w)
+    if covariance_type in ("full", "tied"):
+        prec_chol = precisions_cholesky(cov, covariance_type)
+        if covariance_type == "tied":
+            prec_chol = prec_chol.expand(k, d, d)
+        prec = prec_chol @ prec_chol.transpose(-1, -2)  # (K, D, D)
+        log_det = torch.log(torch.diagonal(prec_chol, dim1=-2, dim2=-1)).sum(-1)
+        i, j = _triu(d, mu.device)
+        quad = prec[:, i, j] * torch.where(i == j, 1.0, 2.0).to(prec.dtype)  # (K, P)
+        pmu = (prec @ mu.unsqueeze(-1)).squeeze(-1)  # (K, D)
+        const = (pmu * mu).sum(-1)
+        A = torch.cat([-0.5 * quad, pmu], dim=1).T
+    else:
+        prec = 1.0 / cov
+        if covariance_type == "spherical":
+            prec = prec.unsqueeze(-1).expand(k, d)
+        log_det = 0.5 * torch.log(prec).sum(-1)
+        pmu = prec * mu
+        const = (pmu * mu).sum(-1)
+        A = torch.cat([-0.5 * prec, pmu], dim=1).T
+    c = log_w + log_det - 0.5 * const - 0.5 * d * math.log(2 * math.pi)
+    return A.contiguous(), c
+
+
+# ---------------------------------------------------------------------------- M-step
+def unpack_stats(G: torch.Tensor, d: int, covariance_type: str):
+    """G (Q + 1, K) -> counts (K,), sum x (K, D), second moments (full/tied (K,D,D); diag (K,D))."""
+    nk = G[-1]
+    if covariance_type in ("full", "tied"):
+        p = d * (d + 1) // 2
+        i, j = _triu(d, G.device)
+        sxx = torch.zeros(G.shape[1], d, d, dtype=G.dtype, device=G.device)
+        sxx[:, i, j] = G[:p].T
+        sxx[:, j, i] = G[:p].T
+        sx = G[p : p + d].T
+    else:
+        sxx = G[:d].T
+        sx = G[d : 2 * d].T
+    return nk, sx, sxx
+
+
+def m_step(
+    G: torch.Tensor,
+    d: int,
+    covariance_type: str,
+    reg_covar: float,
+    prior: MAPPrior | None,
+    previous: GMMParams,
+) -> GMMParams:
+    """Maximum-likelihood (``prior=None``, as scikit-learn) or MAP M-step from statistics G.
+
+    MAP is the joint mode of the Normal-Wishart posterior in the precision parametrisation of
+    the Pyro model (models/gmm_model.py): Sigma_k = Psi_n / (nu_n - D) for full covariances
+    (tied, diag and spherical analogously; derivations in the docstring of each branch).
+    """
+    nk, sx, sxx = unpack_stats(G, d, covariance_type)
+    tiny = 10 * torch.finfo(G.dtype).eps
+    nk_safe = nk + tiny
+    n_total = nk.sum()
+    k = nk.shape[0]
+    empty = nk < 1e-6 * n_total.clamp(min=1.0) / k
+    if prior is None:
+        weights = nk_safe / n_total
+        means = sx / nk_safe[:, None]
+        if covariance_type == "full":
+            cov = sxx / nk_safe[:, None, None] - means[:, :, None] * means[:, None, :]
+            cov = cov + reg_covar * torch.eye(d, dtype=G.dtype, device=G.device)
+        elif covariance_type == "tied":
+            cov = (sxx.sum(0) - (nk[:, None, None] * means[:, :, None] * means[:, None, :]).sum(0))
+            cov = cov / n_total + reg_covar * torch.eye(d, dtype=G.dtype, device=G.device)
+        else:
+            var = sxx / nk_safe[:, None] - means * means + reg_covar
+            cov = var if covariance_type == "diag" else var.mean(1)
+    else:
+        alpha = prior.alpha
+        w = torch.clamp(nk + alpha - 1.0, min=0.0)
+        weights = w / w.sum()
+        niw = prior.niw
+        kn = niw.kappa0 + nk
+        means = (niw.kappa0 * niw.m0 + sx) / kn[:, None]
+        if covariance_type in ("full", "tied"):
+            post = niw.posterior(nk, sx, sxx)
+            scatter = post.psi0 - niw.psi0  # S_c + kappa0 n / kappa_n (xbar - m0)(xbar - m0)^T
+            eye = torch.eye(d, dtype=G.dtype, device=G.device)
+            if covariance_type == "full":
+                cov = post.psi0 / (post.nu0 - d)[:, None, None] + reg_covar * eye
+            else:  # shared Lambda: exponent (nu0 - D - 1 + K + N) / 2 of |Lambda|
+                cov = (niw.psi0 + scatter.sum(0)) / (niw.nu0 + n_total + k - d - 1) + reg_covar * eye
+        else:
+            psi_diag = torch.diagonal(niw.psi0)
+            scatter = sxx + niw.kappa0 * niw.m0**2 - kn[:, None] * means**2  # (K, D)
+            # lambda ~ Gamma(a, psi/2) with a from gmm_model.gamma_shape; the joint mode of (mu, lambda)
+            # is (psi + scatter) / (2a - 1 + N_k) (diag), (tr psi + scatter) / (2a - 2 + D + D N_k)
+            if covariance_type == "diag":
+                cov = (psi_diag + scatter) / (niw.nu0 - d + nk)[:, None] + reg_covar
+            else:
+                cov = (psi_diag.sum() + scatter.sum(1)) / (d * (niw.nu0 - d + nk)) + reg_covar
+    if bool(empty.any()) and covariance_type != "tied":
+        # A component with no mass keeps its previous parameters instead of dividing by ~0.
+        means = torch.where(empty[:, None], previous.means, means)
+        shape = (-1,) + (1,) * (cov.ndim - 1)
+        cov = torch.where(empty.view(shape), previous.covariances, cov)
+    return GMMParams(weights, means, cov)
+
+
+def log_prior(params: GMMParams, prior: MAPPrior | None, covariance_type: str) -> float:
+    """log p(weights, means, precisions) under the MAP prior (0 for maximum likelihood)."""
+    if prior is None:
+        return 0.0
+    D = torch.distributions
+    niw, d = prior.niw, params.means.shape[1]
+    w = params.weights.clamp(min=torch.finfo(params.weights.dtype).tiny)
+    alpha = torch.full_like(w, prior.alpha)
+    lp = D.Dirichlet(alpha).log_prob(w / w.sum())
+    mu, cov = params.means, params.covariances
+    if covariance_type in ("full", "tied"):
+        prec = torch.cholesky_inverse(torch.linalg.cholesky(cov))
+        psi_inv = torch.cholesky_inverse(torch.linalg.cholesky(niw.psi0))
+        wishart = D.Wishart(df=niw.nu0, covariance_matrix=psi_inv)
+        lp = lp + wishart.log_prob(prec).sum()
+        lp = lp + D.MultivariateNormal(niw.m0, precision_matrix=niw.kappa0 * prec).log_prob(mu).sum()
+    else:
+        psi = torch.diagonal(niw.psi0)
+        if covariance_type == "diag":
+            lam = 1.0 / cov
+            lp = lp + D.Gamma(gamma_shape(float(niw.nu0), d, "diag"), psi / 2).log_prob(lam).sum()
+        else:
+            lam = (1.0 / cov).unsqueeze(-1).expand_as(mu)
+            shape = gamma_shape(float(niw.nu0), d, "spherical")
+            lp = lp + D.Gamma(shape, psi.sum() / 2).log_prob(1.0 / cov).sum()
+        lp = lp + D.Normal(niw.m0, (niw.kappa0 * lam).rsqrt()).log_prob(mu).sum()
+    return float(lp)
+
+
+# ---------------------------------------------------------------------------- full, with a ones column
+# (the layout of split/merge, mean-field VI and the deep route)
+def full_feature_map(X: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """phi(X) (n, Q) with Q = D(D+1)/2 + D + 1: [x_i x_j for i <= j (row-major), x, 1] (see feature_map)."""
+    return feature_map(X, "full", out=out, ones=True)
+
+
+def unpack_full_stats(G: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """G (M, Q) -> counts n (M,), sums sx (M, D), scatter sxx (M, D, D)."""
+    p = d * (d + 1) // 2
+    i, j = _triu(d, G.device)
+    sxx = torch.zeros(G.shape[0], d, d, dtype=G.dtype, device=G.device)
+    sxx[:, i, j] = G[:, :p]
+    sxx[:, j, i] = G[:, :p]
+    return G[:, -1], G[:, p : p + d], sxx
+
+
+def gaussian_coefficients(mu: torch.Tensor, sigma: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+    """A (Q, M) with ``phi(x) @ A[:, m] = log_w[m] + log N(x | mu[m], sigma[m])``."""
+    m, d = mu.shape
+    chol = torch.linalg.cholesky(sigma)
+    prec = torch.cholesky_inverse(chol)
+    logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    i, j = _triu(d, mu.device)
+    quad = -prec[:, i, j] * torch.where(i == j, 0.5, 1.0).to(prec.dtype)
+    pmu = (prec @ mu.unsqueeze(-1)).squeeze(-1)
+    const = log_w - 0.5 * (pmu * mu).sum(-1) - 0.5 * logdet - 0.5 * d * math.log(2 * math.pi)
+    return torch.cat([quad, pmu, const[:, None]], dim=1).T.contiguous()
