@@ -14,7 +14,7 @@ from .._device import empty_buffer
 from .._validation import check_array, check_is_fitted, check_option, check_positive_int, check_scalar
 from ..inference.engine import Engine, Step
 from ..inference.neighbors import kth_neighbor_distance
-from ..inference.neural import neural_step
+from ..inference.neural import epoch_step
 from ..inference.selflabel import em_soft_labels, one_hot_into, sela_labels, swav_codes
 from ..models.heads import augment, build_head, frozen_batchnorm_stats, vat_view
 from ._base import BaseEstimator, ClusterMixin
@@ -323,7 +323,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         schedule = []
         if self_labelling:
             schedule.append(Step("pseudo_labels", label_step, start=int(self.warmup)))
-        epoch = neural_step(engine, n, self.batch_size, batch_loss)
+        epoch = epoch_step(engine, n, self.batch_size, batch_loss)
 
         def neural(st: dict[str, Any], iteration: int) -> float:
             if keep_epoch:

@@ -1,44 +1,93 @@
-"""The gradient step for torch modules: one epoch of mini-batch updates, as an engine Step function."""
+"""The one optimiser / mini-batch loop for torch modules, as engine Step functions.
+
+- :func:`optimizer_step`: zero the gradients, back-propagate a loss, step the optimiser.
+- :func:`epoch_step`: one engine iteration = one shuffled pass over ``range(n)`` in mini-batches
+  (discriminative heads, the deep DP route, mini-batch SVI).
+- :func:`minibatch_step`: one engine iteration = one mini-batch, drawn from a shuffled order that
+  is renewed when it runs out (DTI, whose curriculum counts gradient steps).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from .engine import Engine
 
-__all__ = ["neural_step"]
+__all__ = ["epoch_step", "minibatch_step", "next_batch", "optimizer_step"]
+
+BatchLoss = Callable[[dict[str, Any], torch.Tensor], torch.Tensor]
 
 
-def neural_step(
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One gradient update on the scalar ``loss``; returns its value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _set_train(state: dict[str, Any], keys: Iterable[str], mode: bool) -> None:
+    for key in keys:
+        state[key].train(mode)
+
+
+def epoch_step(
     engine: Engine,
     n: int,
     batch_size: int | None,
-    batch_loss: Callable[[dict[str, Any], torch.Tensor], torch.Tensor],
+    batch_loss: BatchLoss,
+    *,
+    module_key: str | Iterable[str] = "model",
+    optimizer_key: str = "optimizer",
+    shuffle: bool = True,
+) -> Callable[[dict[str, Any], int], float]:
+    """A ``Step`` function: one pass over ``range(n)`` in (shuffled) batches of ``batch_size``.
+
+    ``batch_loss(state, idx)`` returns the scalar loss of the batch of indices ``idx`` (B,); the step
+    updates ``state[optimizer_key]`` on each batch and returns the mean loss per sample. Modules in
+    ``module_key`` are in train mode during the pass and in eval mode after it.
+    """
+    keys = (module_key,) if isinstance(module_key, str) else tuple(module_key)
+
+    def fn(state: dict[str, Any], iteration: int) -> float:
+        _set_train(state, keys, True)
+        opt = state[optimizer_key]
+        total, count = 0.0, 0
+        for idx in engine.batches(n, batch_size, shuffle=shuffle):
+            total += optimizer_step(opt, batch_loss(state, idx)) * idx.numel()
+            count += idx.numel()
+        _set_train(state, keys, False)
+        return total / max(count, 1)
+
+    return fn
+
+
+def next_batch(state: dict[str, Any], engine: Engine, n: int, batch_size: int) -> torch.Tensor:
+    """The next ``batch_size`` indices of a shuffled order kept in ``state`` ("order", "cursor")."""
+    if state.get("order") is None or state.get("cursor", 0) >= n:
+        state["order"], state["cursor"] = engine.randperm(n), 0
+    start = state["cursor"]
+    state["cursor"] = start + batch_size
+    return state["order"][start : start + batch_size]
+
+
+def minibatch_step(
+    engine: Engine,
+    n: int,
+    batch_size: int,
+    batch_loss: BatchLoss,
     *,
     module_key: str = "model",
     optimizer_key: str = "optimizer",
 ) -> Callable[[dict[str, Any], int], float]:
-    """A ``Step`` function: one pass over ``range(n)`` in shuffled batches.
-
-    ``batch_loss(state, idx)`` returns the scalar loss of the batch of indices ``idx``; the step
-    zeroes gradients, back-propagates, steps ``state[optimizer_key]`` and returns the mean loss.
-    """
+    """A ``Step`` function: one gradient update on the next mini-batch; returns its loss."""
 
     def fn(state: dict[str, Any], iteration: int) -> float:
         state[module_key].train()
-        opt = state[optimizer_key]
-        total, count = 0.0, 0
-        for idx in engine.batches(n, batch_size):
-            opt.zero_grad(set_to_none=True)
-            loss = batch_loss(state, idx)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * idx.numel()
-            count += idx.numel()
-        state[module_key].eval()
-        return total / max(count, 1)
+        idx = next_batch(state, engine, n, batch_size)
+        return optimizer_step(state[optimizer_key], batch_loss(state, idx))
 
     return fn
