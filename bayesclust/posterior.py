@@ -168,7 +168,7 @@ def gmm_inference_data(result: Any, X: Any, covariance_type: str | None = None, 
     """
     from .inference.nuts import NUTSResult
     from .inference.svi import SVIResult
-    from .models.gmm_model import COVARIANCE_TYPES
+    from .models.gaussian import COVARIANCE_TYPES
 
     if covariance_type is None:
         covariance_type = getattr(result, "covariance_type", None)
@@ -208,3 +208,52 @@ def gmm_inference_data(result: Any, X: Any, covariance_type: str | None = None, 
         },
         attrs={"inference": method, "covariance_type": covariance_type, **extra},
     )
+
+
+# ---------------------------------------------------------------------------- summaries of kept draws
+def pad_draws(
+    weights: list[torch.Tensor], means: list[torch.Tensor], mean: torch.Tensor, scale: torch.Tensor
+):
+    """Per-draw weights (S, Kmax) and means (S, Kmax, D), sorted by weight, NaN-padded, original units."""
+    d = mean.shape[0]
+    if not weights:
+        return np.zeros((0, 1)), np.zeros((0, 1, d))
+    kmax = max(int(w.shape[0]) for w in weights)
+    W = np.full((len(weights), kmax), np.nan)
+    M = np.full((len(weights), kmax, d), np.nan)
+    for s, (w, m) in enumerate(zip(weights, means)):  # loop over stored draws (summaries only)
+        order = torch.argsort(w, descending=True)
+        W[s, : w.shape[0]] = w[order].double().numpy()
+        M[s, : w.shape[0]] = (m[order].double() * scale.double() + mean.double()).numpy()
+    return W, M
+
+
+def aligned_assignment_probs(draws: list[torch.Tensor], labels: torch.Tensor, k: int) -> np.ndarray:
+    """P(point i in point-estimate cluster c): each draw's clusters are mapped to the point-estimate
+    cluster they overlap most, then the one-hot assignments are averaged over draws."""
+    n = labels.shape[0]
+    if not draws:
+        return np.eye(k)[labels.cpu().numpy()]
+    acc = torch.zeros(n, k, dtype=torch.float64)
+    lab = labels.cpu()
+    for z in draws:  # loop over stored draws; each step is O(N) tensor work
+        z = z.long().cpu()
+        kz = int(z.max()) + 1
+        cont = torch.bincount(z * k + lab, minlength=kz * k).view(kz, k)
+        mapped = cont.argmax(1)[z]
+        acc[torch.arange(n), mapped] += 1.0
+    return (acc / len(draws)).numpy()
+
+
+def coclustering_matrix(draws: list[torch.Tensor], labels: torch.Tensor) -> np.ndarray:
+    n = labels.shape[0]
+    if n > 5000:
+        raise ValueError(f"coclustering=True needs an (N, N) matrix; N={n} > 5000 is too large.")
+    if not draws:
+        z = labels.cpu()
+        return (z[:, None] == z[None, :]).double().numpy()
+    acc = torch.zeros(n, n, dtype=torch.float64)
+    for z in draws:
+        z = z.cpu()
+        acc += (z[:, None] == z[None, :]).double()
+    return (acc / len(draws)).numpy()

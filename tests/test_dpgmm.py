@@ -87,7 +87,7 @@ def test_sampler_posterior_over_k_matches_exact_enumeration():
     )
     X = dp_mixture_model(None, alpha=1.0, prior=prior, truncation=10, n=6).detach().numpy()
     m = DPGMM(
-        alpha=1.0,
+        weight_concentration_prior=1.0,
         dtype="float64",
         random_state=1,
         max_iter=SWEEPS,
@@ -150,7 +150,9 @@ def test_log_rho_table_matches_brute_force_enumeration():
     # cluster 0: all 4 points; cluster 1: the first 3, padded to 4 slots
     phi = torch.stack([gaussian.full_feature_map(X).double(), gaussian.full_feature_map(X).double()])
     phi[1, 3] = 0.0
-    L, lr = sm.log_rho_table(phi, torch.tensor([4.0, 3.0], dtype=torch.float64), prior, alpha)
+    L, lr = sm.log_rho_table(
+        phi, torch.tensor([4.0, 3.0], dtype=torch.float64), gaussian.GaussianFamily("full", prior), alpha
+    )
     for c, m in ((0, 4), (1, 3)):
         ref = {}
         for code in range(2**m):
@@ -172,16 +174,16 @@ def test_restricted_gibbs_keeps_every_cluster():
     # a singleton cluster sitting inside another cluster: unanchored restricted Gibbs loses it
     X, y = _blobs(n=200, k=2, d=2, sep=10.0, seed=1)
     Xt = torch.as_tensor(X)
-    feats = streaming.Features(Xt, 64)
+    family = gaussian.GaussianFamily("full", NIW.from_data(Xt))
+    feats = streaming.Features(Xt, family.statistics_map, 64)
     gen = torch.Generator().manual_seed(0)
-    st = sm.init_state(feats, gen, torch.device("cpu"))
+    st = sm.init_state(feats, family, gen, torch.device("cpu"))
     z = torch.as_tensor(y).clone()
     z[0] = 2
     st.z, st.zsub = z, torch.zeros_like(z)
     st.G = sm.sub_statistics(feats, st.z, st.zsub, 3)
     st.age = torch.zeros(3, dtype=torch.long)
-    prior = NIW.from_data(Xt)
-    cfg = sm.SamplerConfig(alpha=1.0, prior=prior)
+    cfg = sm.SamplerConfig(alpha=1.0, family=family)
     for _ in range(20):
         sm.sample_labels(st, cfg)
         assert st.k == 3 and int(st.G[:, -1].view(3, 2).sum(1).min()) >= 1
@@ -201,12 +203,13 @@ def test_split_hastings_ratio_matches_direct_formula():
     X = torch.cat([a, b])
     direct = math.log(0.7) + math.lgamma(7) + lml(a) + math.lgamma(5) + lml(b) - math.lgamma(12) - lml(X)
     # the same ratio from the collapsed joint of the two labellings
-    feats = streaming.Features(X, 4)
+    feats = streaming.Features(X, gaussian.full_feature_map, 4)
     z2 = torch.tensor([0] * 7 + [1] * 5)
     joint = []
     for z, k in ((torch.zeros(12, dtype=torch.long), 1), (z2, 2)):
         G = sm.cluster_statistics(sm.sub_statistics(feats, z, torch.zeros_like(z), k))
-        joint.append(float(sm.log_crp(G[:, -1], 0.7) + sm._log_ml(prior, G).sum()))
+        lml = gaussian.GaussianFamily("full", prior).log_marginal_likelihood(G)
+        joint.append(float(sm.log_crp(G[:, -1], 0.7) + lml.sum()))
     assert joint[1] - joint[0] == pytest.approx(direct, rel=1e-10)
 
 
@@ -215,8 +218,8 @@ def test_statistics_and_gaussian_coefficients_match_direct_computation():
     X = torch.as_tensor(rng.normal(size=(50, 3)))
     z = torch.as_tensor(rng.integers(0, 3, 50))
     zs = torch.as_tensor(rng.integers(0, 2, 50))
-    G = sm.sub_statistics(streaming.Features(X, 7), z, zs, 3)
-    n, sx, sxx = gaussian.unpack_full_stats(G, 3)
+    G = sm.sub_statistics(streaming.Features(X, gaussian.full_feature_map, 7), z, zs, 3)
+    n, sx, sxx = gaussian.unpack_stats(G, 3)
     for j in range(6):
         x = X[(2 * z + zs) == j]
         assert n[j] == len(x)
@@ -249,7 +252,7 @@ def test_old_faithful_two_clusters():
     assert 1.5 < means[0, 0] < 2.5 and 4.0 < means[1, 0] < 4.7
 
 
-@pytest.mark.parametrize("inference", ["splitmerge", "svi"])
+@pytest.mark.parametrize("inference", ["splitmerge", "vi"])
 def test_recovers_k_on_separated_blobs(inference):
     X, y = _blobs(n=800, k=5, d=3)
     m = DPGMM(inference=inference, random_state=0, max_iter=100).fit(X)
@@ -266,7 +269,8 @@ def test_api_score_sample_fit_predict_save_load(tmp_path):
     s = m.score_samples(X)
     assert s.shape == (400,) and np.all(np.isfinite(s))
     assert m.score(X) == pytest.approx(float(s.mean()))
-    Xn, ln = m.sample(300, random_state=0)
+    Xn, ln = m.sample(300)
+    assert np.array_equal(Xn, m.sample(300)[0])  # draws follow random_state, as scikit-learn's
     assert Xn.shape == (300, 2) and ln.max() < m.n_components_
     assert m.assignment_probs_.shape == (400, m.n_components_)
     assert np.allclose(m.assignment_probs_.sum(1), 1.0)
@@ -304,13 +308,13 @@ def test_degenerate_inputs_give_finite_results():
     m = DPGMM(random_state=0, max_iter=20).fit(dup)
     assert m.n_components_ == 1 and np.all(np.isfinite(m.score_samples(dup)))
     const = np.c_[rng.normal(size=(200, 2)), np.full(200, 7.0)]  # a constant feature
-    for inference in ("splitmerge", "svi"):
+    for inference in ("splitmerge", "vi"):
         m = DPGMM(inference=inference, random_state=0, max_iter=30).fit(const)
         assert np.all(np.isfinite(m.means_)) and np.all(np.isfinite(m.score_samples(const)))
     one = rng.normal(size=(300, 2))  # one true cluster
     assert DPGMM(random_state=0, max_iter=60).fit(one).n_components_ == 1
     tiny = rng.normal(size=(2, 2))  # fewer points than the VI truncation
-    assert DPGMM(inference="svi", random_state=0, max_iter=5).fit(tiny).n_components_ <= 2
+    assert DPGMM(inference="vi", random_state=0, max_iter=5).fit(tiny).n_components_ <= 2
     assert DPGMM(random_state=0, max_iter=5).fit(rng.normal(size=(1, 2))).n_components_ == 1
 
 
@@ -318,10 +322,10 @@ def test_error_messages():
     X, _ = _blobs(n=50)
     with pytest.raises(ValueError, match="inference='gibbs' is not supported"):
         DPGMM(inference="gibbs").fit(X)
-    with pytest.raises(ValueError, match="lr must be > 0"):
-        DPGMM(inference="deep", lr=0.0, max_iter=2).fit(X)
-    with pytest.raises(ValueError, match="alpha must be > 0"):
-        DPGMM(alpha=0.0).fit(X)
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        DPGMM(inference="deep", learning_rate=0.0, max_iter=2).fit(X)
+    with pytest.raises(ValueError, match="weight_concentration_prior must be > 0"):
+        DPGMM(weight_concentration_prior=0.0).fit(X)
     with pytest.raises(ValueError, match="burn_in=10 must be smaller than max_iter=10"):
         DPGMM(max_iter=10, burn_in=10).fit(X)
     with pytest.raises(ValueError, match="NaN"):
@@ -369,8 +373,24 @@ def test_deep_map_params_survive_cancelled_float32_statistics():
     i, j = torch.triu_indices(d, d)
     G = torch.cat([sxx[i, j], n * mean, torch.tensor([n], dtype=torch.float64)])[None]
     with pytest.raises(torch.linalg.LinAlgError):
-        torch.linalg.cholesky(prior.posterior(*gaussian.unpack_full_stats(G, d)).mode("covariance")[1])
-    mu, cov, log_w = deepdpm._map_params(prior, G, 1.0)
+        torch.linalg.cholesky(prior.posterior(*gaussian.unpack_stats(G, d)).mode("covariance")[1])
+    mu, cov, log_w = deepdpm._map_params(gaussian.GaussianFamily("full", prior), G, 1.0)
     assert bool((torch.linalg.cholesky_ex(cov)[1] == 0).all())
     X = mean.float() + 0.01 * torch.randn(50, d, generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(deepdpm._log_dens(X, mu, cov, log_w)).all()
+    feats = streaming.Features(X, gaussian.full_feature_map, 16)
+    assert torch.isfinite(deepdpm._log_dens(feats, mu, cov, log_w)).all()
+
+
+def test_renamed_parameters_warn_and_fit_identically():
+    X, _ = _blobs(n=200, k=2, d=2)
+    msg = r"DPGMM\(alpha=...\) is deprecated; use weight_concentration_prior"
+    with pytest.warns(FutureWarning, match=msg):
+        old = DPGMM(alpha=2.0, kappa0=0.05, max_iter=10, random_state=0)
+    new = DPGMM(weight_concentration_prior=2.0, mean_precision_prior=0.05, max_iter=10, random_state=0)
+    assert old.get_params() == new.get_params()
+    with pytest.warns(FutureWarning, match=r"inference='svi'\) is deprecated.*use inference='vi'"):
+        a = DPGMM(inference="svi", max_iter=10, random_state=0).fit(X)
+    b = DPGMM(inference="vi", max_iter=10, random_state=0).fit(X)
+    assert np.array_equal(a.labels_, b.labels_)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'concentration'"):
+        DPGMM(concentration=1.0)

@@ -11,6 +11,7 @@ import torch
 import bayesclust as bc
 from bayesclust import metrics
 from bayesclust.inference import em
+from bayesclust.inference.streaming import Features
 from bayesclust.models import gaussian
 from tests.conftest import shared_file
 
@@ -65,8 +66,8 @@ def test_float32_matches_float64():
 
 def _map_objective(X, params, prior, cov_type):
     A, c = gaussian.log_prob_coefficients(params, cov_type)
-    phi = gaussian.feature_map(X, cov_type)
-    loglik, _ = em.e_step(X.shape[0], lambda sl: phi[sl], A, c, 10_000, accumulate=False)
+    feats = Features(X, gaussian.GaussianFamily(cov_type).feature_map, 10_000)
+    loglik, _ = em.e_step(feats, A, c, accumulate=False)
     return loglik + gaussian.log_prior(params, prior, cov_type)
 
 
@@ -80,7 +81,7 @@ def test_map_m_step_is_the_mode_of_the_complete_data_posterior(cov_type):
     prior.alpha = 2.0
     resp = torch.nn.functional.one_hot(torch.tensor(y), 3).double()
     phi = gaussian.feature_map(X, cov_type)
-    G = torch.cat([phi.T @ resp, resp.sum(0, keepdim=True)])
+    G = torch.cat([phi.T @ resp, resp.sum(0, keepdim=True)]).T  # (K, Q + 1)
     dummy = gaussian.GMMParams(torch.full((3,), 1 / 3).double(), torch.zeros(3, 3).double(),
                          model._given_params(torch.zeros(3, 3).double(), X).covariances)
     best = gaussian.m_step(G, 3, cov_type, 0.0, prior, dummy)
@@ -265,7 +266,7 @@ def test_svi_map_reaches_em_map_means():
     order = np.argsort(svi.means_[:, 0])
     ref = em_fit.means_[np.argsort(em_fit.means_[:, 0])]
     np.testing.assert_allclose(svi.means_[order], ref, atol=0.05)
-    assert len(svi.svi_history_) == 150
+    assert len(svi.history_) == svi.n_iter_ == 150 and svi.em_n_iter_ < 150
 
 
 def test_nuts_route_relabels_and_gives_inference_data():

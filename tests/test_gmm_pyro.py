@@ -487,7 +487,7 @@ def test_diag_and_spherical_priors_share_the_full_prior_mean_of_sigma():
     # E[Sigma] = psi0 / (nu0 - D - 1) for every covariance type: the inverse-Wishart mean (full), the
     # mean of its marginal InvGamma((nu0 - D + 1) / 2, psi0_dd / 2) (diag), and of the tied product
     # Gamma(D (nu0 - D - 1) / 2 + 1, tr(psi0) / 2) on a shared precision (spherical)
-    from bayesclust.models.gmm_model import gamma_shape
+    from bayesclust.models.priors import gamma_shape
 
     D, nu0 = 5, 9.0
     psi = np.array([1.0, 2.0, 3.0, 4.0, 5.0])

@@ -191,7 +191,8 @@ class ClusterEstimator(BaseEstimator):
         """Validate ``X`` and compute what every restart shares; returns the fit data."""
         raise NotImplementedError
 
-    def _n_restarts(self) -> int:
+    def _n_restarts(self, data: Any) -> int:
+        """How many restarts this fit runs (default ``n_init``)."""
         return int(getattr(self, "n_init", 1))
 
     def _screen_iter(self) -> int | None:
@@ -230,7 +231,7 @@ class ClusterEstimator(BaseEstimator):
         restart with the highest ``_restart_score`` is kept. An interrupt ends the restarts."""
         screen = self._screen_iter()
         best: Run | None = None
-        for i in range(self._n_restarts()):
+        for i in range(self._n_restarts(data)):
             run = self._start(data, restart_seed(getattr(self, "random_state", None), i))
             run.result = run.engine.run(run.schedule, run.state, stop_at=screen)
             self._after_stage(run)

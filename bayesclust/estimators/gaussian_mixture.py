@@ -13,13 +13,13 @@ routes fit that one model:
 
 from __future__ import annotations
 
-import math
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._device import empty_buffer, resolve_device, resolve_dtype
+from .._device import resolve_device, resolve_dtype
 from .._validation import (
     check_array,
     check_is_fitted,
@@ -29,15 +29,15 @@ from .._validation import (
 )
 from ..inference import em, kmeans
 from ..inference.engine import Engine, Step
+from ..inference.streaming import Features
 from ..models import gaussian
-from ..models.gmm_model import gamma_shape
-from ..models.priors import NIW
-from ._base import BaseEstimator, ClusterMixin
+from ..models.priors import NIW, gamma_shape
+from ._base import ClusterEstimator, MixtureMixin, Run
 
 _FEATURE_CACHE_BYTES = 1 << 30  # cache phi(X) when it fits in 1 GiB; else recompute per chunk
 
 
-class GaussianMixture(ClusterMixin, BaseEstimator):
+class GaussianMixture(MixtureMixin, ClusterEstimator):
     """Bayesian Gaussian mixture with K components.
 
     Parameters
@@ -202,109 +202,80 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
             raise ValueError("covariance_prior must be symmetric positive definite.")
         return arr
 
-    # ------------------------------------------------------------------ fitting
-    def fit(self, X: Any, y: Any = None) -> GaussianMixture:
-        """Fit the mixture to X (N, D); returns self."""
-        self._check_params()
-        device = resolve_device(self.device)
-        dtype = resolve_dtype(self.dtype)
+    # ------------------------------------------------------------------ fit template hooks
+    def _prepare(self, X: Any) -> SimpleNamespace:
+        """Validated data, centred (float32 second moments then lose no digits to a large mean), the
+        family with its prior in the centred frame, and the feature cache shared by the restarts."""
+        device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
         Xt = check_array(X, device=device, dtype=dtype, min_samples=max(2, self.n_components))
-        n, d = Xt.shape
-        # EM runs on centred data: float32 second moments then lose no digits to a large mean.
         shift = Xt.double().mean(0).to(dtype)
         Xc = Xt - shift
         prior = self._map_prior(Xt)
-        prior_c = None
-        if prior is not None:
-            niw = prior.niw
-            prior_c = gaussian.MAPPrior(prior.alpha, NIW(niw.m0 - shift, niw.kappa0, niw.nu0, niw.psi0))
-        features = self._feature_source(Xc)
-        best = None
-        warm = self.warm_start and hasattr(self, "means_")
-        n_init = 1 if warm or not isinstance(self.init, str) else self.n_init
-        base_seed = self.random_state
-        for i_init in range(n_init):
-            seed = None if base_seed is None else int(base_seed) + i_init
-            engine = Engine(
-                device=device, dtype=dtype, random_state=seed, max_iter=self.max_iter, tol=self.tol,
-                maximize=True, verbose=self.verbose, callbacks=self.callbacks, desc="GaussianMixture EM",
-            )
-            params0 = self._warm_params(shift, dtype, device) if warm else self._initial_params(
-                Xc, shift, engine.generator, prior_c, features
-            )
-            state = {"params": params0}
-            schedule = [Step("em", self._em_step_fn(n, d, features, prior_c))]
-            result = engine.run(schedule, state)
-            if best is None or result.history[-1] > best[1].history[-1]:
-                best = (state["params"], result)
-        params, result = best
-        self.shift_ = shift.cpu().numpy()
-        self._store(params, shift)
-        self.converged_ = result.converged
-        self.n_iter_ = result.n_iter
-        self.history_ = list(result.history)
-        self.lower_bound_ = result.history[-1]
-        self.n_features_in_ = d
-        if self.inference != "em":
-            self._X_fit = Xt.detach().cpu()
-        if self.inference == "svi":
-            self._fit_svi(Xt, prior)
-        elif self.inference == "nuts":
-            self._fit_nuts(Xt, prior)
-        self.labels_ = self._labels_from_features(Xc.shape[0], features)
-        return self
+        niw = None if prior is None else prior.niw
+        if niw is not None:
+            niw = NIW(niw.m0 - shift, niw.kappa0, niw.nu0, niw.psi0)
+        family = gaussian.GaussianFamily(
+            self.covariance_type, niw, float(self.weight_concentration_prior), float(self.reg_covar)
+        )
+        feats = Features(Xc, family.feature_map, int(self.chunk_size))
+        warm = bool(self.warm_start and hasattr(self, "means_"))
+        return SimpleNamespace(X=Xt, Xc=Xc, shift=shift, prior=prior, family=family, feats=feats, warm=warm)
 
-    def _labels_from_features(self, n: int, features) -> np.ndarray:
-        """Labels of the training data from the cached feature map (no second feature pass)."""
-        dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
-        kw = {"device": device, "dtype": dtype}
-        shift = torch.as_tensor(self.shift_, **kw)
-        params = gaussian.GMMParams(
+    def _n_restarts(self, data: SimpleNamespace) -> int:
+        return 1 if data.warm or not isinstance(self.init, str) else int(self.n_init)
+
+    def _start(self, data: SimpleNamespace, seed: int | None) -> Run:
+        engine = Engine(
+            device=data.X.device, dtype=data.X.dtype, random_state=seed, max_iter=self.max_iter,
+            tol=self.tol, maximize=True, verbose=self.verbose, callbacks=self.callbacks,
+            desc="GaussianMixture EM",
+        )
+        if data.warm:
+            params0 = self._params(data.shift)
+        else:
+            params0 = self._initial_params(data, engine.generator)
+        return Run(engine, [Step("em", em.em_step(data.family, data.feats))], {"params": params0})
+
+    def _restart_score(self, data: SimpleNamespace, run: Run) -> float:
+        return float(run.result.history[-1])
+
+    def _finish(self, data: SimpleNamespace, run: Run) -> None:
+        self.shift_ = data.shift.cpu().numpy()
+        self._store(run.state["params"], data.shift)
+        self.lower_bound_ = self.history_[-1]
+        self.n_features_in_ = data.X.shape[1]
+        self.n_components_ = int(self.n_components)
+        if self.inference != "em":
+            self._X_fit = data.X.detach().cpu()
+            # the EM warm start's run; n_iter_ / converged_ / history_ then describe the route's run
+            self.em_n_iter_, self.em_converged_ = self.n_iter_, self.converged_
+            self.em_history_ = self.history_
+        if self.inference == "svi":
+            self._fit_svi(data.X, data.prior)
+        elif self.inference == "nuts":
+            self._fit_nuts(data.X, data.prior)
+        A, c = data.family.log_prob_coefficients(self._params(data.shift))
+        self.labels_ = em.argmax_chunks(data.feats, A, c).cpu().numpy()
+
+    def _params(self, shift: torch.Tensor) -> gaussian.GMMParams:
+        """The fitted parameters as tensors in the centred frame of ``shift``."""
+        kw = {"device": shift.device, "dtype": shift.dtype}
+        return gaussian.GMMParams(
             torch.as_tensor(self.weights_, **kw),
             torch.as_tensor(self.means_, **kw) - shift,
             torch.as_tensor(self.covariances_, **kw),
         )
-        A, c = gaussian.log_prob_coefficients(params, self.covariance_type)
-        return em.argmax_chunks(n, features, A, c, int(self.chunk_size)).cpu().numpy()
 
-    def _feature_source(self, Xc: torch.Tensor):
+    def _initial_params(self, data: SimpleNamespace, gen: torch.Generator) -> gaussian.GMMParams:
+        """Parameters from the ``init`` responsibilities (or given means / weights / covariances)."""
+        Xc, k = data.Xc, self.n_components
         n, d = Xc.shape
-        q = gaussian.feature_dim(d, self.covariance_type)
-        if n * q * Xc.element_size() <= _FEATURE_CACHE_BYTES:
-            buf = empty_buffer(n, q, Xc.dtype, Xc.device)
-            phi = gaussian.feature_map(Xc, self.covariance_type, out=buf)
-            return lambda sl: phi[sl]
-        return lambda sl: gaussian.feature_map(Xc[sl], self.covariance_type)
-
-    def _em_step_fn(self, n: int, d: int, features, prior: gaussian.MAPPrior | None):
-        cov_type, chunk, reg = self.covariance_type, int(self.chunk_size), float(self.reg_covar)
-
-        def step(state: dict, iteration: int) -> float:
-            params = state["params"]
-            A, c = gaussian.log_prob_coefficients(params, cov_type)
-            loglik, G = em.e_step(n, features, A, c, chunk)
-            objective = (loglik + gaussian.log_prior(params, prior, cov_type)) / n
-            state["params"] = gaussian.m_step(G, d, cov_type, reg, prior, params)
-            return objective
-
-        return step
-
-    def _initial_params(
-        self,
-        Xc: torch.Tensor,
-        shift: torch.Tensor,
-        gen: torch.Generator,
-        prior: gaussian.MAPPrior | None,
-        features,
-    ) -> gaussian.GMMParams:
-        n, d = Xc.shape
-        k = self.n_components
         chunk = int(self.chunk_size)
         if not isinstance(self.init, str):
             means = check_array(self.init, name="init", device=Xc.device, dtype=Xc.dtype)
             if tuple(means.shape) != (k, d):
                 raise ValueError(f"init means must have shape ({k}, {d}), got {tuple(means.shape)}.")
-            means = means - shift
+            means = means - data.shift
             if self.weights_init is not None or self.covariances_init is not None:
                 return self._given_params(means, Xc)
             resp = torch.nn.functional.one_hot(kmeans.nearest_center(Xc, means, chunk), k).to(Xc.dtype)
@@ -313,28 +284,18 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
             resp = resp / resp.sum(1, keepdim=True)
         else:
             if self.init == "random_from_data":
-                idx = torch.randperm(n, generator=gen)[:k].to(Xc.device)
-                centers = Xc[idx]
+                centers = Xc[torch.randperm(n, generator=gen)[:k].to(Xc.device)]
             else:
                 centers = kmeans.kmeans_plusplus(Xc, k, gen, chunk)
                 if self.init == "kmeans":
                     centers = kmeans.lloyd(Xc, centers, 20, chunk)
             resp = torch.nn.functional.one_hot(kmeans.nearest_center(Xc, centers, chunk), k).to(Xc.dtype)
-        G = self._stats_from_resp(Xc, resp, features, chunk)
-        dummy = gaussian.GMMParams(
+        unit = gaussian.GMMParams(
             torch.full((k,), 1.0 / k, dtype=Xc.dtype, device=Xc.device),
             torch.zeros(k, d, dtype=Xc.dtype, device=Xc.device),
-            _identity_cov(self.covariance_type, k, d, Xc),
+            gaussian.identity_covariances(self.covariance_type, k, d, Xc),
         )
-        return gaussian.m_step(G, d, self.covariance_type, float(self.reg_covar), prior, dummy)
-
-    def _stats_from_resp(self, Xc, resp, features, chunk) -> torch.Tensor:
-        q = gaussian.feature_dim(Xc.shape[1], self.covariance_type)
-        G = torch.zeros(q + 1, resp.shape[1], dtype=Xc.dtype, device=Xc.device)
-        for sl in Engine.chunks(Xc.shape[0], chunk):
-            G[:-1] += features(sl).T @ resp[sl]
-            G[-1] += resp[sl].sum(0)
-        return G
+        return data.family.m_step(em.statistics_from_resp(data.feats, resp), unit)
 
     def _given_params(self, means_c: torch.Tensor, Xc: torch.Tensor) -> gaussian.GMMParams:
         k, d = means_c.shape
@@ -346,25 +307,16 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
             if w.shape[0] != k or bool((w < 0).any()) or abs(float(w.sum()) - 1.0) > 1e-5:
                 raise ValueError(f"weights_init must be {k} non-negative numbers summing to 1.")
         if self.covariances_init is None:
-            cov = _identity_cov(self.covariance_type, k, d, Xc)
+            cov = gaussian.identity_covariances(self.covariance_type, k, d, Xc)
         else:
-            ndim = {"full": 3, "tied": 2, "diag": 2, "spherical": 1}[self.covariance_type]
-            cov = check_array(self.covariances_init, name="covariances_init", ndim=ndim, **kw)
-            expected = _cov_shape(self.covariance_type, k, d)
+            expected = gaussian.covariance_shape(self.covariance_type, k, d)
+            cov = check_array(self.covariances_init, name="covariances_init", ndim=len(expected), **kw)
             if tuple(cov.shape) != expected:
                 raise ValueError(
                     f"covariances_init must have shape {expected} for covariance_type="
                     f"{self.covariance_type!r}, got {tuple(cov.shape)}."
                 )
         return gaussian.GMMParams(w, means_c, cov)
-
-    def _warm_params(self, shift, dtype, device) -> gaussian.GMMParams:
-        kw = {"device": device, "dtype": dtype}
-        return gaussian.GMMParams(
-            torch.as_tensor(self.weights_, **kw),
-            torch.as_tensor(self.means_, **kw) - shift,
-            torch.as_tensor(self.covariances_, **kw),
-        )
 
     def _store(self, params: gaussian.GMMParams, shift: torch.Tensor) -> None:
         self.weights_ = params.weights.detach().cpu().numpy()
@@ -392,7 +344,7 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
         )
         self._svi_result = result
         self._store_route(result.weights, result.means, result.covariances)
-        self.svi_history_ = list(result.history)
+        self._set_run_attributes(result.fit)  # n_iter_ / converged_ / history_: the SVI epochs
 
     def _fit_nuts(self, X: torch.Tensor, prior: gaussian.MAPPrior) -> None:
         from ..inference.nuts import fit_nuts
@@ -411,6 +363,33 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
         self.posterior_samples_ = {k: v.detach().cpu().numpy() for k, v in s.items()}
         self.relabel_fraction_ = float(result.relabelled_fraction)
         self.divergences_ = int(torch.as_tensor(result.divergences).sum())
+        self._set_nuts_attributes(X, s)
+
+    def _set_nuts_attributes(self, X: torch.Tensor, samples: dict[str, torch.Tensor]) -> None:
+        """NUTS run attributes: ``n_iter_`` draws per chain, ``history_`` the mean log-likelihood per
+        point of each draw (averaged over chains), ``converged_`` max split R-hat of weights and
+        means below 1.1 (``rhat_`` holds that maximum)."""
+        from pyro.ops.stats import split_gelman_rubin
+
+        family = gaussian.GaussianFamily(self.covariance_type)
+        Xd = X.double()
+        feats = Features(Xd, family.feature_map, int(self.chunk_size))
+        cov = _draw_covariances(samples, self.covariance_type)
+        n_chains, n_draws = samples["weights"].shape[:2]
+        trace = torch.zeros(n_draws, dtype=torch.float64)
+        for c in range(n_chains):  # loop over kept draws (summaries of a small-data route)
+            for t in range(n_draws):
+                params = gaussian.GMMParams(samples["weights"][c, t], samples["means"][c, t], cov[c, t])
+                A, coef = family.log_prob_coefficients(params)
+                trace[t] += em.e_step(feats, A.double(), coef.double(), accumulate=False)[0]
+        self.history_ = (trace / (n_chains * X.shape[0])).tolist()
+        self.n_iter_ = int(n_draws)
+        rhat = max(
+            float(split_gelman_rubin(samples[name].double(), chain_dim=0, sample_dim=1).max())
+            for name in ("weights", "means")
+        )
+        self.rhat_ = rhat
+        self.converged_ = bool(rhat < 1.1)
 
     def _init_dict(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
         kw = {"device": X.device, "dtype": X.dtype}
@@ -447,98 +426,46 @@ class GaussianMixture(ClusterMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ prediction
     def _weighted_log_prob(self, X: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        check_is_fitted(self, ["means_"])
-        device = resolve_device(self.device)
-        dtype = resolve_dtype(self.dtype)
+        """log w_k + log N(x | mu_k, Sigma_k) (N, K) and log p(x) (N,) of new data."""
+        self._check_fitted()
+        device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
         Xt = check_array(X, device=device, dtype=dtype, n_features=self.n_features_in_)
         shift = torch.as_tensor(self.shift_, device=device, dtype=dtype)
-        Xc = Xt - shift
-        kw = {"device": device, "dtype": dtype}
-        params = gaussian.GMMParams(
-            torch.as_tensor(self.weights_, **kw),
-            torch.as_tensor(self.means_, **kw) - shift,
-            torch.as_tensor(self.covariances_, **kw),
-        )
-        A, c = gaussian.log_prob_coefficients(params, self.covariance_type)
-        cov_type = self.covariance_type
-        return em.log_resp_chunks(
-            Xc.shape[0], lambda sl: gaussian.feature_map(Xc[sl], cov_type), A, c, int(self.chunk_size)
-        )
+        family = gaussian.GaussianFamily(self.covariance_type)
+        A, c = family.log_prob_coefficients(self._params(shift))
+        feats = Features(Xt - shift, family.feature_map, int(self.chunk_size), cache_bytes=0)
+        return em.log_resp_chunks(feats, A, c)
+
+    def _log_scores(self, X: Any) -> torch.Tensor:
+        return self._weighted_log_prob(X)[0]
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Posterior component probabilities (N, K)."""
         logits, ll = self._weighted_log_prob(X)
         return torch.exp(logits - ll[:, None]).cpu().numpy()
 
-    def predict(self, X: Any) -> np.ndarray:
-        """Most probable component of each sample (N,)."""
-        logits, _ = self._weighted_log_prob(X)
-        return logits.argmax(1).cpu().numpy()
-
     def score_samples(self, X: Any) -> np.ndarray:
         """Log-likelihood log p(x) of each sample (N,)."""
         return self._weighted_log_prob(X)[1].double().cpu().numpy()
 
-    def score(self, X: Any, y: Any = None) -> float:
-        """Mean log-likelihood per sample."""
-        return float(self.score_samples(X).mean())
-
     def _n_parameters(self) -> int:
         k, d = self.means_.shape
-        cov = {"full": k * d * (d + 1) / 2, "tied": d * (d + 1) / 2, "diag": k * d, "spherical": k}
-        return int(cov[self.covariance_type] + k * d + k - 1)
+        return int(gaussian.n_covariance_parameters(self.covariance_type, k, d) + k * d + k - 1)
 
-    def bic(self, X: Any) -> float:
-        """Bayesian information criterion (lower is better)."""
-        n = np.shape(X)[0] if not isinstance(X, torch.Tensor) else X.shape[0]
-        return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
-
-    def aic(self, X: Any) -> float:
-        """Akaike information criterion (lower is better)."""
-        n = np.shape(X)[0] if not isinstance(X, torch.Tensor) else X.shape[0]
-        return -2 * self.score(X) * n + 2 * self._n_parameters()
-
-    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Draw (X (n, D), component labels (n,)) from the fitted mixture."""
-        check_is_fitted(self, ["means_"])
-        check_positive_int(n_samples, "n_samples")
-        rng = np.random.default_rng(self.random_state)
-        counts = rng.multinomial(n_samples, self.weights_ / self.weights_.sum())
+    def _sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        counts = rng.multinomial(n, self.weights_ / self.weights_.sum())
         d = self.means_.shape[1]
         xs, ys = [], []
         for k, m in enumerate(counts):  # K draws of one Gaussian each; not a loop over data
-            cov = self._component_cov(k)
+            cov = gaussian.component_covariance(self.covariances_, self.covariance_type, k, d)
             xs.append(rng.multivariate_normal(self.means_[k], cov, size=m) if m else np.empty((0, d)))
             ys.append(np.full(m, k))
         return np.vstack(xs), np.concatenate(ys)
-
-    def _component_cov(self, k: int) -> np.ndarray:
-        c, d = self.covariances_, self.means_.shape[1]
-        return {
-            "full": lambda: c[k],
-            "tied": lambda: c,
-            "diag": lambda: np.diag(c[k]),
-            "spherical": lambda: np.eye(d) * c[k],
-        }[self.covariance_type]()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.inference != "em"
         return tags
-
-
-def _identity_cov(cov_type: str, k: int, d: int, ref: torch.Tensor) -> torch.Tensor:
-    kw = {"device": ref.device, "dtype": ref.dtype}
-    return {
-        "full": lambda: torch.eye(d, **kw).expand(k, d, d).clone(),
-        "tied": lambda: torch.eye(d, **kw),
-        "diag": lambda: torch.ones(k, d, **kw),
-        "spherical": lambda: torch.ones(k, **kw),
-    }[cov_type]()
-
-
-def _cov_shape(cov_type: str, k: int, d: int) -> tuple[int, ...]:
-    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[cov_type]
 
 
 def _gmm_prior(prior: gaussian.MAPPrior, dtype: torch.dtype | None = None):
@@ -551,9 +478,14 @@ def _gmm_prior(prior: gaussian.MAPPrior, dtype: torch.dtype | None = None):
     )
 
 
-def _posterior_mean_cov(samples: dict[str, torch.Tensor], cov_type: str) -> torch.Tensor:
+def _draw_covariances(samples: dict[str, torch.Tensor], cov_type: str) -> torch.Tensor:
+    """Covariances of every draw (chains, draws, ...) from the NUTS samples."""
     if "covariances" in samples:
-        return samples["covariances"].mean((0, 1))
+        return samples["covariances"]
     from ..models.gmm_model import precisions_to_covariances
 
-    return precisions_to_covariances(samples["precisions"], cov_type).mean((0, 1))
+    return precisions_to_covariances(samples["precisions"], cov_type)
+
+
+def _posterior_mean_cov(samples: dict[str, torch.Tensor], cov_type: str) -> torch.Tensor:
+    return _draw_covariances(samples, cov_type).mean((0, 1))

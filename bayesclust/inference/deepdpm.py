@@ -21,17 +21,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..inference import streaming
 from ..models import gaussian
 from ..models.deepdpm import ClusterNet, SubNets
-from ..models.priors import NIW
 from . import splitmerge as sm
+from . import streaming
 
 
 @dataclass
 class DeepState:
-    feats: streaming.Features
-    prior: NIW
+    feats: streaming.Features  # the family's statistics map
+    family: gaussian.GaussianFamily  # full covariances with an NIW prior (float64)
     alpha: float
     net: ClusterNet
     subnets: SubNets
@@ -77,27 +76,29 @@ def _positive_definite(sigma: torch.Tensor, fallback: torch.Tensor, rel_floor: f
     return torch.where(bad[..., None, None], fixed, sigma)
 
 
-def _map_params(prior: NIW, G: torch.Tensor, alpha: float) -> tuple[torch.Tensor, ...]:
+def _map_params(family: gaussian.GaussianFamily, G: torch.Tensor, alpha: float) -> tuple[torch.Tensor, ...]:
     """NIW posterior modes (mu, Sigma) and MAP weights from statistics G (M, Q)."""
-    n, sx, sxx = gaussian.unpack_full_stats(G, prior.dim)
-    post = prior.posterior(n, sx, sxx)
-    mu, sigma = post.mode("covariance")
+    prior, n = family.niw, G[:, -1]
+    mu, sigma = family.posterior(G).mode("covariance")
     prior_mode = prior.psi0 / (prior.nu0 + prior.dim + 2)  # the prior NIW mode of Sigma
     sigma = _positive_definite(sigma + 1e-6 * torch.eye(prior.dim, dtype=sigma.dtype), prior_mode)
     w = n + alpha / max(1, n.numel())
     return mu, sigma, torch.log(w / w.sum())
 
 
-def _log_dens(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+def _log_dens(
+    feats: streaming.Features, mu: torch.Tensor, sigma: torch.Tensor, log_w: torch.Tensor
+) -> torch.Tensor:
+    """log w_m + log N(x | mu_m, sigma_m) for every point and Gaussian (N, M), chunk by chunk."""
     A = gaussian.gaussian_coefficients(
         mu.reshape(-1, mu.shape[-1]), sigma.reshape(-1, *sigma.shape[-2:]), log_w.reshape(-1)
-    ).to(x)
-    return gaussian.full_feature_map(x) @ A
+    ).to(feats.X)
+    return torch.cat([feats(sl) @ A for sl in feats.slices()])
 
 
 def init_deep(
     feats: streaming.Features,
-    prior: NIW,
+    family: gaussian.GaussianFamily,
     alpha: float,
     gen: torch.Generator,
     *,
@@ -114,7 +115,7 @@ def init_deep(
     np_rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
     st = DeepState(
         feats,
-        prior,
+        family,
         alpha,
         net,
         subnets,
@@ -129,7 +130,7 @@ def init_deep(
     )
     z = torch.zeros(feats.n, dtype=torch.long)
     st.mu, st.sigma, st.log_pi = _map_params(
-        prior, sm.cluster_statistics(sm.sub_statistics(feats, z, z, 1)), alpha
+        family, sm.cluster_statistics(sm.sub_statistics(feats, z, z, 1)), alpha
     )
     sub_z = (torch.rand(feats.n, generator=gen) < 0.5).long()
     st.age = torch.zeros(1, dtype=torch.long)
@@ -139,11 +140,11 @@ def init_deep(
 
 def _set_sub_from_labels(st: DeepState, z: torch.Tensor, zs: torch.Tensor) -> None:
     G = sm.sub_statistics(st.feats, z, zs, st.k)
-    mu, sigma, _ = _map_params(st.prior, G, st.alpha)
+    mu, sigma, _ = _map_params(st.family, G, st.alpha)
     ns = G[:, -1].view(-1, 2) + st.alpha / 2
     st.sub = (
-        mu.view(-1, 2, st.prior.dim),
-        sigma.view(-1, 2, st.prior.dim, st.prior.dim),
+        mu.view(-1, 2, st.family.dim),
+        sigma.view(-1, 2, st.family.dim, st.family.dim),
         torch.log(ns / ns.sum(1, keepdim=True)),
     )
 
@@ -152,12 +153,12 @@ def deep_step(st: DeepState, iteration: int) -> float:
     X = st.feats.X
     n, d, k = st.feats.n, st.feats.d, st.k
     # 1. E-step (cluster and sub-cluster responsibilities of the current Gaussians)
-    logits = _log_dens(X, st.mu, st.sigma, st.log_pi)
+    logits = _log_dens(st.feats, st.mu, st.sigma, st.log_pi)
     loglik = float(torch.logsumexp(logits.double(), 1).mean())
     r = torch.softmax(logits, 1)
     z = r.argmax(1)
     smu, ssig, slw = st.sub
-    sub_all = _log_dens(X, smu, ssig, slw).view(n, k, 2)
+    sub_all = _log_dens(st.feats, smu, ssig, slw).view(n, k, 2)
     sub_r = torch.softmax(sub_all.gather(1, z.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1), 1)
     # 2. neural step: one pass of mini-batches
     opt = torch.optim.Adam(list(st.net.parameters()) + list(st.subnets.parameters()), lr=st.lr)
@@ -179,11 +180,10 @@ def deep_step(st: DeepState, iteration: int) -> float:
     with torch.no_grad():
         q = torch.softmax(st.net(X), 1)
         s = torch.softmax(st.subnets(X), 2)
-        phi = gaussian.full_feature_map(X)
-        Gc = (q.T @ phi).double().cpu()
-        Gs = ((q[:, :, None] * s).reshape(n, 2 * k).T @ phi).double().cpu()
-    st.mu, st.sigma, st.log_pi = _map_params(st.prior, Gc, st.alpha)
-    mu_s, sig_s, _ = _map_params(st.prior, Gs, st.alpha)
+        Gc = streaming.weighted_statistics(st.feats, q).double().cpu()
+        Gs = streaming.weighted_statistics(st.feats, (q[:, :, None] * s).reshape(n, 2 * k)).double().cpu()
+    st.mu, st.sigma, st.log_pi = _map_params(st.family, Gc, st.alpha)
+    mu_s, sig_s, _ = _map_params(st.family, Gs, st.alpha)
     ns = Gs[:, -1].view(k, 2) + st.alpha / 2
     st.sub = (mu_s.view(k, 2, d), sig_s.view(k, 2, d, d), torch.log(ns / ns.sum(1, keepdim=True)))
     st.age += 1
@@ -202,14 +202,9 @@ def _split_merge(st: DeepState, z: torch.Tensor, zs: torch.Tensor) -> None:
     Gs = G.view(k, 2, -1)
     ns = Gs[:, :, -1]
     Gc = Gs.sum(1)
-    lml = sm._log_ml(st.prior, torch.cat([G, Gc]))
+    lml = sm._log_ml(st.family, torch.cat([G, Gc]))
     lml_s, lml_c = lml[: 2 * k].view(k, 2), lml[2 * k :]
-    log_h = (
-        math.log(st.alpha)
-        + (torch.lgamma(ns.clamp(min=1)) + lml_s).sum(1)
-        - torch.lgamma(ns.sum(1).clamp(min=1))
-        - lml_c
-    )
+    log_h = sm.log_split_ratio(ns, lml_s, lml_c, st.alpha)
     ok = (ns > 0.5).all(1) & (st.age >= st.split_delay)
     accept = ok & (torch.log(torch.rand(k, generator=st.gen, dtype=torch.float64)) < log_h)
     if bool(accept.any()):
@@ -236,14 +231,14 @@ def _split_merge(st: DeepState, z: torch.Tensor, zs: torch.Tensor) -> None:
         _drop_empty(st, nc)
         return
     a, b = pairs[:, 0], pairs[:, 1]
-    lml_m = sm._log_ml(st.prior, Gc[a] + Gc[b])
+    lml_m = sm._log_ml(st.family, Gc[a] + Gc[b])
     lh = sm.log_merge_ratio(nc[a], nc[b], lml_m, lml_c[a], lml_c[b], st.alpha)
     best = int(torch.argmax(lh))
     if math.log(float(torch.rand(1, generator=st.gen))) < float(lh[best]):
         ka, kb = int(a[best]), int(b[best])
         keep = torch.tensor([j for j in range(k) if j != kb])
         st.net.resize(keep, torch.zeros(0, dtype=torch.long))
-        mu, sigma, _ = _map_params(st.prior, (Gc[ka] + Gc[kb])[None], st.alpha)
+        mu, sigma, _ = _map_params(st.family, (Gc[ka] + Gc[kb])[None], st.alpha)
         st.mu[ka], st.sigma[ka] = mu[0], sigma[0]
         counts = nc.clone()
         counts[ka] += counts[kb]
@@ -272,7 +267,7 @@ def _drop_empty(st: DeepState, nc: torch.Tensor) -> None:
 
 def _refresh_subnets(st: DeepState) -> None:
     """New sub-clustering nets (one per cluster) and sub-Gaussians from a random hyperplane split."""
-    st.subnets = SubNets(st.prior.dim, st.k, st.hidden // 2, st.gen).to(st.feats.X)
+    st.subnets = SubNets(st.family.dim, st.k, st.hidden // 2, st.gen).to(st.feats.X)
     with torch.no_grad():
         z = torch.softmax(st.net(st.feats.X), 1).argmax(1)
     zs = torch.zeros_like(z)
@@ -287,5 +282,5 @@ def _refresh_subnets(st: DeepState) -> None:
         st.gen,
         st.np_rng,
     )
-    sm.reset_subclusters(tmp, torch.ones(st.k, dtype=torch.bool), Gc)
+    sm.reset_subclusters(tmp, st.family, torch.ones(st.k, dtype=torch.bool), Gc)
     _set_sub_from_labels(st, z, tmp.zsub)

@@ -1,27 +1,22 @@
-"""Closed-form E and M steps for Gaussian mixtures, on sufficient statistics.
+"""EM for any :class:`~bayesclust.models.family.EMFamily`, chunked over the data.
 
-The E-step writes every component's log density as one matmul on a feature map of the data:
-
-    log N(x | mu_k, Sigma_k) = phi(x) . a_k + c_k,
-
-with phi(x) = [x_i x_j (i <= j), x] for full / tied covariances (Q = D(D+1)/2 + D) and
-phi(x) = [x^2, x] for diag / spherical (Q = 2D). With responsibilities r (n, K) the M-step needs
-only G = [phi(X), 1]^T r (Q + 1, K): counts, first and second moments of every component. So one
-iteration is two (n x Q) @ (Q x K) products per chunk: memory O(chunk x (Q + K)), never
-O(N x K x D), and no Python loop over components.
-
-Covariances are stored as scikit-learn does: full (K, D, D), tied (D, D), diag (K, D), spherical (K,).
+A family writes every component's weighted log density as one matmul on its feature map,
+``log w_k + log p(x | theta_k) = phi(x) . A[:, k] + c[k]``, so the E-step is one (n x Q) @ (Q x K)
+product per chunk and the M-step needs only the statistics G (K, Q + 1) = r^T [phi(X), 1]
+(responsibilities r (n, K)). Memory is O(chunk x (Q + K)), never O(N x K x D), and there is no
+Python loop over components. :func:`em_step` is the engine Step; the totals go through
+``streaming.reduce_statistics`` (the distributed seam).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-# ---------------------------------------------------------------------------- E-step
-FeatureSource = Callable[[slice], torch.Tensor]
-
+from ..models.family import EMFamily
+from .streaming import Features, reduce_statistics, weighted_statistics
 
 # exp(x) below -87 (float32) or -708 (float64) is a denormal, which costs the exp and the next matmul
 # many times a normal number; relative responsibilities below these floors are set to the floor.
@@ -34,21 +29,16 @@ def block_rows(q: int, itemsize: int, chunk_size: int) -> int:
 
 
 def e_step(
-    n: int,
-    features: FeatureSource,
-    A: torch.Tensor,
-    c: torch.Tensor,
-    chunk_size: int,
-    *,
-    accumulate: bool = True,
+    feats: Features, A: torch.Tensor, c: torch.Tensor, *, accumulate: bool = True
 ) -> tuple[float, torch.Tensor | None]:
-    """Chunked E-step: total log-likelihood and, if ``accumulate``, G = [phi, 1]^T r (Q + 1, K).
+    """Chunked E-step: total log-likelihood and, if ``accumulate``, G = r^T [phi, 1] (K, Q + 1).
 
-    ``features(slice)`` returns phi of those rows (a view of a cache or computed on the fly). In
+    ``feats(slice)`` returns phi of those rows (a view of a cache or computed on the fly). In
     float32, rows are taken in cache-sized blocks so that the E-step matmul and the M-step
     statistics matmul read the same block of phi while it is still in cache: both products are
     memory-bound there, so this halves the traffic to main memory.
     """
+    n, chunk_size = feats.n, feats.chunk_size
     total = torch.zeros((), dtype=torch.float64, device=A.device)
     G = torch.zeros(A.shape[0] + 1, A.shape[1], dtype=A.dtype, device=A.device) if accumulate else None
     if A.element_size() >= 8:
@@ -60,7 +50,7 @@ def e_step(
     floor = _EXP_FLOOR.get(A.element_size(), -80.0)
     dim = 0 if transposed else 1  # the axis over components
     for start in range(0, n, step):
-        phi = features(slice(start, min(n, start + step)))
+        phi = feats(slice(start, min(n, start + step)))
         if transposed:
             logits = torch.addmm(c[:, None], A.T, phi.T)  # (K, m)
         else:
@@ -74,34 +64,57 @@ def e_step(
             resp.div_(norm)
             G[:-1].addmm_(phi.T, resp.T if transposed else resp)
             G[-1] += resp.sum(1 - dim)
-    return float(total), G
+    total = reduce_statistics(total)
+    return float(total), None if G is None else reduce_statistics(G).T
 
 
-def log_resp_chunks(
-    n: int, features: FeatureSource, A: torch.Tensor, c: torch.Tensor, chunk_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def log_resp_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted log densities (N, K) and per-point log-likelihood (N,), chunked."""
+    n, chunk_size = feats.n, feats.chunk_size
     logits = torch.empty(n, A.shape[1], dtype=A.dtype, device=A.device)
     ll = torch.empty(n, dtype=A.dtype, device=A.device)
     step = block_rows(A.shape[0], A.element_size(), chunk_size)
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
-        block = torch.addmm(c, features(sl), A, out=logits[sl])
+        block = torch.addmm(c, feats(sl), A, out=logits[sl])
         ll[sl] = torch.logsumexp(block, dim=1)
     return logits, ll
 
 
-def argmax_chunks(
-    n: int, features: FeatureSource, A: torch.Tensor, c: torch.Tensor, chunk_size: int
-) -> torch.Tensor:
+def argmax_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """argmax_k of phi(x) . A[:, k] + c[k] for every row (N,), block by block (no (N, K) array)."""
+    n, chunk_size = feats.n, feats.chunk_size
     labels = torch.empty(n, dtype=torch.long, device=A.device)
     step = block_rows(A.shape[0], A.element_size(), chunk_size)
     buf = torch.empty(min(n, step), A.shape[1], dtype=A.dtype, device=A.device)
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
-        block = torch.addmm(c, features(sl), A, out=buf[: sl.stop - start])
+        block = torch.addmm(c, feats(sl), A, out=buf[: sl.stop - start])
         torch.argmax(block, dim=1, out=labels[sl])
     return labels
 
 
+
+
+def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Callable[[dict, int], float]:
+    """The EM Step function: E-step at ``state["params"]``, then the M-step into it.
+
+    Returns the objective before the update, (log-likelihood + log prior) / N, with N the number
+    of points in the whole fit (``n_total``; default ``feats.n``).
+    """
+    n = feats.n if n_total is None else int(n_total)
+
+    def step(state: dict[str, Any], iteration: int) -> float:
+        params = state["params"]
+        A, c = family.log_prob_coefficients(params)
+        loglik, G = e_step(feats, A, c)
+        objective = (loglik + family.log_prior(params)) / n
+        state["params"] = family.m_step(G, params)
+        return objective
+
+    return step
+
+
+def statistics_from_resp(feats: Features, resp: torch.Tensor) -> torch.Tensor:
+    """G (K, Q + 1) = resp^T [phi, 1] for given responsibilities resp (n, K) (initialisation)."""
+    return weighted_statistics(feats, resp, counts=True)

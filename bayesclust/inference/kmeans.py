@@ -8,11 +8,20 @@ import torch
 
 
 def kmeans_plusplus(
-    X: torch.Tensor, k: int, generator: torch.Generator, chunk_size: int = 65536
+    X: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
+    chunk_size: int = 65536,
+    n_local_trials: int | None = None,
 ) -> torch.Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) with 2 + log k local trials, as scikit-learn."""
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): centres (k, D) chosen among the rows of X (N, D).
+
+    Each new centre is the best of ``n_local_trials`` D^2-weighted candidates (the one that lowers
+    the potential most); the default ``2 + log k`` is scikit-learn's greedy variant, ``1`` the
+    original algorithm. Distances are computed in chunks of ``chunk_size`` rows.
+    """
     n = X.shape[0]
-    n_trials = 2 + int(math.log(k))
+    n_trials = 2 + int(math.log(k)) if n_local_trials is None else int(n_local_trials)
     first = int(torch.randint(n, (1,), generator=generator))
     centers = [X[first]]
     sq_norms = (X * X).sum(1)

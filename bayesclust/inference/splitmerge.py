@@ -39,21 +39,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.gaussian import full_feature_map, gaussian_coefficients, unpack_full_stats
-from ..models.priors import NIW
-from .streaming import Features
+from ..models.family import ConjugateFamily
+from .streaming import Features, reduce_statistics, scatter_statistics
 
 
 # ---------------------------------------------------------------------------- statistics
 def sub_statistics(feats: Features, z: torch.Tensor, zsub: torch.Tensor, k: int) -> torch.Tensor:
-    """G (2K, Q) float64: per sub-cluster sums of phi over the points with label 2 z + zsub."""
-    G = torch.zeros(2 * k, feats.q, dtype=torch.float64, device=z.device)
-    for sl in feats.slices():
-        phi = feats(sl)
-        part = torch.zeros(2 * k, feats.q, dtype=phi.dtype, device=phi.device)
-        part.index_add_(0, 2 * z[sl] + zsub[sl], phi)
-        G += part.double()
-    return G.cpu()  # K-sized bookkeeping (splits, merges, priors) lives on the CPU
+    """G (2K, Q) float64 on the CPU (where the K-sized bookkeeping lives): per sub-cluster sums of
+    the family's statistics map over the points with label 2 z + zsub."""
+    return scatter_statistics(feats, 2 * z + zsub, 2 * k)
 
 
 # ---------------------------------------------------------------------------- random draws
@@ -82,7 +76,7 @@ def log_crp(n: torch.Tensor, alpha: float) -> torch.Tensor:
 @dataclass
 class SamplerConfig:
     alpha: float
-    prior: NIW  # float64, in the (standardised) frame of X
+    family: ConjugateFamily  # its prior in float64, in the (standardised) frame of X
     split_delay: int = 5
     n_merge_neighbors: int = 3
     burn_in: int = 50
@@ -122,8 +116,10 @@ class SamplerState:
         return self.G.shape[0] // 2
 
 
-def init_state(feats: Features, gen: torch.Generator, device: torch.device) -> SamplerState:
-    """One cluster holding all points, random sub-clusters."""
+def init_state(
+    feats: Features, family: ConjugateFamily, gen: torch.Generator, device: torch.device
+) -> SamplerState:
+    """One cluster holding all points, random sub-clusters (``feats`` maps the family's statistics)."""
     seed = int(torch.randint(0, 2**62, (1,), generator=gen))
     dev_gen = torch.Generator(device=device)
     dev_gen.manual_seed(seed)
@@ -133,7 +129,7 @@ def init_state(feats: Features, gen: torch.Generator, device: torch.device) -> S
     G = sub_statistics(feats, z, zsub, 1)
     np_rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
     st = SamplerState(feats, z, zsub, G, torch.zeros(1, dtype=torch.long), dev_gen, gen, np_rng)
-    reset_subclusters(st, torch.ones(1, dtype=torch.bool), cluster_statistics(G))
+    reset_subclusters(st, family, torch.ones(1, dtype=torch.bool), cluster_statistics(G))
     st.G = sub_statistics(feats, st.z, st.zsub, 1)
     return st
 
@@ -154,15 +150,14 @@ def _compact(st: SamplerState) -> None:
     _relabel(st, n > 0.5)
 
 
-def _log_ml(prior: NIW, G: torch.Tensor) -> torch.Tensor:
-    n, sx, sxx = unpack_full_stats(G, prior.dim)
-    return prior.log_marginal_likelihood(n, sx, sxx)
+def _log_ml(family: ConjugateFamily, G: torch.Tensor) -> torch.Tensor:
+    return family.log_marginal_likelihood(G)
 
 
 def joint_log_prob(st: SamplerState, cfg: SamplerConfig) -> float:
     """log p(X, z) with all parameters integrated out: log CRP(z) + sum_k log f(X_k)."""
     Gc = st.G.view(-1, 2, st.G.shape[1]).sum(1)
-    return float(log_crp(Gc[:, -1], cfg.alpha) + _log_ml(cfg.prior, Gc).sum())
+    return float(log_crp(Gc[:, -1], cfg.alpha) + _log_ml(cfg.family, Gc).sum())
 
 
 # ---------------------------------------------------------------------------- the sweep
@@ -200,7 +195,7 @@ def _label_pass(
         part = torch.zeros(2 * k, q, dtype=phi.dtype, device=phi.device)
         part.index_add_(0, 2 * z + zs, phi)
         G += part.double()
-    return z_all, zs_all, G.cpu()
+    return z_all, zs_all, reduce_statistics(G).cpu()
 
 
 def sample_labels(st: SamplerState, cfg: SamplerConfig) -> None:
@@ -213,7 +208,7 @@ def sample_labels(st: SamplerState, cfg: SamplerConfig) -> None:
     ``prod_k 1 / N_k``). Without this, clusters that empty are lost by a move with no reverse,
     which biases the chain to small K (measured on the exact-enumeration test).
     """
-    k, d = st.k, cfg.prior.dim
+    k = st.k
     q = st.G.shape[1]
     Gs = st.G
     Gc = Gs.view(k, 2, q).sum(1)
@@ -222,10 +217,7 @@ def sample_labels(st: SamplerState, cfg: SamplerConfig) -> None:
     log_pi = torch.log(g[:k] / g.sum())
     gs = sample_gamma(ns + cfg.alpha / 2.0, st.np_rng)
     log_pis = torch.log(gs / gs.sum(1, keepdim=True)).reshape(-1)
-    n, sx, sxx = unpack_full_stats(torch.cat([Gc, Gs]), d)
-    # global RNG (seeded by the Engine): NIW.sample with a generator re-seeds per call, which is slow
-    mu, sigma = cfg.prior.posterior(n, sx, sxx).sample(None)
-    A = gaussian_coefficients(mu, sigma, torch.cat([log_pi, log_pis]))
+    A, mu = cfg.family.sample_coefficients(torch.cat([Gc, Gs]), torch.cat([log_pi, log_pis]))
     feats = st.feats
     A = A.to(device=feats.X.device, dtype=feats.X.dtype)
     u = torch.rand(2, feats.n, generator=st.dev_gen, device=feats.X.device, dtype=feats.X.dtype)
@@ -247,7 +239,9 @@ def cluster_statistics(G: torch.Tensor) -> torch.Tensor:
     return G.view(-1, 2, G.shape[1]).sum(1)
 
 
-def reset_subclusters(st: SamplerState, clusters: torch.Tensor, Gc: torch.Tensor) -> None:
+def reset_subclusters(
+    st: SamplerState, family: ConjugateFamily, clusters: torch.Tensor, Gc: torch.Tensor
+) -> None:
     """New sub-labels for the points of the clusters flagged in ``clusters`` (K,): the side of a
     random hyperplane through the cluster mean, its normal drawn from N(0, S_k) (S_k the cluster
     scatter), so that splits along the main axes are proposed most often. ``Gc`` (K, Q) are the
@@ -255,10 +249,7 @@ def reset_subclusters(st: SamplerState, clusters: torch.Tensor, Gc: torch.Tensor
     if not bool(clusters.any()):
         return
     d = st.feats.d
-    n, sx, sxx = unpack_full_stats(Gc, d)
-    n = n.clamp(min=1.0)
-    mean = sx / n[:, None]
-    cov = sxx / n[:, None, None] - mean[:, :, None] * mean[:, None, :]
+    _, mean, cov = family.moments(Gc)
     cov = cov + 1e-6 * torch.eye(d, dtype=cov.dtype)
     chol, info = torch.linalg.cholesky_ex(cov)
     chol = torch.where((info == 0)[:, None, None], chol, torch.eye(d, dtype=cov.dtype))
@@ -277,7 +268,7 @@ def _labellings(m: int) -> torch.Tensor:
 
 
 def log_rho_table(
-    phi: torch.Tensor, sizes: torch.Tensor, prior: NIW, alpha: float
+    phi: torch.Tensor, sizes: torch.Tensor, family: ConjugateFamily, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact sub-cluster conditional of C small clusters, batched.
 
@@ -291,7 +282,7 @@ def log_rho_table(
     L = _labellings(m)
     G1 = torch.einsum("lm,cmq->clq", L, phi)
     G0 = phi.sum(1, keepdim=True) - G1
-    lml = _log_ml(prior, torch.cat([G0, G1], 1).reshape(-1, q)).view(c, 2, -1)
+    lml = _log_ml(family, torch.cat([G0, G1], 1).reshape(-1, q)).view(c, 2, -1)
     n1 = L.sum(1)
     h = alpha / 2.0
     logw = torch.lgamma(sizes[:, None] - n1 + h) + torch.lgamma(n1 + h) + lml[:, 0] + lml[:, 1]
@@ -306,7 +297,7 @@ def _padded_features(st: SamplerState, groups: list[torch.Tensor]) -> tuple[torc
     m = max(int(g.numel()) for g in groups)
     phi = torch.zeros(len(groups), m, st.feats.q, dtype=torch.float64)
     allidx = torch.cat(groups)
-    f = full_feature_map(st.feats.X[allidx]).double().cpu()
+    f = st.feats.feature_fn(st.feats.X[allidx]).double().cpu()
     start = 0
     for i, g in enumerate(groups):  # loop over small clusters (few, each <= exact_max points)
         phi[i, : g.numel()] = f[start : start + g.numel()]
@@ -338,7 +329,7 @@ def exact_subclusters(st: SamplerState, cfg: SamplerConfig) -> None:
     clusters = torch.nonzero(small).flatten().tolist()
     groups = _members(st.z, clusters)
     phi, sizes = _padded_features(st, groups)
-    L, lr = log_rho_table(phi, sizes, cfg.prior, cfg.alpha)
+    L, lr = log_rho_table(phi, sizes, cfg.family, cfg.alpha)
     u = torch.rand(len(clusters), 1, generator=st.gen, dtype=torch.float64)
     j = (torch.cumsum(torch.exp(lr), 1) < u).sum(1).clamp(max=L.shape[0] - 1)
     lab = L[j]  # (C, M)
@@ -361,13 +352,27 @@ def _merge_log_rho(
     members = dict(zip(involved, _members(st.z, involved)))
     groups = [torch.cat([members[int(a[p])], members[int(b[p])]]) for p in pairs]
     phi, sizes = _padded_features(st, groups)
-    L, lr = log_rho_table(phi, sizes, cfg.prior, cfg.alpha)
+    L, lr = log_rho_table(phi, sizes, cfg.family, cfg.alpha)
     na = torch.tensor([members[int(a[p])].numel() for p in pairs])
     slot = torch.arange(L.shape[1])[None, :]
     code = ((slot >= na[:, None]) & (slot < sizes.long()[:, None])).long()  # b's points in sub-cluster 1
     code = (code << slot).sum(1)
     out[pairs] = math.log(2.0) + lr.gather(1, code[:, None]).squeeze(1)
     return out
+
+
+def log_split_ratio(
+    ns: torch.Tensor, lml_sub: torch.Tensor, lml_cluster: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """log H_s of splitting each cluster into its two sub-clusters, without the proposal term
+    (Chang & Fisher eq. 16): ``log alpha + sum_j [log Gamma(N_kj) + log f(X_kj)] - log Gamma(N_k)
+    - log f(X_k)``; sub-cluster sizes ns (K, 2), log marginal likelihoods lml_sub (K, 2), lml_cluster (K,)."""
+    return (
+        math.log(alpha)
+        + (torch.lgamma(ns.clamp(min=1)) + lml_sub).sum(1)
+        - torch.lgamma(ns.sum(1).clamp(min=1))
+        - lml_cluster
+    )
 
 
 def propose_splits(
@@ -382,16 +387,8 @@ def propose_splits(
     Gc = Gs.sum(1)
     if not bool(ok.any()):
         return torch.zeros(k, dtype=torch.bool), Gc
-    lml = _log_ml(cfg.prior, torch.cat([st.G, Gs.sum(1)])).double()
-    lml_s, lml_c = lml[: 2 * k].view(k, 2), lml[2 * k :]
-    nc = ns.sum(1)
-    log_h = (
-        math.log(cfg.alpha)
-        + (torch.lgamma(ns.clamp(min=1)) + lml_s).sum(1)
-        - torch.lgamma(nc.clamp(min=1))
-        - lml_c
-    )
-    log_h = log_h - st.log_rho
+    lml = _log_ml(cfg.family, torch.cat([st.G, Gs.sum(1)])).double()
+    log_h = log_split_ratio(ns, lml[: 2 * k].view(k, 2), lml[2 * k :], cfg.alpha) - st.log_rho
     u = torch.rand(k, generator=st.gen, dtype=torch.float64)
     accept = ok & (torch.log(u) < log_h)
     n_acc = int(accept.sum())
@@ -457,8 +454,7 @@ def propose_merges(st: SamplerState, cfg: SamplerConfig, frozen: torch.Tensor, G
     statistics, updated in place. Returns whether any pair merged."""
     k = st.k
     nc = Gc[:, -1]
-    d = cfg.prior.dim
-    means = Gc[:, -d - 1 : -1] / nc[:, None]
+    means = cfg.family.moments(Gc)[1]
     pairs = merge_candidates(means, cfg.n_merge_neighbors)
     if pairs.shape[0] == 0:
         return False
@@ -467,7 +463,7 @@ def propose_merges(st: SamplerState, cfg: SamplerConfig, frozen: torch.Tensor, G
     if pairs.shape[0] == 0:
         return False
     a, b = pairs[:, 0], pairs[:, 1]
-    lml = _log_ml(cfg.prior, torch.cat([Gc[a] + Gc[b], Gc])).double()
+    lml = _log_ml(cfg.family, torch.cat([Gc[a] + Gc[b], Gc])).double()
     lml_m, lml_c = lml[: pairs.shape[0]], lml[pairs.shape[0] :]
     log_h = log_merge_ratio(nc[a], nc[b], lml_m, lml_c[a], lml_c[b], cfg.alpha)
     small = (nc[a] + nc[b]) <= cfg.exact_max
@@ -524,7 +520,7 @@ def sweep(st: SamplerState, cfg: SamplerConfig, iteration: int) -> float:
     merged = False if do_split else propose_merges(st, cfg, frozen, Gc)
     fresh = split | frozen
     if merged or bool(fresh.any()):
-        reset_subclusters(st, fresh, Gc)
+        reset_subclusters(st, cfg.family, fresh, Gc)
         st.G = sub_statistics(st.feats, st.z, st.zsub, st.k)
         _compact(st)
     assert st.G.shape[1] == q

@@ -16,15 +16,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.gaussian import gaussian_coefficients, unpack_full_stats
+from ..models.gaussian import GaussianFamily, gaussian_coefficients
 from ..models.priors import NIW
-from .streaming import Features
+from .kmeans import kmeans_plusplus, lloyd, nearest_center
+from .streaming import Features, reduce_statistics, scatter_statistics
 
 
 @dataclass
 class VIState:
     feats: Features
-    prior: NIW  # float64
+    family: GaussianFamily  # full covariances; its NIW prior in float64
     alpha: float
     g1: torch.Tensor  # (T,)
     g2: torch.Tensor  # (T,)
@@ -48,7 +49,7 @@ def expected_weights(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
 
 def log_rho_coefficients(st: VIState) -> torch.Tensor:
     """A (Q, T): phi(x) @ A = E[log pi_k] + E[log N(x | mu_k, Sigma_k)] under q."""
-    post, d = st.post, st.prior.dim
+    post, d = st.post, st.family.dim
     sigma = post.psi0 / post.nu0[:, None, None]  # (x-m)^T nu psi^-1 (x-m) as a Gaussian with psi/nu
     j = torch.arange(d, dtype=sigma.dtype)
     logdet_psi = torch.linalg.slogdet(post.psi0)[1]
@@ -60,9 +61,9 @@ def log_rho_coefficients(st: VIState) -> torch.Tensor:
 
 
 def m_step(st: VIState, G: torch.Tensor) -> None:
-    n, sx, sxx = unpack_full_stats(G, st.prior.dim)
+    n = G[:, -1]
     st.n = n
-    st.post = st.prior.posterior(n, sx, sxx)
+    st.post = st.family.posterior(G)
     st.g1 = 1.0 + n
     st.g2 = st.alpha + (n.sum() - torch.cumsum(n, 0))
 
@@ -72,47 +73,26 @@ def vi_step(st: VIState) -> float:
     feats = st.feats
     A = log_rho_coefficients(st).to(device=feats.X.device, dtype=feats.X.dtype)
     G = torch.zeros(A.shape[1], feats.q, dtype=torch.float64, device=feats.X.device)
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=feats.X.device)
     for sl in feats.slices():
         phi = feats(sl)
         logits = phi @ A
         lse = torch.logsumexp(logits, 1, keepdim=True)
-        total += float(lse.sum(dtype=torch.float64))
+        total += lse.sum(dtype=torch.float64)
         G += (torch.exp(logits - lse).T @ phi).double()
-    m_step(st, G.cpu())
-    return total / feats.n
-
-
-def kmeans_init(X: torch.Tensor, k: int, generator: torch.Generator, n_lloyd: int = 10) -> torch.Tensor:
-    """Hard labels (N,) from k-means++ seeding and a few Lloyd iterations (initialisation only)."""
-    n = X.shape[0]
-    k = min(k, n)
-    idx = [int(torch.randint(n, (1,), generator=generator))]
-    d2 = ((X - X[idx[0]]) ** 2).sum(1)
-    for _ in range(1, k):  # seeding loop over the k centres
-        w = d2.double().cpu().clamp(min=0)
-        nxt = int(torch.multinomial(w / w.sum(), 1, generator=generator)) if float(w.sum()) > 0 else 0
-        idx.append(nxt)
-        d2 = torch.minimum(d2, ((X - X[nxt]) ** 2).sum(1))
-    C = X[idx]
-    labels = torch.zeros(n, dtype=torch.long, device=X.device)
-    for _ in range(n_lloyd):
-        labels = torch.cdist(X, C).argmin(1)
-        cnt = torch.bincount(labels, minlength=k).to(X.dtype)
-        sums = torch.zeros_like(C).index_add_(0, labels, X)
-        C = torch.where(cnt[:, None] > 0, sums / cnt.clamp(min=1)[:, None], C)
-    return labels
+    m_step(st, reduce_statistics(G).cpu())
+    return float(reduce_statistics(total)) / feats.n
 
 
 def init_vi(
-    feats: Features, prior: NIW, alpha: float, truncation: int, generator: torch.Generator
+    feats: Features, family: GaussianFamily, alpha: float, truncation: int, generator: torch.Generator
 ) -> VIState:
-    labels = kmeans_init(feats.X, truncation, generator)
-    G = torch.zeros(truncation, feats.q, dtype=torch.float64, device=feats.X.device)
-    for sl in feats.slices():
-        part = torch.zeros(truncation, feats.q, dtype=feats.X.dtype, device=feats.X.device)
-        part.index_add_(0, labels[sl], feats(sl))
-        G += part.double()
-    st = VIState(feats, prior, alpha, None, None, None, None)  # type: ignore[arg-type]
-    m_step(st, G.cpu())
+    """Variational state started from hard k-means labels (k-means++ seeding, 10 Lloyd iterations)."""
+    X = feats.X
+    k = min(truncation, feats.n)
+    centres = lloyd(X, kmeans_plusplus(X, k, generator, n_local_trials=1), 10)
+    labels = nearest_center(X, centres)
+    G = scatter_statistics(feats, labels, truncation)
+    st = VIState(feats, family, alpha, None, None, None, None)  # type: ignore[arg-type]
+    m_step(st, G)
     return st

@@ -18,12 +18,45 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from .gmm_model import gamma_shape
-from .priors import NIW
+from .priors import NIW, gamma_shape
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+def covariance_shape(covariance_type: str, k: int, d: int) -> tuple[int, ...]:
+    """The shape of the covariances of K components in D dimensions (scikit-learn's layout)."""
+    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+
+
+def n_covariance_parameters(covariance_type: str, k: int, d: int) -> int:
+    """Free parameters of the covariances (symmetric matrices count their upper triangle)."""
+    return {"full": k * d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": k * d, "spherical": k}[
+        covariance_type
+    ]
+
+
+def identity_covariances(covariance_type: str, k: int, d: int, ref: torch.Tensor) -> torch.Tensor:
+    """Unit covariances of K components, on ``ref``'s device and dtype."""
+    kw = {"device": ref.device, "dtype": ref.dtype}
+    if covariance_type == "full":
+        return torch.eye(d, **kw).expand(k, d, d).clone()
+    if covariance_type == "tied":
+        return torch.eye(d, **kw)
+    return torch.ones(covariance_shape(covariance_type, k, d), **kw)
+
+
+def component_covariance(covariances: np.ndarray, covariance_type: str, k: int, d: int) -> np.ndarray:
+    """The full (D, D) covariance of component ``k`` from stored covariances of any type."""
+    if covariance_type == "full":
+        return covariances[k]
+    if covariance_type == "tied":
+        return covariances
+    if covariance_type == "diag":
+        return np.diag(covariances[k])
+    return np.eye(d) * covariances[k]
 
 
 @dataclass
@@ -133,19 +166,20 @@ def log_prob_coefficients(params: GMMParams, covariance_type: str) -> tuple[torc
 
 
 # ---------------------------------------------------------------------------- M-step
-def unpack_stats(G: torch.Tensor, d: int, covariance_type: str):
-    """G (Q + 1, K) -> counts (K,), sum x (K, D), second moments (full/tied (K,D,D); diag (K,D))."""
-    nk = G[-1]
+def unpack_stats(G: torch.Tensor, d: int, covariance_type: str = "full"):
+    """Statistics G (M, Q + 1) (rows: sums of [phi(x), 1] over a group) -> counts (M,), sums of x
+    (M, D), second moments (full / tied (M, D, D); diag / spherical (M, D))."""
+    nk = G[:, -1]
     if covariance_type in ("full", "tied"):
         p = d * (d + 1) // 2
         i, j = _triu(d, G.device)
-        sxx = torch.zeros(G.shape[1], d, d, dtype=G.dtype, device=G.device)
-        sxx[:, i, j] = G[:p].T
-        sxx[:, j, i] = G[:p].T
-        sx = G[p : p + d].T
+        sxx = torch.zeros(G.shape[0], d, d, dtype=G.dtype, device=G.device)
+        sxx[:, i, j] = G[:, :p]
+        sxx[:, j, i] = G[:, :p]
+        sx = G[:, p : p + d]
     else:
-        sxx = G[:d].T
-        sx = G[d : 2 * d].T
+        sxx = G[:, :d]
+        sx = G[:, d : 2 * d]
     return nk, sx, sxx
 
 
@@ -157,7 +191,7 @@ def m_step(
     prior: MAPPrior | None,
     previous: GMMParams,
 ) -> GMMParams:
-    """Maximum-likelihood (``prior=None``, as scikit-learn) or MAP M-step from statistics G.
+    """Maximum-likelihood (``prior=None``, as scikit-learn) or MAP M-step from statistics G (K, Q + 1).
 
     MAP is the joint mode of the Normal-Wishart posterior in the precision parametrisation of
     the Pyro model (models/gmm_model.py): Sigma_k = Psi_n / (nu_n - D) for full covariances
@@ -199,7 +233,7 @@ def m_step(
         else:
             psi_diag = torch.diagonal(niw.psi0)
             scatter = sxx + niw.kappa0 * niw.m0**2 - kn[:, None] * means**2  # (K, D)
-            # lambda ~ Gamma(a, psi/2) with a from gmm_model.gamma_shape; the joint mode of (mu, lambda)
+            # lambda ~ Gamma(a, psi/2) with a from priors.gamma_shape; the joint mode of (mu, lambda)
             # is (psi + scatter) / (2a - 1 + N_k) (diag), (tr psi + scatter) / (2a - 2 + D + D N_k)
             if covariance_type == "diag":
                 cov = (psi_diag + scatter) / (niw.nu0 - d + nk)[:, None] + reg_covar
@@ -249,16 +283,6 @@ def full_feature_map(X: torch.Tensor, out: torch.Tensor | None = None) -> torch.
     return feature_map(X, "full", out=out, ones=True)
 
 
-def unpack_full_stats(G: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """G (M, Q) -> counts n (M,), sums sx (M, D), scatter sxx (M, D, D)."""
-    p = d * (d + 1) // 2
-    i, j = _triu(d, G.device)
-    sxx = torch.zeros(G.shape[0], d, d, dtype=G.dtype, device=G.device)
-    sxx[:, i, j] = G[:, :p]
-    sxx[:, j, i] = G[:, :p]
-    return G[:, -1], G[:, p : p + d], sxx
-
-
 def gaussian_coefficients(mu: torch.Tensor, sigma: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
     """A (Q, M) with ``phi(x) @ A[:, m] = log_w[m] + log N(x | mu[m], sigma[m])``."""
     m, d = mu.shape
@@ -270,3 +294,86 @@ def gaussian_coefficients(mu: torch.Tensor, sigma: torch.Tensor, log_w: torch.Te
     pmu = (prec @ mu.unsqueeze(-1)).squeeze(-1)
     const = log_w - 0.5 * (pmu * mu).sum(-1) - 0.5 * logdet - 0.5 * d * math.log(2 * math.pi)
     return torch.cat([quad, pmu, const[:, None]], dim=1).T.contiguous()
+
+
+# ---------------------------------------------------------------------------- the family object
+@dataclass
+class GaussianFamily:
+    """The Gaussian mixture family, the one object every Gaussian route takes.
+
+    ``covariance_type``: "full", "tied", "diag" or "spherical"; ``niw``: the conjugate
+    Normal-inverse-Wishart prior on each component's (mean, covariance), or None for maximum
+    likelihood; ``weight_concentration``: the symmetric Dirichlet prior on the weights (EM MAP);
+    ``reg_covar``: added to covariance diagonals in the M-step.
+
+    Implements :class:`~bayesclust.models.family.EMFamily` for every covariance type, and
+    :class:`~bayesclust.models.family.ConjugateFamily` (split/merge, mean-field VI, the deep
+    route) for ``covariance_type="full"`` with an ``niw``; parameters are :class:`GMMParams`.
+    """
+
+    covariance_type: str = "full"
+    niw: NIW | None = None
+    weight_concentration: float = 1.0
+    reg_covar: float = 1e-6
+
+    @property
+    def map_prior(self) -> MAPPrior | None:
+        return None if self.niw is None else MAPPrior(float(self.weight_concentration), self.niw)
+
+    # ------------------------------------------------------------ EMFamily
+    def feature_dim(self, d: int) -> int:
+        return feature_dim(d, self.covariance_type)
+
+    def feature_map(self, X: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return feature_map(X, self.covariance_type, out=out)
+
+    def log_prob_coefficients(self, params: GMMParams) -> tuple[torch.Tensor, torch.Tensor]:
+        return log_prob_coefficients(params, self.covariance_type)
+
+    def m_step(self, G: torch.Tensor, previous: GMMParams) -> GMMParams:
+        d = previous.means.shape[1]
+        return m_step(G, d, self.covariance_type, float(self.reg_covar), self.map_prior, previous)
+
+    def log_prior(self, params: GMMParams) -> float:
+        return log_prior(params, self.map_prior, self.covariance_type)
+
+    # ------------------------------------------------------------ ConjugateFamily
+    def _conjugate_prior(self) -> NIW:
+        if self.niw is None or self.covariance_type != "full":
+            raise ValueError(
+                "the conjugate interface needs covariance_type='full' and an NIW prior; this family "
+                f"has covariance_type={self.covariance_type!r}"
+                + (" and no prior." if self.niw is None else ".")
+            )
+        return self.niw
+
+    @property
+    def dim(self) -> int:
+        return self._conjugate_prior().dim
+
+    def statistics_map(self, X: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return full_feature_map(X, out=out)
+
+    def posterior(self, G: torch.Tensor) -> NIW:
+        """The NIW posterior of every row of G (M, Q + 1), batched."""
+        prior = self._conjugate_prior()
+        return prior.posterior(*unpack_stats(G, prior.dim))
+
+    def log_marginal_likelihood(self, G: torch.Tensor) -> torch.Tensor:
+        prior = self._conjugate_prior()
+        return prior.log_marginal_likelihood(*unpack_stats(G, prior.dim))
+
+    def sample_coefficients(
+        self, G: torch.Tensor, log_weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # global RNG (seeded by the Engine): NIW.sample with a generator re-seeds per call, which is slow
+        mu, sigma = self.posterior(G).sample(None)
+        return gaussian_coefficients(mu, sigma, log_weights), mu
+
+    def moments(self, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d = self.dim
+        n, sx, sxx = unpack_stats(G, d)
+        n1 = n.clamp(min=1.0)
+        mean = sx / n1[:, None]
+        cov = sxx / n1[:, None, None] - mean[:, :, None] * mean[:, None, :]
+        return n, mean, cov

@@ -11,7 +11,8 @@ Generative model (precision parametrisation; ``K`` components, ``D`` features)::
 
 with a_diag = (nu0 - D + 1)/2, the inverse-Wishart(nu0, psi0) marginal of one variance, and
 a_sph = D (nu0 - D - 1)/2 + 1, the product of the D diag densities at one shared precision
-(:func:`gamma_shape`): every covariance type then has the prior mean E[Sigma] = psi0 / (nu0 - D - 1).
+(:func:`~bayesclust.models.priors.gamma_shape`): every covariance type then has the prior mean
+E[Sigma] = psi0 / (nu0 - D - 1).
 
 Sample sites: ``"weights"`` (K,), ``"means"`` (K, D), ``"precisions"`` (full (K, D, D), tied (D, D),
 diag (K, D), spherical (K,)), ``"assignment"`` and ``"obs"``; plates ``"components"`` and ``"data"``.
@@ -49,9 +50,8 @@ from torch.distributions import biject_to, transform_to
 from torch.distributions.transforms import Transform
 
 from .._validation import check_option, check_scalar
-from .priors import NIW
-
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+from .gaussian import COVARIANCE_TYPES, covariance_shape
+from .priors import NIW, gamma_shape
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -139,24 +139,6 @@ class WishartPrecision(dist.Wishart):
 # ---------------------------------------------------------------------------------------------------
 # prior
 # ---------------------------------------------------------------------------------------------------
-def gamma_shape(nu0: float, d: int, covariance_type: str) -> float:
-    """Shape of the Gamma prior on a diag / spherical precision (rate psi0_dd / 2, resp. tr(psi0) / 2).
-
-    diag: (nu0 - D + 1) / 2, so sigma2_kd ~ InvGamma((nu0 - D + 1) / 2, psi0_dd / 2), the marginal of a
-    diagonal entry of Sigma ~ InvWishart(nu0, psi0). spherical: D (nu0 - D - 1) / 2 + 1, the product of
-    the D diag densities evaluated at one shared precision. Both give E[sigma2] = psi0_dd / (nu0 - D - 1).
-    """
-    if covariance_type == "diag":
-        return (nu0 - d + 1.0) / 2.0
-    shape = d * (nu0 - d - 1.0) / 2.0 + 1.0
-    if shape <= 0:
-        raise ValueError(
-            f"covariance_type='spherical' needs degrees_of_freedom_prior (nu0) > D + 1 - 2/D = "
-            f"{d + 1 - 2 / d:.3g} for a proper prior on the shared precision; got {nu0:g}."
-        )
-    return shape
-
-
 @dataclass
 class GMMPrior:
     """Hyperparameters of the Bayesian GMM.
@@ -224,10 +206,6 @@ def covariances_to_precisions(cov: torch.Tensor, covariance_type: str) -> torch.
     return 1.0 / cov
 
 
-def precision_shape(K: int, D: int, covariance_type: str) -> tuple[int, ...]:
-    return {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[covariance_type]
-
-
 def init_values(
     init: dict, covariance_type: str, ref: torch.Tensor, K: int | None = None
 ) -> dict[str, torch.Tensor]:
@@ -251,7 +229,7 @@ def init_values(
     D = ref.shape[-1]
     cov = torch.as_tensor(init["covariances"]).to(**kw)
     w = torch.as_tensor(init["weights"]).to(**kw)
-    expected = {"weights": (K,), "means": (K, D), "covariances": precision_shape(K, D, covariance_type)}
+    expected = {"weights": (K,), "means": (K, D), "covariances": covariance_shape(covariance_type, K, D)}
     for name, value in (("weights", w), ("means", means), ("covariances", cov)):
         if tuple(value.shape) != expected[name]:
             raise ValueError(

@@ -239,3 +239,21 @@ class Dirichlet:
             - torch.lgamma(a.sum(-1) + counts.sum(-1))
             + (torch.lgamma(a + counts) - torch.lgamma(a)).sum(-1)
         )
+
+
+def gamma_shape(nu0: float, d: int, covariance_type: str) -> float:
+    """Shape of the Gamma prior on a diag / spherical precision (rate psi0_dd / 2, resp. tr(psi0) / 2).
+
+    diag: (nu0 - D + 1) / 2, so sigma2_kd ~ InvGamma((nu0 - D + 1) / 2, psi0_dd / 2), the marginal of a
+    diagonal entry of Sigma ~ InvWishart(nu0, psi0). spherical: D (nu0 - D - 1) / 2 + 1, the product of
+    the D diag densities evaluated at one shared precision. Both give E[sigma2] = psi0_dd / (nu0 - D - 1).
+    """
+    if covariance_type == "diag":
+        return (nu0 - d + 1.0) / 2.0
+    shape = d * (nu0 - d - 1.0) / 2.0 + 1.0
+    if shape <= 0:
+        raise ValueError(
+            f"covariance_type='spherical' needs degrees_of_freedom_prior (nu0) > D + 1 - 2/D = "
+            f"{d + 1 - 2 / d:.3g} for a proper prior on the shared precision; got {nu0:g}."
+        )
+    return shape
