@@ -103,7 +103,30 @@ def check_array(
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
-    arr = _to_numpy_or_tensor(X, name)
+    tensor = _as_real_tensor(_to_numpy_or_tensor(X, name), name)
+    _check_shape(tensor, name, ndim)
+    if not allow_nan:
+        _check_finite(tensor, name)
+    source = tensor
+    tensor = tensor.to(device=dev, dtype=dt)
+    if not allow_nan and tensor.dtype != source.dtype and not bool(torch.isfinite(tensor).all()):
+        big = float(source.abs().max())
+        raise ValueError(
+            f"{name} has values up to {big:.3g}, beyond the range of {dt} (max "
+            f"{torch.finfo(dt).max:.3g}); rescale the data (e.g. standardise) or pass dtype='float64'."
+        )
+    if tensor.shape[0] < min_samples:
+        raise ValueError(
+            f"{name} has {tensor.shape[0]} sample(s) but at least {min_samples} are needed "
+            f"(one per component); pass more data or fewer components."
+        )
+    if n_features is not None:
+        _check_n_features(tensor, name, n_features)
+    return tensor.contiguous()
+
+
+def _as_real_tensor(arr: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    """A real-valued tensor from a numeric (or numeric-convertible) array or tensor."""
     if isinstance(arr, np.ndarray):
         if arr.dtype == object or not _is_numeric_dtype(arr.dtype):
             try:
@@ -118,11 +141,13 @@ def check_array(
         arr = np.ascontiguousarray(arr)
         if not arr.flags.writeable:  # e.g. pandas copy-on-write views; torch needs writeable memory
             arr = arr.copy()
-        tensor = torch.from_numpy(arr)
-    else:
-        tensor = arr
-        if tensor.is_complex():
-            raise ValueError(f"Complex data not supported: {name} is complex; pass real-valued data.")
+        return torch.from_numpy(arr)
+    if arr.is_complex():
+        raise ValueError(f"Complex data not supported: {name} is complex; pass real-valued data.")
+    return arr
+
+
+def _check_shape(tensor: torch.Tensor, name: str, ndim: int | Iterable[int]) -> None:
     allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     if tensor.ndim not in allowed:
         hint = (
@@ -141,32 +166,18 @@ def check_array(
         )
     if tensor.shape[0] == 0 or tensor.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}); pass at least one sample.")
-    if not allow_nan:
-        _check_finite(tensor, name)
-    source = tensor
-    tensor = tensor.to(device=dev, dtype=dt)
-    if not allow_nan and tensor.dtype != source.dtype and not bool(torch.isfinite(tensor).all()):
-        big = float(source.abs().max())
+
+
+def _check_n_features(tensor: torch.Tensor, name: str, n_features: int | tuple[int, ...]) -> None:
+    expected = (n_features,) if isinstance(n_features, int) else tuple(n_features)
+    got = tuple(tensor.shape[1:])
+    if got != expected:
+        what = f"{got[0]} features" if len(got) == 1 and len(expected) == 1 else f"shape {got}"
+        want = f"{expected[0]} features" if len(expected) == 1 else f"shape {expected}"
         raise ValueError(
-            f"{name} has values up to {big:.3g}, beyond the range of {dt} (max "
-            f"{torch.finfo(dt).max:.3g}); rescale the data (e.g. standardise) or pass dtype='float64'."
+            f"{name} has {what}, but it is expecting {want} as input (as seen in fit); "
+            "pass data with the same features as in fit."
         )
-    if tensor.shape[0] < min_samples:
-        raise ValueError(
-            f"{name} has {tensor.shape[0]} sample(s) but at least {min_samples} are needed "
-            f"(one per component); pass more data or fewer components."
-        )
-    if n_features is not None:
-        expected = (n_features,) if isinstance(n_features, int) else tuple(n_features)
-        got = tuple(tensor.shape[1:])
-        if got != expected:
-            what = f"{got[0]} features" if len(got) == 1 and len(expected) == 1 else f"shape {got}"
-            want = f"{expected[0]} features" if len(expected) == 1 else f"shape {expected}"
-            raise ValueError(
-                f"{name} has {what}, but it is expecting {want} as input (as seen in fit); "
-                "pass data with the same features as in fit."
-            )
-    return tensor.contiguous()
 
 
 def check_labels(y: Any, *, name: str = "y", n_samples: int | None = None) -> np.ndarray:

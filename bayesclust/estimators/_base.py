@@ -49,6 +49,12 @@ class BaseEstimator:
             if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         ]
 
+    def _set_init_params(self, values: Mapping[str, Any]) -> None:
+        """Store every ``__init__`` parameter from ``values`` (``locals()`` of ``__init__``) unchanged,
+        as scikit-learn requires (no validation or conversion in ``__init__``)."""
+        for name in self._param_names():
+            setattr(self, name, values[name])
+
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         out = {}
         for name in self._param_names():

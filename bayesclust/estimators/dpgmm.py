@@ -126,32 +126,7 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         callbacks: Sequence[Callable[..., Any]] | None = None,
         **renamed: Any,
     ) -> None:
-        self.weight_concentration_prior = weight_concentration_prior
-        self.inference = inference
-        self.max_iter = max_iter
-        self.burn_in = burn_in
-        self.mean_precision_prior = mean_precision_prior
-        self.degrees_of_freedom_prior = degrees_of_freedom_prior
-        self.psi_scale = psi_scale
-        self.mean_prior = mean_prior
-        self.covariance_prior = covariance_prior
-        self.truncation = truncation
-        self.prune_threshold = prune_threshold
-        self.tol = tol
-        self.split_delay = split_delay
-        self.n_merge_neighbors = n_merge_neighbors
-        self.reset_every = reset_every
-        self.store_labels = store_labels
-        self.coclustering = coclustering
-        self.hidden = hidden
-        self.learning_rate = learning_rate
-        self.batch_size = batch_size
-        self.chunk_size = chunk_size
-        self.device = device
-        self.dtype = dtype
-        self.random_state = random_state
-        self.verbose = verbose
-        self.callbacks = callbacks
+        self._set_init_params(locals())
         apply_renamed(self, renamed, _RENAMED)
 
     _non_deterministic = True
@@ -394,7 +369,8 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         return self._standardise(X)
 
     def _log_joint_std(self, Xs: torch.Tensor) -> torch.Tensor:
-        return student_t_logpdf(Xs.double(), self.posterior_) + torch.log(torch.as_tensor(self.weights_))
+        logpdf = streaming.map_rows(lambda x: student_t_logpdf(x, self.posterior_), Xs.double(), 8192)
+        return logpdf + torch.log(torch.as_tensor(self.weights_))
 
     def _log_scores_std(self, Xs: torch.Tensor) -> torch.Tensor:
         """(N, K) log scores of standardised data: Student-t posterior predictives x weights, or
@@ -416,7 +392,8 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         w_total = 1.0 - self.new_cluster_weight_
         logp = self._log_joint_std(Xs) + math.log(w_total)
         if self.new_cluster_weight_ > 0:
-            prior_pred = student_t_logpdf(Xs, {k: v[None] for k, v in self.prior_.items()})
+            prior = {k: v[None] for k, v in self.prior_.items()}
+            prior_pred = streaming.map_rows(lambda x: student_t_logpdf(x, prior), Xs, 8192)
             logp = torch.cat([logp, prior_pred + math.log(self.new_cluster_weight_)], 1)
         jac = torch.log(self.data_scale_.double()).sum()
         return (torch.logsumexp(logp, 1) - jac).numpy()

@@ -31,6 +31,7 @@ from ..inference import em, kmeans
 from ..inference.engine import Engine, Step
 from ..inference.streaming import Features
 from ..models import gaussian
+from ..models.gmm_model import GMMPrior
 from ..models.priors import NIW, gamma_shape
 from ._base import ClusterEstimator, MixtureMixin, Run
 
@@ -105,35 +106,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         verbose: bool = False,
         callbacks: list | None = None,
     ) -> None:
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.inference = inference
-        self.prior = prior
-        self.weight_concentration_prior = weight_concentration_prior
-        self.mean_precision_prior = mean_precision_prior
-        self.mean_prior = mean_prior
-        self.degrees_of_freedom_prior = degrees_of_freedom_prior
-        self.covariance_prior = covariance_prior
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init = init
-        self.weights_init = weights_init
-        self.covariances_init = covariances_init
-        self.warm_start = warm_start
-        self.svi_guide = svi_guide
-        self.learning_rate = learning_rate
-        self.batch_size = batch_size
-        self.num_samples = num_samples
-        self.warmup_steps = warmup_steps
-        self.num_chains = num_chains
-        self.device = device
-        self.dtype = dtype
-        self.chunk_size = chunk_size
-        self.random_state = random_state
-        self.verbose = verbose
-        self.callbacks = callbacks
+        self._set_init_params(locals())
 
     # ------------------------------------------------------------------ validation
     def _check_params(self) -> None:
@@ -338,9 +311,10 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             tol=0.0, maximize=False, verbose=self.verbose, callbacks=self.callbacks,
             desc="GaussianMixture SVI",
         )
+        gmm_prior = GMMPrior.from_niw(prior.alpha, prior.niw)
         result = fit_svi(
-            X, self.n_components, self.covariance_type, _gmm_prior(prior), self._init_dict(X),
-            engine, guide=self.svi_guide, lr=float(self.learning_rate), batch_size=self.batch_size,
+            X, self.n_components, self.covariance_type, gmm_prior, self._init_dict(X), engine,
+            guide=self.svi_guide, lr=float(self.learning_rate), batch_size=self.batch_size,
         )
         self._svi_result = result
         self._store_route(result.weights, result.means, result.covariances)
@@ -349,8 +323,9 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
     def _fit_nuts(self, X: torch.Tensor, prior: gaussian.MAPPrior) -> None:
         from ..inference.nuts import fit_nuts
 
+        gmm_prior = GMMPrior.from_niw(prior.alpha, prior.niw, torch.float64)
         result = fit_nuts(
-            X.double(), self.n_components, self.covariance_type, _gmm_prior(prior, torch.float64),
+            X.double(), self.n_components, self.covariance_type, gmm_prior,
             {k: v.double() for k, v in self._init_dict(X).items()},
             num_samples=int(self.num_samples), warmup_steps=int(self.warmup_steps),
             num_chains=int(self.num_chains), random_state=self.random_state,
@@ -369,27 +344,16 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         """NUTS run attributes: ``n_iter_`` draws per chain, ``history_`` the mean log-likelihood per
         point of each draw (averaged over chains), ``converged_`` max split R-hat of weights and
         means below 1.1 (``rhat_`` holds that maximum)."""
-        from pyro.ops.stats import split_gelman_rubin
+        from ..inference.nuts import draw_log_likelihoods, max_split_rhat
 
         family = gaussian.GaussianFamily(self.covariance_type)
-        Xd = X.double()
-        feats = Features(Xd, family.feature_map, int(self.chunk_size))
+        feats = Features(X.double(), family.feature_map, int(self.chunk_size))
         cov = _draw_covariances(samples, self.covariance_type)
-        n_chains, n_draws = samples["weights"].shape[:2]
-        trace = torch.zeros(n_draws, dtype=torch.float64)
-        for c in range(n_chains):  # loop over kept draws (summaries of a small-data route)
-            for t in range(n_draws):
-                params = gaussian.GMMParams(samples["weights"][c, t], samples["means"][c, t], cov[c, t])
-                A, coef = family.log_prob_coefficients(params)
-                trace[t] += em.e_step(feats, A.double(), coef.double(), accumulate=False)[0]
-        self.history_ = (trace / (n_chains * X.shape[0])).tolist()
-        self.n_iter_ = int(n_draws)
-        rhat = max(
-            float(split_gelman_rubin(samples[name].double(), chain_dim=0, sample_dim=1).max())
-            for name in ("weights", "means")
-        )
-        self.rhat_ = rhat
-        self.converged_ = bool(rhat < 1.1)
+        loglik = draw_log_likelihoods(family, feats, samples["weights"], samples["means"], cov)
+        self.history_ = (loglik.mean(0) / X.shape[0]).tolist()
+        self.n_iter_ = int(loglik.shape[1])
+        self.rhat_ = max_split_rhat(samples, ("weights", "means"))
+        self.converged_ = bool(self.rhat_ < 1.1)
 
     def _init_dict(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
         kw = {"device": X.device, "dtype": X.dtype}
@@ -466,16 +430,6 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.inference != "em"
         return tags
-
-
-def _gmm_prior(prior: gaussian.MAPPrior, dtype: torch.dtype | None = None):
-    from ..models.gmm_model import GMMPrior
-
-    niw = prior.niw
-    cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
-    return GMMPrior(
-        alpha=prior.alpha, m0=cast(niw.m0), kappa0=float(niw.kappa0), nu0=float(niw.nu0), psi0=cast(niw.psi0)
-    )
 
 
 def _draw_covariances(samples: dict[str, torch.Tensor], cov_type: str) -> torch.Tensor:

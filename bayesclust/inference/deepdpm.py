@@ -25,6 +25,7 @@ from ..models import gaussian
 from ..models.deepdpm import ClusterNet, SubNets
 from . import splitmerge as sm
 from . import streaming
+from .neural import optimizer_step
 
 
 @dataclass
@@ -172,10 +173,7 @@ def deep_step(st: DeepState, iteration: int) -> float:
         loss = -(r[b] * torch.log_softmax(st.net(xb), 1)).sum(1).mean()
         sl = torch.log_softmax(st.subnets(xb), 2)
         sl = sl.gather(1, z[b].view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)
-        loss = loss - (sub_r[b] * sl).sum(1).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss - (sub_r[b] * sl).sum(1).mean())
     # 3. M-step from the nets' soft assignments
     with torch.no_grad():
         q = torch.softmax(st.net(X), 1)

@@ -167,46 +167,16 @@ class Engine:
         ``n_iter`` with the same history (used to screen restarts after a few epochs).
         """
         end_iter = self.max_iter if stop_at is None else min(int(stop_at), self.max_iter)
-        if result is not None:  # a later stage of this fit
-            start_iter = result.n_iter
-        elif self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
-            start_iter, result = self._load_checkpoint(state)
-        else:
-            start_iter, result = 0, FitResult(step_history={s.name: [] for s in schedule})
-        if not isinstance(self.keep_best, bool):
-            missing = [k for k in self.keep_best if k not in state]
-            if missing:
-                raise ValueError(f"keep_best names keys that are not in the state: {missing}.")
-        best_snapshot = None
+        start_iter, result = self._begin(schedule, state, result)
         sign = 1.0 if self.maximize else -1.0
-        result.best_objective = (
-            -math.inf if not result.history else max(sign * h for h in result.history)
-        )
+        result.best_objective = -math.inf if not result.history else max(sign * h for h in result.history)
+        best_snapshot = None
         bar = self._progress(start_iter)
         prev = result.history[-1] if result.history else None
         iteration = start_iter
         try:
             for iteration in range(start_iter, end_iter):
-                objective = None
-                for step in schedule:
-                    if not step.due(iteration):
-                        continue
-                    value = step.fn(state, iteration)
-                    if value is not None:
-                        value = float(value)
-                        if not math.isfinite(value):
-                            raise NonFiniteError(
-                                f"step '{step.name}' produced a non-finite objective ({value}) at "
-                                f"iteration {iteration}; the data may be degenerate (duplicated "
-                                "points, constant features) or the learning rate too large — "
-                                "try a larger reg_covar / smaller lr, or float64."
-                            )
-                        result.step_history[step.name].append(value)
-                        objective = value
-                if objective is None:
-                    objective = result.history[-1] if result.history else 0.0
-                result.history.append(objective)
-                result.n_iter = iteration + 1
+                objective = self._iteration(schedule, state, iteration, result)
                 if self.keep_best is not False and sign * objective >= result.best_objective:
                     result.best_objective = sign * objective
                     kept = state if self.keep_best is True else {k: state[k] for k in self.keep_best}
@@ -215,17 +185,9 @@ class Engine:
                     bar.update(1)
                     bar.set_postfix(objective=f"{objective:.6g}")
                 stop = any(bool(cb(self, iteration, objective, state)) for cb in self.callbacks)
-                if (
-                    self.checkpoint_path is not None
-                    and (iteration + 1) % self.checkpoint_every == 0
-                ):
+                if self.checkpoint_path is not None and (iteration + 1) % self.checkpoint_every == 0:
                     self._save_checkpoint(state, iteration + 1, result)
-                if (
-                    prev is not None
-                    and self.tol > 0
-                    and iteration + 1 >= self.check_convergence_after
-                    and abs(objective - prev) < self.tol
-                ):
+                if self._converged(prev, objective, iteration):
                     result.converged = True
                     break
                 prev = objective
@@ -245,6 +207,59 @@ class Engine:
         finally:
             if bar is not None:
                 bar.close()
+        self._end(state, result)
+        return result
+
+    def _begin(
+        self, schedule: Sequence[Step], state: dict[str, Any], result: FitResult | None
+    ) -> tuple[int, FitResult]:
+        """The first iteration and the result to extend: a later stage, a checkpoint, or a new fit."""
+        if not isinstance(self.keep_best, bool):
+            missing = [k for k in self.keep_best if k not in state]
+            if missing:
+                raise ValueError(f"keep_best names keys that are not in the state: {missing}.")
+        if result is not None:  # a later stage of this fit
+            return result.n_iter, result
+        if self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            return self._load_checkpoint(state)
+        return 0, FitResult(step_history={s.name: [] for s in schedule})
+
+    def _iteration(
+        self, schedule: Sequence[Step], state: dict[str, Any], iteration: int, result: FitResult
+    ) -> float:
+        """Run the steps due at ``iteration``; record and return the objective (the last step's)."""
+        objective = None
+        for step in schedule:
+            if not step.due(iteration):
+                continue
+            value = step.fn(state, iteration)
+            if value is not None:
+                value = float(value)
+                if not math.isfinite(value):
+                    raise NonFiniteError(
+                        f"step '{step.name}' produced a non-finite objective ({value}) at "
+                        f"iteration {iteration}; the data may be degenerate (duplicated "
+                        "points, constant features) or the learning rate too large — "
+                        "try a larger reg_covar / smaller lr, or float64."
+                    )
+                result.step_history[step.name].append(value)
+                objective = value
+        if objective is None:
+            objective = result.history[-1] if result.history else 0.0
+        result.history.append(objective)
+        result.n_iter = iteration + 1
+        return objective
+
+    def _converged(self, prev: float | None, objective: float, iteration: int) -> bool:
+        return (
+            prev is not None
+            and self.tol > 0
+            and iteration + 1 >= self.check_convergence_after
+            and abs(objective - prev) < self.tol
+        )
+
+    def _end(self, state: dict[str, Any], result: FitResult) -> None:
+        """Final checkpoint and the convergence warning."""
         if self.checkpoint_path is not None and not result.interrupted:
             self._save_checkpoint(state, result.n_iter, result)
         if (
@@ -260,9 +275,8 @@ class Engine:
                 f"{self.desc} did not converge in max_iter={self.max_iter} iterations "
                 f"(last change {change:.3g} >= tol={self.tol}); increase max_iter or tol.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        return result
 
     def _progress(self, start: int):
         if not self.verbose:

@@ -19,12 +19,15 @@ from pyro.infer.autoguide.initialization import init_to_value
 from scipy.optimize import linear_sum_assignment
 
 from .._validation import check_positive_int, check_scalar
+from ..models.gaussian import GaussianFamily, GMMParams
 from ..models.gmm_model import (
     GMMPrior,
     init_values,
     make_gmm_model,
     precisions_to_covariances,
 )
+from .em import e_step
+from .streaming import Features
 from .svi import torch_threads
 
 _PER_COMPONENT = {"weights", "means"}  # + "precisions"/"covariances" unless tied
@@ -130,6 +133,21 @@ def _sampler_diagnostics(mcmc: MCMC) -> dict:
     return {k: v.get("chain 0") for k, v in mcmc.diagnostics().items() if isinstance(v, dict)}
 
 
+def _run_chain(
+    model, X: torch.Tensor, kernel_kw: dict, num_samples: int, warmup_steps: int, progress_bar: bool
+) -> tuple[dict[str, torch.Tensor], list[int], float | None]:
+    """One NUTS chain: its draws, the indices of divergent draws and the acceptance rate."""
+    kernel = NUTS(model, max_plate_nesting=1, ignore_jit_warnings=True, **kernel_kw)
+    mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1,
+                disable_progbar=not progress_bar)
+    with warnings.catch_warnings():  # torch.jit.trace's deprecation notice, when jit_compile
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
+        mcmc.run(X)
+    diag = _sampler_diagnostics(mcmc)
+    samples = {name: value.detach() for name, value in mcmc.get_samples().items()}
+    return samples, list(diag.get("divergences", [])), diag.get("acceptance rate")
+
+
 def fit_nuts(
     X: torch.Tensor,
     K: int,
@@ -159,9 +177,13 @@ def fit_nuts(
     num_samples = check_positive_int(num_samples, "num_samples")
     warmup_steps = check_positive_int(warmup_steps, "warmup_steps", minimum=0)
     num_chains = check_positive_int(num_chains, "num_chains")
-    max_tree_depth = check_positive_int(max_tree_depth, "max_tree_depth")
-    target_accept = check_scalar(target_accept, "target_accept", low=0, high=1, low_inclusive=False,
-                                 high_inclusive=False)
+    kernel_kw = {
+        "max_tree_depth": check_positive_int(max_tree_depth, "max_tree_depth"),
+        "target_accept_prob": check_scalar(
+            target_accept, "target_accept", low=0, high=1, low_inclusive=False, high_inclusive=False
+        ),
+        "jit_compile": jit_compile,
+    }
     if num_threads is not None:
         num_threads = check_positive_int(num_threads, "num_threads")
     X = torch.as_tensor(X)
@@ -176,6 +198,7 @@ def fit_nuts(
         raise ValueError(
             f"reference_means must be (K, D) = {tuple(values['means'].shape)}, got {tuple(reference.shape)}."
         )
+    kernel_kw["init_strategy"] = init_to_value(values=values)
     draws: dict[str, list[torch.Tensor]] = {}
     divergences = torch.zeros(num_chains, num_samples, dtype=torch.bool)
     accept: list[float] = []
@@ -183,34 +206,28 @@ def fit_nuts(
         for chain in range(num_chains):
             if random_state is not None:
                 pyro.set_rng_seed(int(random_state) + chain)
-            kernel = NUTS(
-                model,
-                target_accept_prob=target_accept,
-                max_plate_nesting=1,
-                max_tree_depth=max_tree_depth,
-                init_strategy=init_to_value(values=values),
-                jit_compile=jit_compile,
-                ignore_jit_warnings=True,
-            )
-            mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1,
-                        disable_progbar=not progress_bar)
-            with warnings.catch_warnings():  # torch.jit.trace's deprecation notice, when jit_compile
-                warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
-                mcmc.run(X)
-            for name, value in mcmc.get_samples().items():
-                draws.setdefault(name, []).append(value.detach())
-            diag = _sampler_diagnostics(mcmc)
-            div_idx = list(diag.get("divergences", []))
+            samples, div_idx, rate = _run_chain(model, X, kernel_kw, num_samples, warmup_steps, progress_bar)
+            for name, value in samples.items():
+                draws.setdefault(name, []).append(value)
             if div_idx:
                 divergences[chain, torch.as_tensor(div_idx, dtype=torch.long)] = True
-            rate = diag.get("acceptance rate")
             if rate is not None:
                 accept.append(float(rate))
-    samples = {name: torch.stack(v) for name, v in draws.items()}  # (chains, draws, ...)
+    return _relabelled_result(draws, divergences, accept, reference, covariance_type)
+
+
+def _relabelled_result(
+    draws: dict[str, list[torch.Tensor]],
+    divergences: torch.Tensor,
+    accept: list[float],
+    reference: torch.Tensor,
+    covariance_type: str,
+) -> NUTSResult:
+    """Stack the chains' draws (chains, draws, ...), relabel them to ``reference``, wrap them up."""
+    samples = {name: torch.stack(v) for name, v in draws.items()}
     samples["covariances"] = precisions_to_covariances(samples["precisions"], covariance_type)
     samples, perms = relabel_samples(samples, reference, covariance_type)
-    identity = torch.arange(K)
-    permuted = (perms != identity).any(-1)
+    permuted = (perms != torch.arange(reference.shape[0])).any(-1)
     n_relabelled = int(permuted.sum())
     return NUTSResult(
         samples=samples,
@@ -222,3 +239,30 @@ def fit_nuts(
         reference_means=reference,
         accept_prob=accept,
     )
+
+
+def draw_log_likelihoods(
+    family: GaussianFamily,
+    feats: Features,
+    weights: torch.Tensor,
+    means: torch.Tensor,
+    covariances: torch.Tensor,
+) -> torch.Tensor:
+    """Total log-likelihood of the data behind ``feats`` at every draw (chains, draws); the draws'
+    weights (C, S, K), means (C, S, K, D) and covariances (C, S, ...) in ``family``'s layout."""
+    c, s = weights.shape[:2]
+    out = torch.zeros(c, s, dtype=torch.float64)
+    dt = feats.X.dtype
+    for i in range(c):  # loop over kept draws; each is one chunked pass over the (small) data
+        for t in range(s):
+            params = GMMParams(weights[i, t].to(dt), means[i, t].to(dt), covariances[i, t].to(dt))
+            A, coef = family.log_prob_coefficients(params)
+            out[i, t] = e_step(feats, A, coef, accumulate=False)[0]
+    return out
+
+
+def max_split_rhat(samples: dict[str, torch.Tensor], names: tuple[str, ...]) -> float:
+    """The largest split R-hat (Gelman-Rubin) over every entry of the named sites (chains, draws, ...)."""
+    from pyro.ops.stats import split_gelman_rubin
+
+    return max(float(split_gelman_rubin(samples[n].double(), chain_dim=0, sample_dim=1).max()) for n in names)

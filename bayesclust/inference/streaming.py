@@ -84,6 +84,12 @@ class Features:
         return self.feature_fn(self.X[sl], out=self._buf)
 
 
+def map_rows(fn: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """``fn`` applied to blocks of ``chunk_size`` rows of X, results concatenated along rows."""
+    step = max(1, int(chunk_size))
+    return torch.cat([fn(X[start : start + step]) for start in range(0, X.shape[0], step)])
+
+
 def scatter_statistics(feats: Features, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
     """G (n_groups, Q) float64 on the CPU: per group, the sum of phi over its points (``groups`` (n,))."""
     G = torch.zeros(n_groups, feats.q, dtype=torch.float64, device=groups.device)

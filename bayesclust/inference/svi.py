@@ -24,6 +24,7 @@ from torch.distributions import biject_to
 from .._validation import check_option, check_positive_int, check_scalar
 from ..models.gmm_model import GMMPrior, init_values, make_gmm_model, precisions_to_covariances
 from .engine import Engine, FitResult, Step
+from .neural import optimizer_step
 
 GUIDES = ("map", "meanfield")
 _GLOBAL_SITES = ("weights", "means", "precisions")
@@ -112,6 +113,28 @@ def _point(guide, guide_type: str, X: torch.Tensor, num_mean_samples: int, gener
     return {k: v.mean(0) for k, v in draws.items()}
 
 
+def _check_svi_args(X, K, engine, guide, lr, batch_size, num_particles, init_scale, lr_decay, num_threads):
+    """Validated (K, lr, batch_size, num_threads) of :func:`fit_svi`."""
+    check_option(guide, "guide", GUIDES)
+    K = check_positive_int(K, "K")
+    lr = check_scalar(lr, "lr", low=0, low_inclusive=False)
+    check_positive_int(num_particles, "num_particles")
+    check_scalar(init_scale, "init_scale", low=0, low_inclusive=False)
+    check_scalar(lr_decay, "lr_decay", low=0, high=1, low_inclusive=False)
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size")
+    if not isinstance(engine, Engine):
+        raise TypeError(f"engine must be a bayesclust Engine, got {type(engine).__name__}.")
+    if engine.maximize:
+        raise ValueError("fit_svi minimises the negative ELBO; build the engine with maximize=False.")
+    if num_threads == "auto":
+        shape = torch.as_tensor(X).shape
+        num_threads = 1 if shape[0] * K * shape[1] < 2**20 else None
+    elif num_threads is not None:
+        num_threads = check_positive_int(num_threads, "num_threads")
+    return K, lr, batch_size, num_threads
+
+
 def fit_svi(
     X: torch.Tensor,
     K: int,
@@ -140,29 +163,15 @@ def fit_svi(
     optimum, which is of the order of ``lr`` in the unconstrained space when ``tol=0``).
     The Pyro param store is cleared at the start (guides are fitted one at a time).
     """
-    check_option(guide, "guide", GUIDES)
-    K = check_positive_int(K, "K")
-    lr = check_scalar(lr, "lr", low=0, low_inclusive=False)
-    num_particles = check_positive_int(num_particles, "num_particles")
-    init_scale = check_scalar(init_scale, "init_scale", low=0, low_inclusive=False)
-    lr_decay = check_scalar(lr_decay, "lr_decay", low=0, high=1, low_inclusive=False)
-    if batch_size is not None:
-        batch_size = check_positive_int(batch_size, "batch_size")
-    if not isinstance(engine, Engine):
-        raise TypeError(f"engine must be a bayesclust Engine, got {type(engine).__name__}.")
-    if engine.maximize:
-        raise ValueError("fit_svi minimises the negative ELBO; build the engine with maximize=False.")
+    K, lr, batch_size, num_threads = _check_svi_args(
+        X, K, engine, guide, lr, batch_size, num_particles, init_scale, lr_decay, num_threads
+    )
     X = engine.to(torch.as_tensor(X))
     N = X.shape[0]
     if N < K:
         raise ValueError(f"n_samples={N} should be >= K={K}.")
     model = make_gmm_model(K, covariance_type, prior)
     values = init_values(init, covariance_type, X, K)
-    if num_threads == "auto":
-        num_threads = 1 if N * K * X.shape[1] < 2**20 else None
-    elif num_threads is not None:
-        num_threads = check_positive_int(num_threads, "num_threads")
-
     pyro.clear_param_store()
     blocked = poutine.block(model, expose=list(_GLOBAL_SITES))
     if guide == "map":
@@ -179,11 +188,7 @@ def fit_svi(
         def svi_epoch(state: dict[str, Any], iteration: int) -> float:
             total, n_batches = 0.0, 0
             for idx in engine.batches(N, batch_size, shuffle=batch_size is not None):
-                optimizer.zero_grad()
-                loss = elbo.differentiable_loss(model, g, X, subsample=idx)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
+                total += optimizer_step(optimizer, elbo.differentiable_loss(model, g, X, subsample=idx))
                 n_batches += 1
             scheduler.step()
             return total / n_batches / N

@@ -51,8 +51,10 @@ def dp_mixture_model(
         return pyro.sample("obs", dist.MultivariateNormal(mu[z], precision_matrix=lam[z]), obs=X)
 
 
-def student_t_logpdf(Xs: torch.Tensor, post: dict[str, torch.Tensor], chunk: int = 8192) -> torch.Tensor:
-    """log of the NIW posterior predictive (multivariate Student-t) of each cluster, (n, K)."""
+def student_t_logpdf(Xs: torch.Tensor, post: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log of the NIW posterior predictive (multivariate Student-t) of each cluster at the rows of
+    Xs (n, D), (n, K); ``post`` holds the batched NIW "m" (K, D), "kappa", "nu" (K,), "psi" (K, D, D).
+    Memory O(n K D): callers pass blocks of rows (``inference.streaming.map_rows``)."""
     m, kappa, nu, psi = post["m"], post["kappa"], post["nu"], post["psi"]
     d = m.shape[1]
     df = nu - d + 1
@@ -62,12 +64,7 @@ def student_t_logpdf(Xs: torch.Tensor, post: dict[str, torch.Tensor], chunk: int
     const = (
         torch.lgamma((df + d) / 2) - torch.lgamma(df / 2) - 0.5 * d * torch.log(df * math.pi) - 0.5 * logdet
     )
-    out = []
-    Xd = Xs.double()
-    for start in range(0, Xd.shape[0], chunk):
-        x = Xd[start : start + chunk]
-        diff = (x[None, :, :] - m[:, None, :]).transpose(1, 2)  # (K, D, n)
-        sol = torch.linalg.solve_triangular(chol, diff, upper=False)
-        maha = (sol * sol).sum(1).T  # (n, K)
-        out.append(const - 0.5 * (df + d) * torch.log1p(maha / df))
-    return torch.cat(out)
+    diff = (Xs.double()[None, :, :] - m[:, None, :]).transpose(1, 2)  # (K, D, n)
+    sol = torch.linalg.solve_triangular(chol, diff, upper=False)
+    maha = (sol * sol).sum(1).T  # (n, K)
+    return const - 0.5 * (df + d) * torch.log1p(maha / df)

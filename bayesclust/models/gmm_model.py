@@ -176,6 +176,12 @@ class GMMPrior:
         niw = NIW.from_data(X, **niw_kwargs)
         return cls(alpha, niw.m0, float(niw.kappa0), float(niw.nu0), niw.psi0)
 
+    @classmethod
+    def from_niw(cls, alpha: float, niw: NIW, dtype: torch.dtype | None = None) -> GMMPrior:
+        """The same prior as the EM routes' (Dirichlet ``alpha``, ``niw``), optionally cast to ``dtype``."""
+        m0, psi0 = (niw.m0, niw.psi0) if dtype is None else (niw.m0.to(dtype), niw.psi0.to(dtype))
+        return cls(float(alpha), m0, float(niw.kappa0), float(niw.nu0), psi0)
+
     def to(self, ref: torch.Tensor) -> GMMPrior:
         """A copy on ``ref``'s device and dtype."""
         kw = dict(dtype=ref.dtype, device=ref.device)
