@@ -78,8 +78,7 @@ def empty_buffer(rows: int, cols: int, dtype: torch.dtype, device: torch.device)
     """An uninitialised (rows, cols) work buffer, 64-byte aligned.
 
     Large CPU buffers are taken from NumPy, which asks the kernel for transparent huge pages
-    (madvise) where it allows them: first-touch page faults then cost less (building the 448 MB
-    feature cache of `benchmarks/bench_gmm.py`'s data took 0.17 s instead of 0.28 s in a one-off profile).
+    (madvise) where it allows them, so first-touch page faults of large feature caches cost less.
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
     if device.type != "cpu" or rows * cols * itemsize < _HUGE_BYTES:

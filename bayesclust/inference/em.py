@@ -43,7 +43,7 @@ def e_step(
     G = torch.zeros(A.shape[0] + 1, A.shape[1], dtype=A.dtype, device=A.device) if accumulate else None
     if A.element_size() >= 8:
         # float64 products are compute-bound on a CPU (half the SIMD lanes), so cache blocking does
-        # not pay; large chunks in the (K, n) layout measured faster (0.35 vs 0.42 s, 200k x 560 x 16).
+        # not pay; large chunks in the (K, n) layout are faster there (benchmarks/RESULTS.md, GMM).
         step, transposed = chunk_size, True
     else:
         step, transposed = block_rows(A.shape[0], A.element_size(), chunk_size), False

@@ -170,7 +170,7 @@ def fit_nuts(
     ``init`` = {weights (K,), means (K, D), covariances (scikit-learn shape)}; its means are the
     relabelling reference unless ``reference_means`` (K, D) is given. Chain c is seeded with
     ``random_state + c``. ``num_threads`` torch threads while sampling (1 is fastest for these tiny
-    graphs; None = unchanged). ``jit_compile`` traces the potential (about 2x faster, tested on the
+    graphs; None = unchanged). ``jit_compile`` traces the potential (faster; tested on the
     full covariance type). Returns a :class:`NUTSResult`.
     """
     K = check_positive_int(K, "K")

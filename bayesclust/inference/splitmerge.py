@@ -427,9 +427,9 @@ def log_merge_ratio(
     Dirichlet-multinomial prior probability of the merged sub-labelling, ``Gamma(alpha)
     Gamma(N_a + alpha/2) Gamma(N_b + alpha/2) / (Gamma(alpha/2)^2 Gamma(N + alpha))``, which the split
     ratio does not divide by; that factor (about exp(-N H(N_a/N)) for large clusters) made merges of
-    large clusters all but impossible and biased K upward (measured: TV 0.29 from the exact posterior
-    over K on the enumeration test). The sub-cluster term that exact reversibility needs is
-    ``2 rho(zbar | X)`` (see :func:`log_rho_table`), added by the sampler for small clusters.
+    large clusters all but impossible and biased K upward (the exact-enumeration test fails with it).
+    The sub-cluster term that exact reversibility needs is ``2 rho(zbar | X)`` (see
+    :func:`log_rho_table`), added by the sampler for small clusters.
     """
     lg = torch.lgamma
     return lg(na + nb) + lml_merged - math.log(alpha) - lg(na) - lml_a - lg(nb) - lml_b
