@@ -124,7 +124,7 @@ def island_merge_ratios(max_iter: int) -> None:
     for nb in dist.argsort()[:3].tolist():
         b = lab == nb
         na, nb_ = a.sum().double()[None], b.sum().double()[None]
-        r = log_merge_ratio(na, nb_, log_ml(a | b), log_ml(a), log_ml(b), float(m.alpha))
+        r = log_merge_ratio(na, nb_, log_ml(a | b), log_ml(a), log_ml(b), float(m.weight_concentration_prior))
         print(f"  cluster {small} (n={int(a.sum())}) + cluster {nb} (n={int(b.sum())}, standardised distance "
               f"{float(dist[nb]):.2f}): log merge Hastings ratio {float(r[0]):.1f}", flush=True)
 
@@ -134,7 +134,7 @@ def main() -> None:
     ap.add_argument("--only", default="synth,mnist,usps,imbalanced,faithful,galaxies,big")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--max-iter", type=int, default=100, help="split/merge sweeps")
-    ap.add_argument("--svi-max-iter", type=int, default=200)
+    ap.add_argument("--vi-max-iter", type=int, default=200)
     ap.add_argument("--sklearn-max-iter", type=int, default=100, help="cap on sklearn's VI iterations")
     ap.add_argument("--no-sklearn", action="store_true")
     ap.add_argument("--deep-max-iter", type=int, default=0,
@@ -159,7 +159,7 @@ def main() -> None:
         print(f"\n## synthetic N={len(X)} D=10 true K=10")
         ours = run_ours(X, y, "splitmerge", 0, args.max_iter)
         print(fmt(ours), flush=True)
-        print(fmt(run_ours(X, y, "svi", 0, args.svi_max_iter, truncation=30)), flush=True)
+        print(fmt(run_ours(X, y, "vi", 0, args.vi_max_iter, truncation=30)), flush=True)
         if not args.no_sklearn:
             sk = run_sklearn(X, y, 30, 0, args.sklearn_max_iter)
             print(fmt(sk), flush=True)
@@ -183,7 +183,7 @@ def main() -> None:
             f"K_big {[r['K_big'] for r in rows]} "
             f"time {np.mean([r['time_s'] for r in rows]):.1f}s"
         )
-        print(fmt(run_ours(X, y, "svi", seeds[0], args.svi_max_iter)), flush=True)
+        print(fmt(run_ours(X, y, "vi", seeds[0], args.vi_max_iter)), flush=True)
         if args.deep_max_iter:  # the DeepDPM-style route, every seed
             deep = [run_ours(X, y, "deep", s, args.deep_max_iter) for s in seeds]
             for r in deep:
@@ -200,7 +200,7 @@ def main() -> None:
             for nu in (None, 20.0, 50.0):
                 for name, (X, y) in sets.items():
                     for s in (0, 1):
-                        r = run_ours(X, y, "splitmerge", s, args.max_iter, psi_scale=ps, nu0=nu)
+                        r = run_ours(X, y, "splitmerge", s, args.max_iter, psi_scale=ps, degrees_of_freedom_prior=nu)
                         r["route"] = f"{name} psi_scale={ps} nu0={nu}"
                         r.pop("posterior_k", None)
                         print(fmt(r), flush=True)

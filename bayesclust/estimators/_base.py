@@ -148,12 +148,21 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-def apply_renamed(estimator: Any, given: Mapping[str, Any], renamed: Mapping[str, str]) -> None:
-    """Accept old parameter names (``renamed``: old -> new) with a ``FutureWarning``; refuse others.
+DEPRECATED = "deprecated"  # default of a renamed parameter's old name, as scikit-learn does
 
-    Called from ``__init__`` with its ``**kwargs``, so old code keeps working while ``get_params``
-    only ever reports the new names.
+
+def apply_renamed(estimator: Any, *args: Mapping[str, Any]) -> None:
+    """Accept old parameter names with a ``FutureWarning``, called at the end of ``__init__``.
+
+    ``apply_renamed(self, {old: new})``: the old names are real ``__init__`` parameters defaulting to
+    ``DEPRECATED`` (so scikit-learn's checks, ``clone`` and ``get_params`` see them); one that was
+    given sets the new parameter. Transitional form ``apply_renamed(self, kwargs, {old: new})`` for
+    an ``__init__`` with ``**kwargs``: any other keyword is refused with a TypeError.
     """
+    given, renamed = (args[0], args[1]) if len(args) == 2 else (None, args[0])
+    if given is None:
+        given = {old: getattr(estimator, old) for old in renamed}
+        given = {k: v for k, v in given.items() if not (isinstance(v, str) and v == DEPRECATED)}
     for old, value in given.items():
         if old not in renamed:
             raise TypeError(

@@ -47,7 +47,7 @@ from ..models import gaussian
 from ..models.dp import student_t_logpdf
 from ..models.priors import NIW
 from ..posterior import aligned_assignment_probs, coclustering_matrix, pad_draws
-from ._base import ClusterEstimator, MixtureMixin, Run, apply_renamed
+from ._base import DEPRECATED, ClusterEstimator, MixtureMixin, Run, apply_renamed
 
 INFERENCE = ("splitmerge", "vi", "deep")
 _RENAMED = {
@@ -84,6 +84,8 @@ class DPGMM(MixtureMixin, ClusterEstimator):
     store_labels : post-burn-in label draws kept for ``assignment_probs_`` / co-clustering.
     coclustering : also compute ``coclustering_`` (N, N), the fraction of kept draws in which two
         points share a cluster (N <= 5000).
+    alpha, kappa0, nu0, lr : deprecated names of weight_concentration_prior, mean_precision_prior,
+        degrees_of_freedom_prior and learning_rate (a FutureWarning; they set the new parameter).
     hidden, learning_rate, batch_size : ``deep`` only: width of the clustering MLP (the sub-clustering nets
         use half), Adam learning rate, mini-batch size; one engine iteration is one epoch.
     chunk_size : points per chunk of every pass over the data.
@@ -124,12 +126,13 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         random_state: int | None = None,
         verbose: bool = False,
         callbacks: Sequence[Callable[..., Any]] | None = None,
-        **renamed: Any,
+        alpha: Any = DEPRECATED,
+        kappa0: Any = DEPRECATED,
+        nu0: Any = DEPRECATED,
+        lr: Any = DEPRECATED,
     ) -> None:
         self._set_init_params(locals())
-        apply_renamed(self, renamed, _RENAMED)
-
-    _non_deterministic = True
+        apply_renamed(self, _RENAMED)
 
     # ------------------------------------------------------------------ checks and prior
     @property

@@ -343,7 +343,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
     def _set_nuts_attributes(self, X: torch.Tensor, samples: dict[str, torch.Tensor]) -> None:
         """NUTS run attributes: ``n_iter_`` draws per chain, ``history_`` the mean log-likelihood per
         point of each draw (averaged over chains), ``converged_`` max split R-hat of weights and
-        means below 1.1 (``rhat_`` holds that maximum)."""
+        means below 1.1 (``rhat_`` holds that maximum; NaN, and ``converged_`` False, with < 4 draws)."""
         from ..inference.nuts import draw_log_likelihoods, max_split_rhat
 
         family = gaussian.GaussianFamily(self.covariance_type)
@@ -352,7 +352,8 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         loglik = draw_log_likelihoods(family, feats, samples["weights"], samples["means"], cov)
         self.history_ = (loglik.mean(0) / X.shape[0]).tolist()
         self.n_iter_ = int(loglik.shape[1])
-        self.rhat_ = max_split_rhat(samples, ("weights", "means"))
+        # split R-hat needs at least 4 draws a chain; with fewer, convergence is not assessed
+        self.rhat_ = max_split_rhat(samples, ("weights", "means")) if self.n_iter_ >= 4 else float("nan")
         self.converged_ = bool(self.rhat_ < 1.1)
 
     def _init_dict(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -392,7 +393,9 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
     def _weighted_log_prob(self, X: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """log w_k + log N(x | mu_k, Sigma_k) (N, K) and log p(x) (N,) of new data."""
         self._check_fitted()
-        device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
+        # float64 whatever the fit dtype: a row's result then does not depend on the other rows of
+        # the block (float32 matmuls round differently by block size), and log-densities keep digits
+        device, dtype = resolve_device(self.device), torch.float64
         Xt = check_array(X, device=device, dtype=dtype, n_features=self.n_features_in_)
         shift = torch.as_tensor(self.shift_, device=device, dtype=dtype)
         family = gaussian.GaussianFamily(self.covariance_type)
@@ -425,11 +428,6 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             xs.append(rng.multivariate_normal(self.means_[k], cov, size=m) if m else np.empty((0, d)))
             ys.append(np.full(m, k))
         return np.vstack(xs), np.concatenate(ys)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = self.inference != "em"
-        return tags
 
 
 def _draw_covariances(samples: dict[str, torch.Tensor], cov_type: str) -> torch.Tensor:

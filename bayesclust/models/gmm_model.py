@@ -276,12 +276,25 @@ def make_gmm_model(K: int, covariance_type: str, prior: GMMPrior) -> Callable:
     if not isinstance(prior, GMMPrior):
         raise TypeError(f"prior must be a GMMPrior, got {type(prior).__name__}; use GMMPrior.from_data(X).")
 
-    @pyro.infer.config_enumerate
-    def model(X: torch.Tensor, batch_size: int | None = None, subsample: torch.Tensor | None = None):
+    return GMMProgram(K, covariance_type, prior)
+
+
+class GMMProgram:
+    """The enumerated Pyro model of :func:`make_gmm_model`, a picklable callable."""
+
+    def __init__(self, K: int, covariance_type: str, prior: GMMPrior) -> None:
+        self.K, self.covariance_type, self.prior = K, covariance_type, prior
+
+    def __call__(
+        self, X: torch.Tensor, batch_size: int | None = None, subsample: torch.Tensor | None = None
+    ) -> None:
+        pyro.infer.config_enumerate(self._model)(X, batch_size, subsample)
+
+    def _model(self, X: torch.Tensor, batch_size: int | None, subsample: torch.Tensor | None) -> None:
         N, D = X.shape
-        if D != prior.dim:
-            raise ValueError(f"X has {D} features but the prior was built for {prior.dim}.")
-        p = prior.to(X)
+        if D != self.prior.dim:
+            raise ValueError(f"X has {D} features but the prior was built for {self.prior.dim}.")
+        p, K, covariance_type = self.prior.to(X), self.K, self.covariance_type
         kw = dict(dtype=X.dtype, device=X.device)
         weights = pyro.sample("weights", dist.Dirichlet(torch.full((K,), p.alpha, **kw)))
         nu0 = torch.tensor(p.nu0, **kw)
@@ -311,9 +324,6 @@ def make_gmm_model(K: int, covariance_type: str, prior: GMMPrior) -> Callable:
         with pyro.plate("data", N, subsample_size=batch_size, subsample=subsample) as idx:
             z = pyro.sample("assignment", dist.Categorical(weights))
             pyro.sample("obs", _component_dist(means, precisions, covariance_type, z), obs=X[idx])
-
-    return model
-
 
 # ---------------------------------------------------------------------------------------------------
 # likelihood of parameter draws
