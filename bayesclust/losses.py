@@ -7,6 +7,9 @@ the same shape as the logits or integer class labels of shape ``(...)``.
 
 ``reduction`` is ``"mean"`` (over all leading dimensions), ``"sum"`` or ``"none"``.
 
+:data:`CLUSTERING_LOSSES` names the losses ``EntropyClustering(loss=...)`` trains with: for each, how
+its batch loss is computed and which pseudo-label solver (if any) feeds it its targets.
+
 References: Bridle, Heading & MacKay (1991) for the MI loss; Krause, Perona & Gomes (2010) for
 decisiveness/fairness; Zhang's Waterloo thesis (collision cross-entropy); Wang et al. (2019) for
 reverse / symmetric CE; Hu et al. (2017, IMSAT) for self-augmentation.
@@ -15,11 +18,17 @@ reverse / symmetric CE; Hu et al. (2017, IMSAT) for self-augmentation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "CLUSTERING_LOSSES",
+    "ClusteringLoss",
+    "LossWeights",
     "collision_cross_entropy",
     "cross_entropy",
     "decisiveness",
@@ -30,6 +39,7 @@ __all__ = [
     "reverse_cross_entropy",
     "self_augmentation_loss",
     "shannon_entropy",
+    "swapped_prediction_loss",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -201,3 +211,83 @@ def self_augmentation_loss(
         )
     la, lb = logits_a.log_softmax(-1), logits_b.log_softmax(-1)
     return _reduce(0.5 * ((la.exp() - lb.exp()) * (la - lb)).sum(-1), reduction)
+
+
+def swapped_prediction_loss(
+    logits: tuple[torch.Tensor, torch.Tensor], codes: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    r"""SwAV's swapped prediction: each view predicts the other's codes.
+
+    ``logits = (z_1, z_2)`` and ``codes = (q_1, q_2)`` are (B, K) each;
+    :math:`\frac12 [H(q_1, \sigma(z_2)) + H(q_2, \sigma(z_1))]` with :math:`H` the standard cross-entropy.
+    """
+    (z1, z2), (q1, q2) = logits, codes
+    return 0.5 * (cross_entropy(z2, q1) + cross_entropy(z1, q2))
+
+
+# ---------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class LossWeights:
+    """The hyperparameters a clustering loss reads: fairness weight ``lam`` (also the weight of the
+    EM pseudo-labels' fairness term), ``renyi_order`` and the ``fairness`` kind (:func:`fairness`)."""
+
+    lam: float = 1.0
+    renyi_order: float = 2.0
+    fairness: str = "entropy"
+
+
+BatchLoss = Callable[[Any, Any, LossWeights], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ClusteringLoss:
+    """One clustering loss of :data:`CLUSTERING_LOSSES`.
+
+    ``batch_loss(logits, targets, weights)`` is the scalar loss of a mini-batch: ``logits`` (B, K),
+    ``targets`` the batch's (B, K) pseudo-labels (``None`` without ``pseudo_labels``). For a
+    per-batch solver (``"swav"``) both are pairs, one per augmented view.
+
+    ``pseudo_labels`` names the solver of the targets (``inference/discriminative.py`` runs it):
+    ``None`` (trained directly), ``"em_collision"`` / ``"em_reverse"`` (EM soft labels for collision /
+    reverse CE over the whole data), ``"sela"`` (Sinkhorn hard labels over the whole data) or
+    ``"swav"`` (Sinkhorn codes of each mini-batch's two views). Until the first whole-data labels
+    exist (``warmup``), the batch loss is that of ``"mi"``.
+    """
+
+    batch_loss: BatchLoss
+    pseudo_labels: str | None = None
+
+
+def _mi_batch(logits: torch.Tensor, targets: Any, w: LossWeights) -> torch.Tensor:
+    return mi_loss(logits, w.lam, 1.0, w.fairness)
+
+
+def _renyi_batch(logits: torch.Tensor, targets: Any, w: LossWeights) -> torch.Tensor:
+    return mi_loss(logits, w.lam, w.renyi_order, w.fairness)
+
+
+def _on_targets(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> BatchLoss:
+    """A batch loss that compares the logits with the pseudo-labels only."""
+
+    def batch(logits: Any, targets: Any, w: LossWeights) -> torch.Tensor:
+        return fn(logits, targets)
+
+    return batch
+
+
+CLUSTERING_LOSSES: dict[str, ClusteringLoss] = {
+    # Bridle's MI: mean H(sigma) - lam H(mean sigma) (with the chosen fairness term)
+    "mi": ClusteringLoss(_mi_batch),
+    # Renyi decisiveness of order renyi_order + lam * fairness
+    "renyi": ClusteringLoss(_renyi_batch),
+    # collision CE on EM soft labels
+    "collision": ClusteringLoss(_on_targets(collision_cross_entropy), "em_collision"),
+    # standard CE on SeLa's balanced hard labels
+    "sela": ClusteringLoss(_on_targets(cross_entropy), "sela"),
+    # swapped prediction of per-batch Sinkhorn codes
+    "swav": ClusteringLoss(_on_targets(swapped_prediction_loss), "swav"),
+    # standard CE on the collision EM soft labels
+    "ce": ClusteringLoss(_on_targets(cross_entropy), "em_collision"),
+    # reverse CE on EM soft labels solved for reverse CE
+    "rce": ClusteringLoss(_on_targets(reverse_cross_entropy), "em_reverse"),
+}

@@ -24,6 +24,7 @@ import argparse
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,33 +49,40 @@ def kmeans(X: np.ndarray, k: int, seed: int) -> np.ndarray:
     return KMeans(k, n_init=1, random_state=seed).fit_predict(X)
 
 
-def pseudolabel_cost(
-    n: int, k: int, d: int = 256, hidden: int = 1200, batch: int = 256, epoch_fraction: float = 1.0
-) -> None:
-    """Time the pseudo-label solvers on N x K predictions against one training epoch on N x D inputs.
+@dataclass
+class _CostCase:
+    """The pseudo-label cost case: inputs ``X`` (N, D) of classes ``comp`` (N,), the MLP, its Adam
+    optimiser and the batches of one shuffled epoch (``n_batches`` of them are trained on)."""
 
-    Backbone: the IMSAT-sized MLP D-1200-1200-K (ReLU), Adam, batch 256, cross-entropy on hard labels
-    (the matmul cost of collision CE). Inputs: a K-component Gaussian mixture in D dimensions; the
-    solvers see this network's predictions after its one epoch. Timed: the epoch; the same batches
-    again with the VAT self-augmentation term of the self-labelling recipe (two extra forward and
-    one extra backward pass per batch: the epoch the pseudo-label step actually alternates with in
-    ``EntropyClustering(aug_weight>0, augmentation="vat")``); the prediction pass (forward + softmax
-    over all N into a buffer allocated once: what ``label_predictions="fresh"`` adds to a step); EM
-    collision-CE soft labels with EntropyClustering's settings (lam=1, ``em_iter`` 20, tol 1e-6), first
-    from sigma (the solver allocates y), then warm-started in place from those labels after another
-    ``epoch_fraction`` of training (a later step); SeLa hard labels (lam=25, kernel Sinkhorn
-    over-relaxed as ``sela_labels`` does by default, stop at column-marginal L1 error <= 1e-2, <= 100
-    iterations; includes the log), first from scratch, then warm-started from its column potential
-    after another ``epoch_fraction`` of training on its labels (a later step). Noise 3.0 x N(0, I)
-    around N(0, I) centres: overlapping classes,
-    so the predictions are informative but not one-hot. ``epoch_fraction < 1`` trains on that share
-    of the batches only and scales its time up to a full epoch (printed as such); the solvers always
-    see all N rows.
-    """
-    from bayesclust.inference.selflabel import em_soft_labels, sela_labels
-    from bayesclust.losses import self_augmentation_loss
-    from bayesclust.models.heads import vat_view
+    X: torch.Tensor
+    comp: torch.Tensor
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    perm: torch.Tensor
+    starts: range
+    n_batches: int
+    batch: int
 
+    def train(self, targets: torch.Tensor) -> None:
+        """``n_batches`` steps of hard-label cross-entropy on ``targets`` (N,)."""
+        for s in self.starts[: self.n_batches]:
+            idx = self.perm[s : s + self.batch]
+            self.opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(self.model(self.X[idx]), targets[idx]).backward()
+            self.opt.step()
+
+    def predictions_into(self, buf: torch.Tensor) -> None:
+        """Softmax predictions (N, K) into ``buf``, as inference.discriminative.predictions_into."""
+        with torch.no_grad():
+            for s in range(0, len(self.X), 8192):
+                buf[s : s + 8192] = self.model(self.X[s : s + 8192]).softmax(1)
+
+    def scale(self, seconds: float) -> float:
+        """A time measured on ``n_batches`` batches, scaled to a full epoch."""
+        return seconds * len(self.starts) / self.n_batches
+
+
+def _cost_case(n: int, k: int, d: int, hidden: int, batch: int, epoch_fraction: float) -> _CostCase:
     torch.manual_seed(0)
     comp = torch.randint(0, k, (n,))
     centers = torch.randn(k, d)
@@ -86,94 +94,126 @@ def pseudolabel_cost(
         torch.nn.Linear(hidden, k),
     )
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    perm = torch.randperm(n)
     starts = range(0, n, batch)
     n_batches = max(1, round(len(starts) * epoch_fraction))
+    return _CostCase(X, comp, model, opt, torch.randperm(n), starts, n_batches, batch)
 
-    def train(targets: torch.Tensor) -> None:  # n_batches steps of hard-label cross-entropy
-        for s in starts[:n_batches]:
-            idx = perm[s : s + batch]
-            opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(X[idx]), targets[idx]).backward()
-            opt.step()
+
+def _time_vat_epoch(case: _CostCase) -> float:
+    """The same batches with the self-labelling recipe's VAT term (bench MNIST settings: xi 10, eps
+    1.5, weight 10): what one epoch of collision-CE training with self-augmentation costs."""
+    from bayesclust.losses import self_augmentation_loss
+    from bayesclust.models.heads import vat_view
 
     t = time.perf_counter()
-    train(comp)
-    epoch_measured = time.perf_counter() - t
-    epoch = epoch_measured * len(starts) / n_batches
-    # the same batches with the self-labelling recipe's VAT term (bench MNIST settings: xi 10, eps
-    # 1.5, weight 10): what one epoch of collision-CE training with self-augmentation costs
-    t = time.perf_counter()
-    for s in starts[:n_batches]:
-        idx = perm[s : s + batch]
-        opt.zero_grad(set_to_none=True)
-        xb = X[idx]
-        z = model(xb)
-        za = model(vat_view(model, xb, z, 1.5))
-        loss = torch.nn.functional.cross_entropy(z, comp[idx])
+    for s in case.starts[: case.n_batches]:
+        idx = case.perm[s : s + case.batch]
+        case.opt.zero_grad(set_to_none=True)
+        xb = case.X[idx]
+        z = case.model(xb)
+        za = case.model(vat_view(case.model, xb, z, 1.5))
+        loss = torch.nn.functional.cross_entropy(z, case.comp[idx])
         (loss + 10.0 * self_augmentation_loss(z.detach(), za)).backward()
-        opt.step()
-    epoch_vat = (time.perf_counter() - t) * len(starts) / n_batches
-    from bayesclust._device import empty_buffer
+        case.opt.step()
+    return case.scale(time.perf_counter() - t)
 
-    def predictions_into(buf: torch.Tensor) -> None:  # EntropyClustering._predictions_into
-        with torch.no_grad():
-            for s in range(0, n, 8192):
-                buf[s : s + 8192] = model(X[s : s + 8192]).softmax(1)
 
-    buf = empty_buffer(n, k, torch.float32, torch.device("cpu"))  # allocated once per fit
-    predictions_into(buf)  # first touch of the buffer, untimed
-    t = time.perf_counter()
-    predictions_into(buf)
-    t_fwd = time.perf_counter() - t
-    acc = float((buf.argmax(1) == comp).float().mean())
-    # the first pseudo-label step of a fit, as EntropyClustering runs it (lam 1, em_iter 20, tol 1e-6):
-    # y is allocated by the solver and initialised from sigma
+def _time_em(case: _CostCase, buf: torch.Tensor) -> dict:
+    """The first pseudo-label step of a fit, as EntropyClustering runs it (lam 1, em_iter 20, tol
+    1e-6; the solver allocates y, initialised from sigma), then a later step: the network trains on
+    ``n_batches`` more batches and the step is warm-started from the previous labels in place."""
+    from bayesclust.inference.softlabels import em_soft_labels
+
     t = time.perf_counter()
     em = em_soft_labels(buf, 1.0, max_iter=20)
     t_em = time.perf_counter() - t
-    y = em.y
-    # a later step: the network trains on (a share of) another epoch, then the step is warm-started
-    # from the previous labels, in place (init=out=y), as in EntropyClustering
-    train(comp)
-    predictions_into(buf)
+    case.train(case.comp)
+    case.predictions_into(buf)
     t = time.perf_counter()
-    warm = em_soft_labels(buf, 1.0, max_iter=20, init=y, out=y)
+    warm = em_soft_labels(buf, 1.0, max_iter=20, init=em.y, out=em.y)
     t_warm = time.perf_counter() - t
-    del y
-    def log_in_place(buf: torch.Tensor) -> None:  # sigma -> log sigma, chunk by chunk
-        for s in range(0, n, 8192):
+    # iteration counts and objectives only: the (N, K) labels are freed before the SeLa timings
+    return {"t_em": t_em, "em": (em.n_iter, em.objective[0], em.objective[-1]),
+            "t_warm": t_warm, "warm": (warm.n_iter, warm.objective[0], warm.objective[-1])}
+
+
+def _time_sela(case: _CostCase, buf: torch.Tensor) -> dict:
+    """SeLa hard labels (lam 25, over-relaxed kernel Sinkhorn, L1 error <= 1e-2, <= 100 iterations;
+    timed with sigma -> log sigma) from scratch, then warm-started from its column potential after
+    ``n_batches`` more batches of training on its labels."""
+    from bayesclust.inference.sinkhorn import sela_labels
+
+    def log_in_place() -> None:  # sigma -> log sigma, chunk by chunk
+        for s in range(0, len(buf), 8192):
             buf[s : s + 8192].clamp_min_(1e-30).log_()
 
     t = time.perf_counter()
-    log_in_place(buf)
+    log_in_place()
     labels, sk = sela_labels(buf, lam=25.0, max_iter=100, tol=1e-2, overwrite=False)
     t_sela = time.perf_counter() - t
-    counts = torch.bincount(labels, minlength=k)
-    # a later SeLa step as EntropyClustering runs it: warm-started from the last column potential
-    # after another share of an epoch of training on the SeLa labels
-    train(labels)
-    predictions_into(buf)
+    case.train(labels)
+    case.predictions_into(buf)
     t = time.perf_counter()
-    log_in_place(buf)
+    log_in_place()
     labels2, sk2 = sela_labels(buf, lam=25.0, max_iter=100, tol=1e-2, overwrite=False, init_log_v=sk.log_v)
-    t_sela2 = time.perf_counter() - t
-    counts2 = torch.bincount(labels2, minlength=k)
+    k = buf.shape[1]
+    return {"sk": sk, "t_sela": t_sela, "counts": torch.bincount(labels, minlength=k),
+            "sk2": sk2, "t_sela2": time.perf_counter() - t, "counts2": torch.bincount(labels2, minlength=k)}
+
+
+def pseudolabel_cost(
+    n: int, k: int, d: int = 256, hidden: int = 1200, batch: int = 256, epoch_fraction: float = 1.0
+) -> None:
+    """Time the pseudo-label solvers on N x K predictions against one training epoch on N x D inputs.
+
+    Backbone: the IMSAT-sized MLP D-1200-1200-K (ReLU), Adam, batch 256, cross-entropy on hard labels
+    (the matmul cost of collision CE). Inputs: a K-component Gaussian mixture in D dimensions (noise
+    3.0 x N(0, I) around N(0, I) centres: overlapping classes, so the predictions are informative but
+    not one-hot); the solvers see this network's predictions after its one epoch. Timed: the epoch;
+    the same batches with the VAT term (:func:`_time_vat_epoch`: the epoch the pseudo-label step
+    alternates with in ``EntropyClustering(aug_weight>0, augmentation="vat")``); the prediction pass
+    (forward + softmax over all N into a buffer allocated once: what ``label_predictions="fresh"``
+    adds to a step); EM collision-CE soft labels (:func:`_time_em`); SeLa hard labels
+    (:func:`_time_sela`). ``epoch_fraction < 1`` trains on that share of the batches only and scales
+    its time up to a full epoch (printed as such); the solvers always see all N rows.
+    """
+    from bayesclust._device import empty_buffer
+
+    case = _cost_case(n, k, d, hidden, batch, epoch_fraction)
+    t = time.perf_counter()
+    case.train(case.comp)
+    measured = time.perf_counter() - t
+    times = {"epoch": case.scale(measured), "measured": measured, "epoch_vat": _time_vat_epoch(case)}
+    buf = empty_buffer(n, k, torch.float32, torch.device("cpu"))  # allocated once per fit
+    case.predictions_into(buf)  # first touch of the buffer, untimed
+    t = time.perf_counter()
+    case.predictions_into(buf)
+    times["fwd"] = time.perf_counter() - t
+    times["acc"] = float((buf.argmax(1) == case.comp).float().mean())
+    times.update(_time_em(case, buf))
+    times.update(_time_sela(case, buf))
+    _print_cost(case, d, hidden, times)
+
+
+def _print_cost(case: _CostCase, d: int, hidden: int, r: dict) -> None:
+    n, k = case.comp.shape[0], r["counts"].shape[0]
+    epoch, epoch_vat, em, warm, sk, sk2 = r["epoch"], r["epoch_vat"], r["em"], r["warm"], r["sk"], r["sk2"]
+    t_fwd, t_em, t_warm, t_sela, t_sela2 = r["fwd"], r["t_em"], r["t_warm"], r["t_sela"], r["t_sela2"]
+    counts, counts2, n_batches = r["counts"], r["counts2"], case.n_batches
 
     def pct(x: float) -> str:
         return f"{x / epoch:5.1%} of the epoch, {x / epoch_vat:5.1%} of the VAT epoch"
 
     print(
-        f"N={n} K={k} D={d}; backbone MLP {d}-{hidden}-{hidden}-{k} (ReLU), Adam, batch {batch}\n"
-        f"  one training epoch:                {epoch:8.1f} s  ({n_batches} of {len(starts)} batches timed: "
-        f"{epoch_measured:.1f} s; train argmax acc after them {acc:.3f})\n"
+        f"N={n} K={k} D={d}; backbone MLP {d}-{hidden}-{hidden}-{k} (ReLU), Adam, batch {case.batch}\n"
+        f"  one training epoch:                {epoch:8.1f} s  ({n_batches} of {len(case.starts)} batches "
+        f"timed: {r['measured']:.1f} s; train argmax acc after them {r['acc']:.3f})\n"
         f"  one epoch with VAT (same batches): {epoch_vat:8.1f} s\n"
         f"  prediction pass (forward + softmax, N): {t_fwd:6.1f} s  ({pct(t_fwd)})\n"
-        f"  EM collision labels, first step:   {t_em:8.2f} s  ({pct(t_em)}; {em.n_iter} iterations, "
-        f"{t_em / em.n_iter:.3f} s each incl. the init pass; "
-        f"F {em.objective[0]:.4f} -> {em.objective[-1]:.4f})\n"
-        f"  EM collision labels, warm step:    {t_warm:8.2f} s  ({pct(t_warm)}; {warm.n_iter} iterations "
-        f"after {n_batches} more batches; F {warm.objective[0]:.4f} -> {warm.objective[-1]:.4f})\n"
+        f"  EM collision labels, first step:   {t_em:8.2f} s  ({pct(t_em)}; {em[0]} iterations, "
+        f"{t_em / em[0]:.3f} s each incl. the init pass; F {em[1]:.4f} -> {em[2]:.4f})\n"
+        f"  EM collision labels, warm step:    {t_warm:8.2f} s  ({pct(t_warm)}; {warm[0]} iterations "
+        f"after {n_batches} more batches; F {warm[1]:.4f} -> {warm[2]:.4f})\n"
         f"  pseudo-label step, label_predictions='epoch' (EM only): {pct(t_warm)}\n"
         f"  pseudo-label step, label_predictions='fresh' (pass + EM): {pct(t_fwd + t_warm)}\n"
         f"  SeLa Sinkhorn + labels:            {t_sela:8.2f} s  ({pct(t_sela)}; "
@@ -195,11 +235,6 @@ def label_noise(data: str, seeds: list[int], n_train: int, epochs: int = 20) -> 
     ``-ln(sigma . y)`` or reverse CE ``H(sigma, y)``, and scored on the clean test split. Prints
     the table and writes ``benchmarks/results/label_noise.png``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from bayesclust import losses as L
 
     Xtr, ytr = load(data, "train")
@@ -237,8 +272,18 @@ def label_noise(data: str, seeds: list[int], n_train: int, epochs: int = 20) -> 
     for i, eta in enumerate(etas):
         cells = " | ".join(f"{acc[m][i].mean():.3f} +- {acc[m][i].std():.3f}" for m in losses)
         print(f"| {eta:.1f} | {cells} |")
+    _plot_label_noise(data, etas, acc)
+
+
+def _plot_label_noise(data: str, etas: list[float], acc: dict[str, np.ndarray]) -> None:
+    """Test ACC (mean +- std over seeds) against eta per loss, to benchmarks/results/label_noise.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for name in losses:
+    for name in acc:
         ax.errorbar(etas, acc[name].mean(1), yerr=acc[name].std(1), marker="o", capsize=3, label=name)
     ax.set_xlabel("eta (share of resampled labels; targets softened by eta)")
     ax.set_ylabel("test ACC")
@@ -250,7 +295,7 @@ def label_noise(data: str, seeds: list[int], n_train: int, epochs: int = 20) -> 
     print(f"figure: {out.relative_to(Path(__file__).resolve().parents[1])}")
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="mnist", choices=["mnist", "usps"])
     ap.add_argument("--split", default="test", choices=["test", "train", "all"])
@@ -290,7 +335,11 @@ def main() -> None:
     ap.add_argument("--cost-k", type=int, default=1000, help="K for --only pseudolabel-cost")
     ap.add_argument("--epoch-fraction", type=float, default=1.0, help="share of the epoch's batches timed")
     ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = _parser().parse_args()
     torch.set_num_threads(a.threads)
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {platform.processor() or platform.machine()}"
@@ -308,8 +357,6 @@ def main() -> None:
     X = np.asarray(X, dtype=np.float32)
     if a.n:
         X, y = X[: a.n], y[: a.n]
-    side = 28 if a.data == "mnist" else 16
-    Ximg = X.reshape(len(X), side, side)
     seeds = [int(s) for s in a.seeds.split(",")]
     rows: dict[str, list[dict]] = {}
     for seed in seeds:
@@ -319,42 +366,34 @@ def main() -> None:
                 {**evaluate(y, kmeans(X, 10, seed)), "s": time.perf_counter() - t}
             )
         for loss in a.losses.split(","):
-            t = time.perf_counter()
-            # (N, 1, H, W) images for the CNN, or with --images (the random affine view needs them;
-            # linear and MLP heads flatten them)
-            Xfit = Ximg[:, None] if a.head == "cnn" or a.images else X
-            callbacks = [_epoch_callback(Xfit, y, t, a.budget_min, a.log_epochs, loss, seed)]
-            m = EntropyClustering(
-                10,
-                head=a.head,
-                loss=loss,
-                hidden=a.hidden,
-                max_iter=a.epochs,
-                lr=a.lr,
-                weight_decay=a.weight_decay,
-                lam=a.lam,
-                warmup=a.warmup,
-                batch_size=a.batch_size,
-                aug_weight=a.aug_weight,
-                augmentation=a.augmentation,
-                vat_eps=a.vat_eps,
-                vat_knn=a.vat_knn,
-                em_iter=a.em_iter,
-                label_predictions=a.label_predictions,
-                n_init=a.n_init,
-                init_epochs=a.init_epochs,
-                fairness=a.fairness,
-                random_state=seed,
-                callbacks=callbacks,
-            )
-            pred = m.fit_predict(Xfit)
-            rows.setdefault(loss, []).append(
-                {**evaluate(y, pred), "s": time.perf_counter() - t, "ep": m.n_iter_}
-            )
-            if a.confusion:
-                print_confusion(y, pred, f"{loss} seed {seed}")
+            rows.setdefault(loss, []).append(_fit_one(a, X, y, loss, seed))
+    _print_summary(a, len(X), seeds, rows)
+
+
+def _fit_one(a: argparse.Namespace, X: np.ndarray, y: np.ndarray, loss: str, seed: int) -> dict:
+    """One EntropyClustering fit with the command line's settings: its scores, seconds and epochs."""
+    t = time.perf_counter()
+    # (N, 1, H, W) images for the CNN, or with --images (the random affine view needs them;
+    # linear and MLP heads flatten them)
+    side = 28 if a.data == "mnist" else 16
+    Xfit = X.reshape(len(X), 1, side, side) if a.head == "cnn" or a.images else X
+    callbacks = [_epoch_callback(Xfit, y, t, a.budget_min, a.log_epochs, loss, seed)]
+    m = EntropyClustering(
+        10, head=a.head, loss=loss, hidden=a.hidden, max_iter=a.epochs, learning_rate=a.lr,
+        weight_decay=a.weight_decay, lam=a.lam, warmup=a.warmup, batch_size=a.batch_size,
+        aug_weight=a.aug_weight, augmentation=a.augmentation, vat_eps=a.vat_eps, vat_knn=a.vat_knn,
+        em_iter=a.em_iter, label_predictions=a.label_predictions, n_init=a.n_init,
+        init_epochs=a.init_epochs, fairness=a.fairness, random_state=seed, callbacks=callbacks,
+    )
+    pred = m.fit_predict(Xfit)
+    if a.confusion:
+        print_confusion(y, pred, f"{loss} seed {seed}")
+    return {**evaluate(y, pred), "s": time.perf_counter() - t, "ep": m.n_iter_}
+
+
+def _print_summary(a: argparse.Namespace, n: int, seeds: list[int], rows: dict[str, list[dict]]) -> None:
     print(
-        f"data={a.data}/{a.split} n={len(X)} head={a.head} epochs<={a.epochs} lr={a.lr} "
+        f"data={a.data}/{a.split} n={n} head={a.head} epochs<={a.epochs} lr={a.lr} "
         f"wd={a.weight_decay} lam={a.lam} warmup={a.warmup} batch={a.batch_size} aug={a.augmentation}"
         f"x{a.aug_weight} vat_eps={a.vat_eps} "
         f"vat_knn={a.vat_knn} em_iter={a.em_iter} label_predictions={a.label_predictions} n_init={a.n_init} "

@@ -200,7 +200,8 @@ def main() -> None:
             for nu in (None, 20.0, 50.0):
                 for name, (X, y) in sets.items():
                     for s in (0, 1):
-                        r = run_ours(X, y, "splitmerge", s, args.max_iter, psi_scale=ps, degrees_of_freedom_prior=nu)
+                        kw = {"psi_scale": ps, "degrees_of_freedom_prior": nu}
+                        r = run_ours(X, y, "splitmerge", s, args.max_iter, **kw)
                         r["route"] = f"{name} psi_scale={ps} nu0={nu}"
                         r.pop("posterior_k", None)
                         print(fmt(r), flush=True)

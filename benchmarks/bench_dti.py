@@ -58,14 +58,15 @@ def _line(method: str, data: str, n: int, scores: dict, seconds: float, extra: s
             f"ARI={scores['ari']:.4f} time={seconds:8.1f}s {extra}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=["mnist", "usps"], default="mnist")
     ap.add_argument("--n", type=int, default=None, help="use the first n images (default all)")
     ap.add_argument("--epochs", type=int, default=20, help="passes over the data when --max-iter is not set")
     ap.add_argument("--max-iter", type=int, default=None, help="Adam steps (overrides --epochs)")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float, default=1e-3,
+                    help="Adam step size (--lr is the old name)")
     ap.add_argument("--transforms", default="affine,morpho,tps")
     ap.add_argument("--encoder-width", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
@@ -77,9 +78,60 @@ def main(argv: list[str] | None = None) -> int:
                     help="also fit DTI GMM with identity, +affine, +affine+morpho, +affine+morpho+tps")
     ap.add_argument("--skip-kmeans", action="store_true", help="skip DTI K-means (e.g. ablation only)")
     ap.add_argument("--figure", default=str(ROOT / "benchmarks/results/dti_prototypes.png"))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    return ap.parse_args(argv)
 
+
+def _dti_kmeans_runs(args: argparse.Namespace, X: np.ndarray, y: np.ndarray, common: dict) -> DTIKMeans:
+    """DTI K-means with seeds ``seed .. seed + runs - 1``; prints each run and, for several, the
+    summary; returns the lowest-loss model."""
+    names = tuple(t for t in args.transforms.split(",") if t)
+    runs = []
+    for r in range(args.runs):
+        t0 = time.perf_counter()
+        model = DTIKMeans(10, transforms=names, **{**common, "random_state": args.seed + r}).fit(X)
+        secs = time.perf_counter() - t0
+        scores = evaluate(y, model.labels_)
+        runs.append((model.loss_, scores, secs, model))
+        print(_line(f"DTI KMeans {'+'.join(names)}", args.dataset, len(X), scores, secs,
+                    f"seed={args.seed + r} iters={model.n_iter_} curriculum={model.curriculum_} "
+                    f"reassigned={model.n_reassigned_} loss={model.loss_:.5f}"), flush=True)
+    best_loss, best_scores, _, best = min(runs, key=lambda r: r[0])
+    if args.runs > 1:
+        accs = np.array([r[1]["acc"] for r in runs])
+        nmis = np.array([r[1]["nmi"] for r in runs])
+        print(f"{args.dataset:6s} DTI KMeans over {args.runs} runs: "
+              f"ACC {accs.mean():.4f} +- {accs.std():.4f} "
+              f"(min {accs.min():.4f}, max {accs.max():.4f}), NMI {nmis.mean():.4f} +- {nmis.std():.4f}; "
+              f"lowest-loss run ACC {best_scores['acc']:.4f} NMI {best_scores['nmi']:.4f} "
+              f"(loss {best_loss:.5f}); total time {sum(r[2] for r in runs):.1f}s", flush=True)
+    return best
+
+
+def _figures(model: DTIKMeans, args: argparse.Namespace, X: np.ndarray, y: np.ndarray) -> None:
+    from bayesclust.plotting import plot_confusion, plot_prototypes, plot_reconstructions
+
+    fig_path = Path(args.figure)
+    fig_path.parent.mkdir(parents=True, exist_ok=True)
+    plot_prototypes(model.prototypes_, path=fig_path,
+                    title=f"DTI K-means prototypes, {args.dataset} n={len(X)}")
+    plot_reconstructions(model, X[:6], path=fig_path.with_name(fig_path.stem + "_recon.png"))
+    plot_confusion(y, model.labels_, path=fig_path.with_name(fig_path.stem + "_confusion.png"))
+    print(f"# figures: {fig_path} (+ _recon, _confusion)")
+
+
+def _gmm_ablation(args: argparse.Namespace, X: np.ndarray, y: np.ndarray, common: dict) -> None:
+    for names in [(), ("affine",), ("affine", "morpho"), ("affine", "morpho", "tps")]:
+        t0 = time.perf_counter()
+        g = DTIGMM(10, transforms=names or "identity", **common).fit(X)
+        secs = time.perf_counter() - t0
+        label = "DTI GMM " + ("identity" if not names else "+".join(names))
+        print(_line(label, args.dataset, len(X), evaluate(y, g.labels_), secs,
+                    f"iters={g.n_iter_} mean_loglik={g.score(X):.1f}"), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    torch.set_num_threads(args.threads)
     X, y = load(args.dataset)
     if args.n:
         X, y = X[: args.n], y[: args.n]
@@ -95,51 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     secs = time.perf_counter() - t0
     print(_line("pixel KMeans (sklearn)", args.dataset, n, evaluate(y, pix), secs), flush=True)
 
-    common = dict(max_iter=args.max_iter, n_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  encoder_width=args.encoder_width, device="cpu", random_state=args.seed)
+    common = dict(max_iter=args.max_iter, n_epochs=args.epochs, batch_size=args.batch_size,
+                  learning_rate=args.learning_rate, encoder_width=args.encoder_width, device="cpu",
+                  random_state=args.seed)
     if not args.skip_kmeans:
-        names = tuple(t for t in args.transforms.split(",") if t)
-        runs = []
-        for r in range(args.runs):
-            common["random_state"] = args.seed + r
-            t0 = time.perf_counter()
-            model = DTIKMeans(10, transforms=names, **common).fit(X)
-            secs = time.perf_counter() - t0
-            scores = evaluate(y, model.labels_)
-            runs.append((model.loss_, scores, secs, model))
-            print(_line(f"DTI KMeans {'+'.join(names)}", args.dataset, n, scores, secs,
-                        f"seed={args.seed + r} iters={model.n_iter_} curriculum={model.curriculum_} "
-                        f"reassigned={model.n_reassigned_} loss={model.loss_:.5f}"), flush=True)
-        common["random_state"] = args.seed
-        if args.runs > 1:
-            accs = np.array([r[1]["acc"] for r in runs])
-            nmis = np.array([r[1]["nmi"] for r in runs])
-            best_loss, best_scores, _, _ = min(runs, key=lambda r: r[0])
-            print(f"{args.dataset:6s} DTI KMeans over {args.runs} runs: "
-                  f"ACC {accs.mean():.4f} +- {accs.std():.4f} "
-                  f"(min {accs.min():.4f}, max {accs.max():.4f}), NMI {nmis.mean():.4f} +- {nmis.std():.4f}; "
-                  f"lowest-loss run ACC {best_scores['acc']:.4f} NMI {best_scores['nmi']:.4f} "
-                  f"(loss {best_loss:.5f}); total time {sum(r[2] for r in runs):.1f}s", flush=True)
-        model = min(runs, key=lambda r: r[0])[3]
+        model = _dti_kmeans_runs(args, X, y, common)
         if args.figure:
-            from bayesclust.plotting import plot_confusion, plot_prototypes, plot_reconstructions
-
-            fig_path = Path(args.figure)
-            fig_path.parent.mkdir(parents=True, exist_ok=True)
-            plot_prototypes(model.prototypes_, path=fig_path,
-                            title=f"DTI K-means prototypes, {args.dataset} n={n}")
-            plot_reconstructions(model, X[:6], path=fig_path.with_name(fig_path.stem + "_recon.png"))
-            plot_confusion(y, model.labels_, path=fig_path.with_name(fig_path.stem + "_confusion.png"))
-            print(f"# figures: {fig_path} (+ _recon, _confusion)")
-
+            _figures(model, args, X, y)
     if args.gmm_ablation:
-        for names in [(), ("affine",), ("affine", "morpho"), ("affine", "morpho", "tps")]:
-            t0 = time.perf_counter()
-            g = DTIGMM(10, transforms=names or "identity", **common).fit(X)
-            secs = time.perf_counter() - t0
-            label = "DTI GMM " + ("identity" if not names else "+".join(names))
-            print(_line(label, args.dataset, n, evaluate(y, g.labels_), secs,
-                        f"iters={g.n_iter_} mean_loglik={g.score(X):.1f}"), flush=True)
+        _gmm_ablation(args, X, y, common)
     return 0
 
 

@@ -315,11 +315,8 @@ def test_run_attributes(fitted):
 
 def test_n_features_in_(fitted):
     est, X = fitted
-    nf = est.n_features_in_
-    if X.ndim == 2:
-        assert nf == X.shape[1] and isinstance(nf, int | np.integer)
-    else:  # images: the number of pixel values per sample (an int or the (C, H, W) shape)
-        assert int(np.prod(nf)) == int(np.prod(X.shape[1:]))
+    nf = est.n_features_in_  # an int, as scikit-learn's; for images the values per sample, C * H * W
+    assert isinstance(nf, int | np.integer) and nf == int(np.prod(X.shape[1:]))
 
 
 # ------------------------------------------------------------------------------------------ behaviour

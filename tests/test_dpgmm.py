@@ -397,3 +397,5 @@ def test_renamed_parameters_warn_and_fit_identically():
     with pytest.raises(TypeError, match="unexpected keyword argument 'concentration'"):
         DPGMM(concentration=1.0)
     assert "alpha" not in repr(new) and "weight_concentration_prior=2.0" in repr(new)
+    with pytest.warns(FutureWarning, match=msg):
+        assert DPGMM().set_params(alpha=3.0).weight_concentration_prior == 3.0

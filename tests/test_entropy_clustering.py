@@ -29,7 +29,8 @@ def test_thesis_linear_example_beats_kmeans():
     X = np.c_[rng.normal(0, 5, 2 * n), rng.normal(0, 0.3, 2 * n) + np.where(y == 0, -2.5, 2.5)]
     km = KMeans(2, n_init=10, random_state=0).fit_predict(X)
     m = EntropyClustering(
-        2, loss="mi", n_init=10, max_iter=100, random_state=0, batch_size=None, lr=0.05, weight_decay=1e-3
+        2, loss="mi", n_init=10, max_iter=100, random_state=0, batch_size=None, learning_rate=0.05,
+        weight_decay=1e-3,
     )
     assert accuracy(y, km) < 0.8
     assert accuracy(y, m.fit_predict(X)) >= 0.95
@@ -39,7 +40,7 @@ def test_thesis_linear_example_beats_kmeans():
 def test_linear_head_separates_parallel_bands(loss):
     X, y = _two_bands()
     m = EntropyClustering(
-        2, loss=loss, max_iter=100, random_state=0, batch_size=None, lr=0.1, weight_decay=1e-3
+        2, loss=loss, max_iter=100, random_state=0, batch_size=None, learning_rate=0.1, weight_decay=1e-3
     )
     labels = m.fit_predict(X)
     assert accuracy(y, labels) >= 0.95
@@ -90,7 +91,7 @@ def test_errors():
 
 def test_warmup_runs_mi_before_self_labelling():
     X, _ = _two_bands(60)
-    kw = dict(head="linear", max_iter=3, batch_size=30, random_state=1, lr=0.05)
+    kw = dict(head="linear", max_iter=3, batch_size=30, random_state=1, learning_rate=0.05)
     mi = EntropyClustering(2, loss="mi", **kw).fit(X).predict_proba(X)
     only_warm = EntropyClustering(2, loss="collision", warmup=3, **kw).fit(X).predict_proba(X)
     started = EntropyClustering(2, loss="collision", warmup=1, **kw).fit(X).predict_proba(X)
@@ -111,7 +112,7 @@ def test_vat_view_is_adversarial_with_radius_eps():
 
     def kl(v):
         p, q = z.log_softmax(1), net(v).log_softmax(1)
-        return float((p.exp() * (p - q)).sum(1).mean())
+        return float((p.exp() * (p - q)).sum(1).mean().detach())
 
     unit = lambda: torch.nn.functional.normalize(torch.randn(64, 5, generator=g), dim=1)  # noqa: E731
     rand = [kl(x + 0.3 * unit()) for _ in range(40)]
@@ -124,7 +125,7 @@ def test_vat_view_is_adversarial_with_radius_eps():
 
 def test_vat_plus_random_sums_both_views_on_images():
     """augmentation="vat+random": each batch adds the VAT KL and the random-affine KL."""
-    import bayesclust.estimators.entropy as ent
+    import bayesclust.inference.discriminative as ent
 
     calls = {"vat": 0, "random": 0}
     orig_vat, orig_aug = ent.vat_view, ent.augment
@@ -174,7 +175,8 @@ def test_label_predictions_from_the_epoch(loss):
     runs a fresh pass; "epoch" differs from "fresh" only through the (within-epoch) predictions it
     solves on, and clusters as well."""
     X, y = _two_bands(200)
-    kw = dict(head="linear", loss=loss, max_iter=15, batch_size=50, random_state=0, lr=0.05, lam=2.0)
+    kw = dict(head="linear", loss=loss, max_iter=15, batch_size=50, random_state=0, learning_rate=0.05,
+              lam=2.0)
     for warmup in (0, 2):
         fresh = EntropyClustering(2, label_predictions="fresh", warmup=warmup, **kw).fit(X)
         epoch = EntropyClustering(2, label_predictions="epoch", warmup=warmup, **kw).fit(X)
@@ -208,7 +210,7 @@ def test_vat_knn_radius_follows_local_density():
     X, _ = _two_bands(40)
     X[40:] = X[40:] * 4.0
     seen = []
-    import bayesclust.estimators.entropy as ent
+    import bayesclust.inference.discriminative as ent
 
     orig = ent.vat_view
 
@@ -256,7 +258,8 @@ def test_screened_restarts_continue_the_highest_mi_restart():
     """n_init restarts trained init_epochs epochs; the highest-MI one is trained on to max_iter and
     equals a single fit from that restart's seed (restarts are deterministic given their seed)."""
     X, _ = _two_bands(60, seed=2)
-    kw = dict(head="mlp", hidden=8, loss="collision", warmup=2, batch_size=40, lr=0.05, aug_weight=0.5)
+    kw = dict(head="mlp", hidden=8, loss="collision", warmup=2, batch_size=40, learning_rate=0.05,
+              aug_weight=0.5)
     screened_mi = [
         EntropyClustering(2, max_iter=2, random_state=10 + i, **kw).fit(X).score(X) for i in range(3)
     ]
@@ -277,7 +280,8 @@ def test_fairness_kinds():
     """kl_uniform = -H(mean) + ln K has the entropy fairness' gradients (identical fits); the
     zero-avoiding KL(u || mean) trains differently."""
     X, _ = _two_bands(60)
-    kw = dict(loss="mi", head="mlp", hidden=8, max_iter=3, batch_size=30, random_state=1, lr=0.05, lam=2.0)
+    kw = dict(loss="mi", head="mlp", hidden=8, max_iter=3, batch_size=30, random_state=1, learning_rate=0.05,
+              lam=2.0)
     ent = EntropyClustering(2, fairness="entropy", **kw).fit(X)
     klu = EntropyClustering(2, fairness="kl_uniform", **kw).fit(X)
     klr = EntropyClustering(2, fairness="kl_reverse", **kw).fit(X)
@@ -291,13 +295,92 @@ def test_fairness_kinds():
 
 def test_label_predictions_auto_switches_to_epoch_on_large_data(monkeypatch):
     """"auto" is "fresh" below EPOCH_PREDICTIONS_FROM rows and "epoch" from there on."""
-    import bayesclust.estimators.entropy as ent
+    import bayesclust.inference.discriminative as ent
 
     X, _ = _two_bands(100)
-    kw = dict(head="linear", loss="collision", max_iter=4, batch_size=50, random_state=0, lr=0.05, warmup=1)
+    kw = dict(head="linear", loss="collision", max_iter=4, batch_size=50, random_state=0, learning_rate=0.05,
+              warmup=1)
     fit = {mode: EntropyClustering(2, label_predictions=mode, **kw).fit(X).predict_proba(X)
            for mode in ("auto", "fresh", "epoch")}
     assert np.array_equal(fit["auto"], fit["fresh"]) and not np.allclose(fit["fresh"], fit["epoch"])
     monkeypatch.setattr(ent, "EPOCH_PREDICTIONS_FROM", len(X))
     auto_large = EntropyClustering(2, label_predictions="auto", **kw).fit(X).predict_proba(X)
     assert np.array_equal(auto_large, fit["epoch"])
+
+
+def test_renamed_parameters_warn_and_fit_identically():
+    """n_clusters, lr and alpha still work (FutureWarning naming the new parameter) and give the fit
+    of n_components, learning_rate and renyi_order."""
+    X, _ = _two_bands(40)
+    kw = dict(loss="renyi", max_iter=3, batch_size=20, random_state=0)
+    current = {"n_components": 2, "learning_rate": 0.05, "renyi_order": 3.0}
+    new = EntropyClustering(**current, **kw).fit(X)
+    for old, renamed in [("n_clusters", "n_components"), ("lr", "learning_rate"), ("alpha", "renyi_order")]:
+        given = {k: v for k, v in current.items() if k != renamed}
+        message = rf"EntropyClustering\({old}=\.\.\.\) is deprecated; use {renamed}=\.\.\. instead\."
+        with pytest.warns(FutureWarning, match=message):
+            m = EntropyClustering(**{old: current[renamed]}, **given, **kw)
+        assert m.get_params()[renamed] == current[renamed]
+        assert EntropyClustering().get_params()[old] == "deprecated"  # not given: no warning, no effect
+        m.fit(X)
+        assert m.history_ == new.history_ and np.array_equal(m.labels_, new.labels_)
+        assert np.array_equal(m.predict_proba(X), new.predict_proba(X))
+    with pytest.warns(FutureWarning) as record:
+        all_old = EntropyClustering(n_clusters=2, lr=0.05, alpha=3.0, **kw).fit(X)
+    assert len([w for w in record if issubclass(w.category, FutureWarning)]) == 3
+    assert all_old.history_ == new.history_
+    with pytest.raises(TypeError, match="unexpected keyword argument 'n_cluster'"):
+        EntropyClustering(n_cluster=2)
+
+
+def test_fitted_attributes_and_sklearn_clone():
+    from sklearn.base import clone
+
+    X, _ = _two_bands(30)
+    m = EntropyClustering(2, loss="collision", max_iter=2, warmup=1, batch_size=20, random_state=0)
+    m.fit(X)
+    assert m.n_components_ == 2 and m.labels_.shape == (60,) and m.n_iter_ == 2 and not m.converged_
+    assert isinstance(m.module_, torch.nn.Module) and m.n_features_in_ == 2
+    p = m.predict_proba(X)
+    assert np.array_equal(p.argmax(1), m.predict(X)) and np.array_equal(m.predict(X), m.labels_)
+    c = clone(m)
+    assert c.get_params() == m.get_params() and not hasattr(c, "module_")
+
+
+def test_prediction_buffer_is_freed_after_each_stage():
+    """The (N, K) prediction buffer does not outlive a stage (restarts do not hold one each)."""
+    X, _ = _two_bands(40)
+    kept = []
+    m = EntropyClustering(2, loss="collision", label_predictions="epoch", warmup=1, max_iter=3, n_init=2,
+                          init_epochs=1, batch_size=20, random_state=0)
+    orig = m._after_stage
+
+    def spy(run):
+        had = run.state["probs"] is not None
+        orig(run)
+        kept.append((had, run.state["probs"]))
+
+    m._after_stage = spy
+    m.fit(X)
+    assert [had for had, _ in kept] == [True, True, True]  # two screening stages, one continuation
+    assert all(buf is None for _, buf in kept)
+
+
+def test_a_registered_loss_trains_without_other_edits(monkeypatch):
+    """A new loss is one CLUSTERING_LOSSES entry: here standard CE on the reverse-CE EM labels."""
+    from bayesclust import losses as L
+    from bayesclust.inference.discriminative import BATCH_CODES, LABEL_SOLVERS
+
+    for name, spec in L.CLUSTERING_LOSSES.items():  # every solver named by the registry exists
+        assert spec.pseudo_labels is None or spec.pseudo_labels in {*LABEL_SOLVERS, *BATCH_CODES}, name
+    entry = L.ClusteringLoss(L.CLUSTERING_LOSSES["ce"].batch_loss, "em_reverse")
+    monkeypatch.setitem(L.CLUSTERING_LOSSES, "ce_reverse", entry)
+    X, y = _two_bands(100)
+    kw = dict(max_iter=15, warmup=0, batch_size=50, random_state=0, learning_rate=0.05, lam=2.0)
+    m = EntropyClustering(2, loss="ce_reverse", **kw).fit(X)
+    assert accuracy(y, m.labels_) >= 0.9 and len(m.history_) == 15
+    ce = EntropyClustering(2, loss="ce", **kw).fit(X)
+    assert m.history_ != ce.history_  # the same batch loss on other labels
+    monkeypatch.setitem(L.CLUSTERING_LOSSES, "broken", L.ClusteringLoss(entry.batch_loss, "hungarian"))
+    with pytest.raises(ValueError, match="pseudo_labels='hungarian'; known solvers are"):
+        EntropyClustering(2, loss="broken", max_iter=1).fit(X)

@@ -200,3 +200,30 @@ def test_label_noise_robustness_collision_and_reverse_ce():
             assert min(acc.values()) > 0.95
         else:
             assert acc["collision"] > acc["ce"] + 0.15 and acc["rce"] > acc["ce"] + 0.15, (eta, acc)
+
+
+def test_swapped_prediction_loss_is_the_mean_of_the_crossed_ces():
+    z1, z2 = _soft(torch.zeros(5, 4), 1).log() * 3, _soft(torch.zeros(5, 4), 2).log()
+    q1, q2 = _soft(z1, 3), _soft(z2, 4)
+    want = 0.5 * (F.cross_entropy(z2, q1) + F.cross_entropy(z1, q2))
+    assert torch.allclose(L.swapped_prediction_loss((z1, z2), (q1, q2)), want, atol=1e-12)
+
+
+def test_clustering_loss_registry_entries():
+    """Every registry entry computes its named loss; the self-labelling ones name their solver."""
+    z = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = _soft(z, 5)
+    w = L.LossWeights(lam=1.5, renyi_order=3.0, fairness="kl_reverse")
+    reg = L.CLUSTERING_LOSSES
+    assert list(reg) == ["mi", "renyi", "collision", "sela", "swav", "ce", "rce"]
+    assert torch.equal(reg["mi"].batch_loss(z, None, w), L.mi_loss(z, 1.5, 1.0, "kl_reverse"))
+    assert torch.equal(reg["renyi"].batch_loss(z, None, w), L.mi_loss(z, 1.5, 3.0, "kl_reverse"))
+    assert torch.equal(reg["collision"].batch_loss(z, y, w), L.collision_cross_entropy(z, y))
+    assert torch.equal(reg["ce"].batch_loss(z, y, w), L.cross_entropy(z, y))
+    assert torch.equal(reg["sela"].batch_loss(z, y, w), L.cross_entropy(z, y))
+    assert torch.equal(reg["rce"].batch_loss(z, y, w), L.reverse_cross_entropy(z, y))
+    assert torch.equal(reg["swav"].batch_loss((z, 2 * z), (y, y), w),
+                       L.swapped_prediction_loss((z, 2 * z), (y, y)))
+    solvers = {name: spec.pseudo_labels for name, spec in reg.items()}
+    assert solvers == {"mi": None, "renyi": None, "collision": "em_collision", "sela": "sela",
+                       "swav": "swav", "ce": "em_collision", "rce": "em_reverse"}

@@ -13,6 +13,10 @@ in a few hooks; ``fit`` itself is written once here:
 Prediction comes from one hook, ``_log_scores(X) -> (N, K)`` (log probabilities up to a per-row
 constant, or negative costs for hard-assignment models): ``predict`` is its argmax and
 ``predict_proba`` its softmax.
+
+``__init__`` stores its parameters with ``self._set_init_params(locals())``. A renamed parameter keeps
+its old name as an ``__init__`` parameter defaulting to ``DEPRECATED`` and listed in
+``_renamed_params``; given (in ``__init__`` or ``set_params``), it sets the new one with a FutureWarning.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import copy
 import inspect
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +53,29 @@ class BaseEstimator:
             if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         ]
 
+    # old parameter name -> new name; each old name is an __init__ parameter defaulting to DEPRECATED
+    _renamed_params: dict[str, str] = {}
+
     def _set_init_params(self, values: Mapping[str, Any]) -> None:
         """Store every ``__init__`` parameter from ``values`` (``locals()`` of ``__init__``) unchanged,
-        as scikit-learn requires (no validation or conversion in ``__init__``)."""
+        as scikit-learn requires (no validation or conversion in ``__init__``); an old name that
+        was given sets its new parameter, with a FutureWarning."""
         for name in self._param_names():
             setattr(self, name, values[name])
+        self._apply_renamed(self._renamed_params)
+
+    def _apply_renamed(self, names: Iterable[str]) -> None:
+        for old in names:
+            value = getattr(self, old)
+            if isinstance(value, str) and value == DEPRECATED:
+                continue
+            new = self._renamed_params[old]
+            warnings.warn(
+                f"{type(self).__name__}({old}=...) is deprecated; use {new}=... instead.",
+                FutureWarning,
+                stacklevel=4,
+            )
+            setattr(self, new, value)
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         out = {}
@@ -77,6 +99,7 @@ class BaseEstimator:
                 getattr(self, name).set_params(**{sub: value})
             else:
                 setattr(self, name, value)
+        self._apply_renamed([k for k in params if k in self._renamed_params])
         return self
 
     def __repr__(self) -> str:
@@ -149,32 +172,6 @@ def _to_cpu(value: Any) -> Any:
 
 
 DEPRECATED = "deprecated"  # default of a renamed parameter's old name, as scikit-learn does
-
-
-def apply_renamed(estimator: Any, *args: Mapping[str, Any]) -> None:
-    """Accept old parameter names with a ``FutureWarning``, called at the end of ``__init__``.
-
-    ``apply_renamed(self, {old: new})``: the old names are real ``__init__`` parameters defaulting to
-    ``DEPRECATED`` (so scikit-learn's checks, ``clone`` and ``get_params`` see them); one that was
-    given sets the new parameter. Transitional form ``apply_renamed(self, kwargs, {old: new})`` for
-    an ``__init__`` with ``**kwargs``: any other keyword is refused with a TypeError.
-    """
-    given, renamed = (args[0], args[1]) if len(args) == 2 else (None, args[0])
-    if given is None:
-        given = {old: getattr(estimator, old) for old in renamed}
-        given = {k: v for k, v in given.items() if not (isinstance(v, str) and v == DEPRECATED)}
-    for old, value in given.items():
-        if old not in renamed:
-            raise TypeError(
-                f"{type(estimator).__name__}.__init__() got an unexpected keyword argument {old!r}."
-            )
-        new = renamed[old]
-        warnings.warn(
-            f"{type(estimator).__name__}({old}=...) is deprecated; use {new}=... instead.",
-            FutureWarning,
-            stacklevel=3,
-        )
-        setattr(estimator, new, value)
 
 
 def restart_seed(random_state: Any, i: int) -> int | None:
@@ -331,10 +328,3 @@ class MixtureMixin(ProbabilisticMixin):
 
 def _n_rows(X: Any) -> int:
     return int(X.shape[0]) if isinstance(X, torch.Tensor) else int(np.shape(X)[0])
-
-
-class ClusterMixin:
-    """Transitional: estimators not yet on :class:`ClusterEstimator` (removed once all are)."""
-
-    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
-        return self.fit(X).predict(X)

@@ -47,15 +47,9 @@ from ..models import gaussian
 from ..models.dp import student_t_logpdf
 from ..models.priors import NIW
 from ..posterior import aligned_assignment_probs, coclustering_matrix, pad_draws
-from ._base import DEPRECATED, ClusterEstimator, MixtureMixin, Run, apply_renamed
+from ._base import DEPRECATED, ClusterEstimator, MixtureMixin, Run
 
 INFERENCE = ("splitmerge", "vi", "deep")
-_RENAMED = {
-    "alpha": "weight_concentration_prior",
-    "kappa0": "mean_precision_prior",
-    "nu0": "degrees_of_freedom_prior",
-    "lr": "learning_rate",
-}
 
 
 class DPGMM(MixtureMixin, ClusterEstimator):
@@ -97,6 +91,13 @@ class DPGMM(MixtureMixin, ClusterEstimator):
     than ``tol``).
     """
 
+    _renamed_params = {
+        "alpha": "weight_concentration_prior",
+        "kappa0": "mean_precision_prior",
+        "nu0": "degrees_of_freedom_prior",
+        "lr": "learning_rate",
+    }
+
     def __init__(
         self,
         weight_concentration_prior: float = 1.0,
@@ -132,7 +133,6 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         lr: Any = DEPRECATED,
     ) -> None:
         self._set_init_params(locals())
-        apply_renamed(self, _RENAMED)
 
     # ------------------------------------------------------------------ checks and prior
     @property

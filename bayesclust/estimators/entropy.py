@@ -2,43 +2,50 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .. import losses as L
-from .._device import empty_buffer
-from .._validation import check_array, check_is_fitted, check_option, check_positive_int, check_scalar
-from ..inference.engine import Engine, Step
+from .._validation import check_array, check_option, check_positive_int, check_scalar
+from ..inference import discriminative as D
+from ..inference.engine import Engine
 from ..inference.neighbors import kth_neighbor_distance
-from ..inference.neural import epoch_step
-from ..inference.selflabel import em_soft_labels, one_hot_into, sela_labels, swav_codes
-from ..models.heads import augment, build_head, frozen_batchnorm_stats, vat_view
-from ._base import BaseEstimator, ClusterMixin
+from ..models.heads import build_head
+from ._base import DEPRECATED, ClusterEstimator, ProbabilisticMixin, Run
 
 __all__ = ["EntropyClustering"]
 
-_LOSSES = ("mi", "renyi", "collision", "sela", "swav", "ce", "rce")
-EPOCH_PREDICTIONS_FROM = 100_000  # label_predictions="auto": reuse the epoch's predictions from here
 
 
-class EntropyClustering(ClusterMixin, BaseEstimator):
+@dataclass
+class _FitData:
+    """What every restart shares: inputs (N, ...), the training config, VAT radii (N,) or None."""
+
+    x: torch.Tensor
+    cfg: D.TrainConfig
+    radius: torch.Tensor | None
+
+
+class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
     """Discriminative clustering with a softmax head ``sigma(f(x))``.
 
     Parameters
     ----------
-    n_clusters : K.
+    n_components : K, the number of clusters.
     head : ``"linear"``, ``"mlp"``, ``"cnn"`` (images) or any ``nn.Module`` mapping inputs to K logits.
-    loss : ``"mi"`` (Bridle: mean H(sigma) - lam H(mean sigma)) and ``"renyi"`` (Renyi decisiveness of
-        order ``alpha`` + lam * fairness) train by gradient descent. The self-labelling losses alternate
-        a pseudo-label step on the whole data and a neural epoch: ``"collision"`` (EM soft labels,
-        collision CE), ``"rce"`` (EM soft labels for reverse CE), ``"ce"`` (collision EM labels, standard
-        CE), ``"sela"`` (Sinkhorn hard labels, power ``sela_lambda``); ``"swav"`` uses per-batch Sinkhorn
-        codes of one augmented view as targets for the other.
-    lam : fairness weight. alpha : Renyi order. aug_weight : weight of the self-augmentation KL.
+    loss : a name of ``losses.CLUSTERING_LOSSES``. ``"mi"`` (Bridle: mean H(sigma) - lam H(mean sigma))
+        and ``"renyi"`` (Renyi decisiveness of order ``renyi_order`` + lam * fairness) train by gradient
+        descent. The self-labelling losses alternate a pseudo-label step on the whole data and a neural
+        epoch: ``"collision"`` (EM soft labels, collision CE), ``"rce"`` (EM soft labels for reverse CE),
+        ``"ce"`` (collision EM labels, standard CE), ``"sela"`` (Sinkhorn hard labels, power
+        ``sela_lambda``); ``"swav"`` uses per-batch Sinkhorn codes of one augmented view as targets for
+        the other.
+    lam : fairness weight. renyi_order : Renyi order. aug_weight : weight of the self-augmentation KL.
     fairness : the fairness term that ``"mi"``, ``"renyi"`` and the warm-up train with:
         ``"entropy"`` (``-H(mean sigma)``; with ``lam=1`` the MI loss is ``-I(X; C)``), ``"kl_uniform"``
         (``KL(mean sigma || u)``, the same minimiser) or ``"kl_reverse"`` (the zero-avoiding
@@ -52,35 +59,46 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         exact search at the start of ``fit``; the radius then follows the local density of the data.
     em_iter : EM iterations per pseudo-label step (warm-started from the previous step's labels).
     label_predictions : the predictions a pseudo-label step solves on. ``"fresh"``: a forward pass
-        over the data before the step (exact, costs a third of an epoch's compute); ``"epoch"``: the
+        over the data before the step (exact; one more forward pass per step); ``"epoch"``: the
         clean-view predictions kept from the last epoch's own mini-batches (each row as the network
         was when its batch was seen; no extra pass). A step with no complete epoch behind it
         (``warmup=0``) uses fresh predictions. ``"auto"`` (default): ``"epoch"`` from
-        N = 100,000 rows on (at N = 1e6, K = 1e3 the fresh pass alone costs 24-29% of an epoch, the EM
-        step alone under 10%: ``benchmarks/RESULTS.md``), ``"fresh"`` below.
+        ``inference.discriminative.EPOCH_PREDICTIONS_FROM`` (100,000) rows on, ``"fresh"`` below
+        (measured costs: ``benchmarks/RESULTS.md``).
     warmup : epochs trained on the MI loss (weight ``lam``) before the self-labelling losses start, so
         their first pseudo-labels come from an informative network rather than a random one.
     sela_lambda, swav_epsilon : solver parameters.
     n_init : independent restarts (seeds ``random_state + i``); the one with the highest mutual
         information of its predictions on the training data (:meth:`score`) is kept.
     init_epochs : if set, each restart first trains only ``init_epochs`` epochs; the restart with the
-        highest mutual information at that point is the only one trained on to ``max_iter``
-        (screening: many cheap starts for the cost of one full fit plus ``n_init * init_epochs``
-        epochs). ``None``: every restart is trained to ``max_iter``.
+        highest mutual information at that point is the only one trained on to ``max_iter``.
+        ``None``: every restart is trained to ``max_iter``.
     hidden : MLP width. normalize_prototypes : cosine (L2-normalised) prototypes in the last layer.
-    lr, weight_decay (the norm regulariser), batch_size, max_iter (epochs), tol, device, dtype,
-    random_state, verbose, callbacks : see :class:`bayesclust.Engine`.
+    learning_rate, weight_decay (the norm regulariser) : Adam's. batch_size, max_iter (epochs), tol,
+    device, dtype, random_state, verbose, callbacks : see :class:`bayesclust.Engine`.
+    n_clusters, lr, alpha : deprecated names of ``n_components``, ``learning_rate``, ``renyi_order``
+        (a FutureWarning; they set the new parameter).
+
+    Attributes
+    ----------
+    module_ : the trained head. labels_ : (N,) clusters of the training data. n_components_ : K.
+    n_features_in_ (D, or C * H * W for images), input_shape_ (the trailing shape of X in fit),
+    n_iter_ (epochs), converged_, history_ (mean batch loss per epoch).
     """
+
+    _fitted_check = "module_"
+
+    _renamed_params = {"n_clusters": "n_components", "lr": "learning_rate", "alpha": "renyi_order"}
 
     def __init__(
         self,
-        n_clusters: int = 2,
+        n_components: int = 2,
         head: str | nn.Module = "linear",
         loss: str = "mi",
         *,
         lam: float = 1.0,
         fairness: str = "entropy",
-        alpha: float = 2.0,
+        renyi_order: float = 2.0,
         aug_weight: float = 0.0,
         augmentation: str = "random",
         vat_eps: float = 1.0,
@@ -94,7 +112,7 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         normalize_prototypes: bool = False,
         n_init: int = 1,
         init_epochs: int | None = None,
-        lr: float = 1e-2,
+        learning_rate: float = 1e-2,
         weight_decay: float = 1e-4,
         batch_size: int | None = 256,
         max_iter: int = 50,
@@ -104,73 +122,23 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
         random_state: int | None = None,
         verbose: bool = False,
         callbacks: Sequence[Callable[..., Any]] | None = None,
+        n_clusters: Any = DEPRECATED,
+        lr: Any = DEPRECATED,
+        alpha: Any = DEPRECATED,
     ) -> None:
-        self.n_clusters = n_clusters
-        self.head = head
-        self.loss = loss
-        self.lam = lam
-        self.fairness = fairness
-        self.alpha = alpha
-        self.aug_weight = aug_weight
-        self.augmentation = augmentation
-        self.vat_eps = vat_eps
-        self.vat_knn = vat_knn
-        self.em_iter = em_iter
-        self.label_predictions = label_predictions
-        self.warmup = warmup
-        self.sela_lambda = sela_lambda
-        self.swav_epsilon = swav_epsilon
-        self.hidden = hidden
-        self.normalize_prototypes = normalize_prototypes
-        self.n_init = n_init
-        self.init_epochs = init_epochs
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_iter = max_iter
-        self.tol = tol
-        self.device = device
-        self.dtype = dtype
-        self.random_state = random_state
-        self.verbose = verbose
-        self.callbacks = callbacks
+        self._set_init_params(locals())
 
-    # ------------------------------------------------------------------ data
-    def _check_X(self, X: Any, fitted: bool) -> torch.Tensor:
-        kw = {"n_features": self.n_features_in_} if fitted else {"min_samples": self.n_clusters}
-        x = check_array(X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, **kw)
-        return x.unsqueeze(1) if x.ndim == 3 else x
-
-    def _logits_all(
-        self, x: torch.Tensor, module: nn.Module | None = None, chunk: int = 4096
-    ) -> torch.Tensor:
-        module = self.module_ if module is None else module
-        module.eval()
-        with torch.no_grad():
-            return torch.cat([module(x[s]) for s in Engine.chunks(x.shape[0], chunk)])
-
-    @staticmethod
-    def _predictions_into(
-        module: nn.Module, x: torch.Tensor, out: torch.Tensor, log: bool, chunk: int = 4096
-    ) -> None:
-        """Fill ``out`` (N, K) with softmax (``log``: log-softmax) predictions, chunk by chunk."""
-        module.eval()
-        with torch.no_grad():
-            for s in Engine.chunks(x.shape[0], chunk):
-                z = module(x[s])
-                out[s] = z.log_softmax(1) if log else z.softmax(1)
-
-    # ------------------------------------------------------------------ fit
-    def fit(self, X: Any, y: Any = None) -> EntropyClustering:
-        k = check_positive_int(self.n_clusters, "n_clusters", minimum=2)
-        check_option(self.loss, "loss", _LOSSES)
-        lam = check_scalar(self.lam, "lam", low=0.0)
-        alpha = check_scalar(self.alpha, "alpha", low=0.0, low_inclusive=False)
-        aug_w = check_scalar(self.aug_weight, "aug_weight", low=0.0)
+    # ------------------------------------------------------------------ fit hooks
+    def _check_params(self) -> None:
+        check_positive_int(self.n_components, "n_components", minimum=2)
+        check_option(self.loss, "loss", tuple(L.CLUSTERING_LOSSES))
+        check_scalar(self.lam, "lam", low=0.0)
+        check_scalar(self.renyi_order, "renyi_order", low=0.0, low_inclusive=False)
+        check_scalar(self.aug_weight, "aug_weight", low=0.0)
         check_option(self.augmentation, "augmentation", ("random", "vat", "vat+random"))
         check_option(self.fairness, "fairness", L.FAIRNESS_KINDS)
         check_scalar(self.vat_eps, "vat_eps", low=0.0, low_inclusive=False)
-        check_scalar(self.lr, "lr", low=0.0, low_inclusive=False)
+        check_scalar(self.learning_rate, "learning_rate", low=0.0, low_inclusive=False)
         check_scalar(self.weight_decay, "weight_decay", low=0.0)
         check_positive_int(self.warmup, "warmup", minimum=0)
         check_positive_int(self.em_iter, "em_iter")
@@ -179,51 +147,51 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
             check_positive_int(self.vat_knn, "vat_knn")
         if self.batch_size is not None:
             check_positive_int(self.batch_size, "batch_size")
-        n_init = check_positive_int(self.n_init, "n_init")
-        max_iter = check_positive_int(self.max_iter, "max_iter")
-        screen = max_iter  # epochs each restart trains before the restarts are compared
+        check_positive_int(self.n_init, "n_init")
+        check_positive_int(self.max_iter, "max_iter")
         if self.init_epochs is not None:
-            screen = min(check_positive_int(self.init_epochs, "init_epochs"), max_iter)
-        raw = check_array(X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, min_samples=k)
-        self.n_features_in_ = tuple(raw.shape[1:]) if raw.ndim > 2 else int(raw.shape[1])
+            check_positive_int(self.init_epochs, "init_epochs")
+        check_scalar(self.sela_lambda, "sela_lambda", low=0.0, low_inclusive=False)
+        check_scalar(self.swav_epsilon, "swav_epsilon", low=0.0, low_inclusive=False)
+
+    def _train_config(self) -> D.TrainConfig:
+        weights = L.LossWeights(float(self.lam), float(self.renyi_order), self.fairness)
+        return D.TrainConfig(
+            loss=self.loss,
+            weights=weights,
+            aug_weight=float(self.aug_weight),
+            augmentation=self.augmentation,
+            vat_eps=float(self.vat_eps),
+            em_iter=int(self.em_iter),
+            label_predictions=self.label_predictions,
+            warmup=int(self.warmup),
+            sela_lambda=float(self.sela_lambda),
+            swav_epsilon=float(self.swav_epsilon),
+            batch_size=None if self.batch_size is None else int(self.batch_size),
+        )
+
+    def _prepare(self, X: Any) -> _FitData:
+        raw = check_array(
+            X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, min_samples=self.n_components
+        )
+        self.input_shape_ = tuple(int(v) for v in raw.shape[1:])  # (D,), (H, W) or (C, H, W)
+        self.n_features_in_ = math.prod(self.input_shape_)
         x = raw.unsqueeze(1) if raw.ndim == 3 else raw
+        cfg = self._train_config()
         radius = None
-        if self.vat_knn is not None and "vat" in self.augmentation and aug_w > 0:
-            radius = float(self.vat_eps) * kth_neighbor_distance(x, self.vat_knn)
-        best = None
-        for i in range(n_init):
-            seed = None if self.random_state is None else self.random_state + i
-            engine, schedule, state = self._start(x, k, lam, alpha, aug_w, seed, radius, max_iter)
-            result = engine.run(schedule, state, stop_at=screen)
-            state["probs"] = None  # free the (N, K) buffer while other restarts run (refilled later)
-            logits = self._logits_all(x, state["model"])  # one pass: the restart's MI and labels
-            mi = self._mutual_information(logits)
-            if best is None or mi > best[0]:
-                best = (mi, engine, schedule, state, result, logits.argmax(1))
-        _, engine, schedule, state, result, labels = best
-        self.module_ = state["model"]
-        if result.n_iter < max_iter and not (result.converged or result.stopped or result.interrupted):
-            result = engine.run(schedule, state, result=result)  # the screened winner, to max_iter
-            labels = self._logits_all(x).argmax(1)
-        self.history_ = list(result.history)
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
-        self.labels_ = labels.cpu().numpy()
-        return self
+        if self.vat_knn is not None and "vat" in cfg.augmentation and cfg.aug_weight > 0:
+            radius = cfg.vat_eps * kth_neighbor_distance(x, self.vat_knn)
+        return _FitData(x, cfg, radius)
 
-    @staticmethod
-    def _mutual_information(logits: torch.Tensor) -> float:
-        return -float(L.mi_loss(logits.double()))
+    def _screen_iter(self) -> int | None:
+        return None if self.init_epochs is None else min(int(self.init_epochs), int(self.max_iter))
 
-    def _start(
-        self, x: torch.Tensor, k: int, lam: float, alpha: float, aug_w: float, seed, radius, max_iter: int
-    ) -> tuple[Engine, list[Step], dict[str, Any]]:
-        """One restart's engine, schedule and state (module, optimiser, pseudo-labels)."""
+    def _start(self, data: _FitData, seed: int | None) -> Run:
         engine = Engine(
             device=self.device,
             dtype=self.dtype,
             random_state=seed,
-            max_iter=max_iter,
+            max_iter=self.max_iter,
             tol=self.tol,
             maximize=False,
             verbose=self.verbose,
@@ -232,119 +200,43 @@ class EntropyClustering(ClusterMixin, BaseEstimator):
             keep_best=("model", "optimizer"),  # not the (N, K) prediction / label buffers
             desc=f"EntropyClustering({self.loss})",
         )
-        self._engine_dtype = engine.dtype
+        k = int(self.n_components)
         module = build_head(
-            self.head,
-            tuple(x.shape[1:]),
-            k,
-            hidden=self.hidden,
+            self.head, tuple(data.x.shape[1:]), k, hidden=self.hidden,
             normalize_prototypes=self.normalize_prototypes,
         ).to(engine.device, engine.dtype)
-        opt = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        state: dict[str, Any] = {"model": module, "optimizer": opt, "y": None, "probs_ready": False}
-        gen = engine.generator
-        use_vat, use_random = "vat" in self.augmentation, "random" in self.augmentation
-        n = x.shape[0]
-        self_labelling = self.loss in ("collision", "rce", "ce", "sela")
-        mode = self.label_predictions
-        if mode == "auto":
-            mode = "epoch" if n >= EPOCH_PREDICTIONS_FROM else "fresh"
-        keep_epoch = self_labelling and mode == "epoch"
-        # one (N, K) buffer of predictions for the pseudo-label steps, allocated when first needed
-        # and kept; fit() drops it after a restart's first stage (a new buffer is never "ready")
-        state["probs"] = None
+        opt = torch.optim.Adam(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        schedule = D.build_schedule(engine, data.x, k, data.cfg, data.radius)
+        return Run(engine, schedule, D.initial_state(module, opt))
 
-        def probs_buffer(st: dict[str, Any]) -> torch.Tensor:
-            if st["probs"] is None:
-                st["probs"] = empty_buffer(n, k, engine.dtype, engine.device)
-                st["probs_ready"] = False
-            return st["probs"]
+    def _after_stage(self, run: Run) -> None:
+        # free the (N, K) prediction buffer while other restarts run (refilled when needed)
+        run.state["probs"] = None
 
-        def aug_term(z: torch.Tensor, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            out = z.new_zeros(())
-            if aug_w == 0.0:
-                return out
-            if use_vat:
-                eps = self.vat_eps if radius is None else radius[idx]
-                view = vat_view(module, xb, z, eps, generator=gen)
-                with frozen_batchnorm_stats(module):  # running statistics from clean inputs only
-                    za = module(view)
-                out = out + L.self_augmentation_loss(z.detach(), za)
-            if use_random:
-                out = out + L.self_augmentation_loss(z, module(augment(xb, gen)))
-            return aug_w * out
+    def _restart_score(self, data: _FitData, run: Run) -> float:
+        # one forward pass per stage: the restart's mutual information, and its labels for _finish
+        logits = D.predict_logits(run.state["model"], data.x)
+        run.state["labels"] = logits.argmax(1)
+        return D.mutual_information(logits)
 
-        def batch_loss(st: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
-            xb = x[idx]
-            if self.loss == "swav":
-                z1, z2 = module(augment(xb, gen)), module(augment(xb, gen))
-                q1 = swav_codes(z1, self.swav_epsilon)
-                q2 = swav_codes(z2, self.swav_epsilon)
-                return 0.5 * (L.cross_entropy(z2, q1) + L.cross_entropy(z1, q2))
-            z = module(xb)
-            if keep_epoch:  # this epoch's clean-view predictions, for the next pseudo-label step
-                with torch.no_grad():
-                    zd = z.detach()
-                    st["probs"][idx] = zd.log_softmax(1) if self.loss == "sela" else zd.softmax(1)
-            if self.loss == "mi" or (self.loss != "renyi" and st["y"] is None):  # MI (or its warm-up)
-                base = L.mi_loss(z, lam, 1.0, self.fairness)
-            elif self.loss == "renyi":
-                base = L.mi_loss(z, lam, alpha, self.fairness)
-            else:
-                yb = st["y"][idx]
-                if self.loss == "collision":
-                    base = L.collision_cross_entropy(z, yb)
-                elif self.loss == "rce":
-                    base = L.reverse_cross_entropy(z, yb)
-                else:  # "ce", "sela"
-                    base = L.cross_entropy(z, yb)
-            return base + aug_term(z, xb, idx)
-
-        def label_step(st: dict[str, Any], iteration: int) -> None:
-            probs = probs_buffer(st)
-            if not st["probs_ready"]:  # fresh predictions (or no complete epoch kept yet)
-                self._predictions_into(module, x, probs, log=self.loss == "sela")
-            if self.loss == "sela":
-                # kernel Sinkhorn on log sigma, warm-started from the last column potential
-                labels, res = sela_labels(
-                    probs, self.sela_lambda, tol=1e-3, overwrite=False, init_log_v=st.get("log_v")
-                )
-                st["log_v"] = res.log_v
-                if st["y"] is None:
-                    st["y"] = empty_buffer(n, k, probs.dtype, probs.device)
-                one_hot_into(st["y"], labels)
-            else:
-                kind = "reverse" if self.loss == "rce" else "collision"
-                st["y"] = em_soft_labels(
-                    probs, lam, loss=kind, max_iter=self.em_iter, init=st["y"], out=st["y"]
-                ).y
-            return None
-
-        schedule = []
-        if self_labelling:
-            schedule.append(Step("pseudo_labels", label_step, start=int(self.warmup)))
-        epoch = epoch_step(engine, n, self.batch_size, batch_loss)
-
-        def neural(st: dict[str, Any], iteration: int) -> float:
-            if keep_epoch:
-                probs_buffer(st)
-            out = epoch(st, iteration)
-            st["probs_ready"] = keep_epoch  # every row of the buffer was written by this epoch
-            return out
-
-        schedule.append(Step("neural", neural))
-        return engine, schedule, state
+    def _finish(self, data: _FitData, run: Run) -> None:
+        self.module_ = run.state["model"]
+        self.labels_ = run.state["labels"].cpu().numpy()
+        self.n_components_ = int(self.n_components)
 
     # ------------------------------------------------------------------ predict
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """(N, K) cluster probabilities ``sigma(f(x))``."""
-        check_is_fitted(self, ["module_"])
-        return self._logits_all(self._check_X(X, fitted=True)).softmax(1).cpu().numpy()
+    def _check_X(self, X: Any) -> torch.Tensor:
+        self._check_fitted()
+        x = check_array(
+            X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, n_features=self.input_shape_
+        )
+        return x.unsqueeze(1) if x.ndim == 3 else x
 
-    def predict(self, X: Any) -> np.ndarray:
-        return self.predict_proba(X).argmax(1)
+    def _log_scores(self, X: Any) -> torch.Tensor:
+        """(N, K) logits of the head on ``X`` (log probabilities up to a per-row constant)."""
+        return D.predict_logits(self.module_, self._check_X(X))
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mutual information of the predictions on X, ``-mi_loss`` (higher is better, any ``loss``)."""
-        check_is_fitted(self, ["module_"])
-        return self._mutual_information(self._logits_all(self._check_X(X, fitted=True)))
+        self._check_fitted()
+        return D.mutual_information(self._log_scores(X))

@@ -1,11 +1,10 @@
-"""Fused CPU passes of the soft pseudo-label EM (:func:`selflabel.em_soft_labels`), compiled by Numba.
+"""Fused CPU passes of the soft pseudo-label EM (:func:`softlabels.em_soft_labels`), compiled by Numba.
 
 The torch path of an EM iteration runs about eight elementwise/reduction ops per cache-sized chunk of
 ``sigma`` and ``y`` (N, K). Here each row is read once from memory for its two dot products and
 updated in place while it is still in L1, so an iteration streams ``sigma`` and ``y`` once: about
-3 bytes moved per byte of ``y`` (read sigma and y, write y). At N = 1e6, K = 1e3 on 2 cores an
-iteration takes about 0.56 s against 2.5 s for the chunked torch ops
-(``benchmarks/bench_discriminative.py --only pseudolabel-cost``, ``benchmarks/results/discriminative.md``).
+3 bytes moved per byte of ``y`` (read sigma and y, write y). Timings against the torch path:
+``benchmarks/RESULTS.md`` (``bench_discriminative.py --only pseudolabel-cost``).
 
 Rows are split into a fixed number of blocks (independent of the thread count), each summed
 sequentially, so results do not depend on the number of threads. Column sums are accumulated in the
@@ -62,7 +61,7 @@ def _collision_pass(p, q, b, inv_n, tiny, nblk):  # pragma: no cover - compiled
     """One collision-CE EM iteration in place on ``q``; returns (column sums, sum_i ln sigma_i . y_i).
 
     ``q_ik <- q_ik (a_i p_ik + b_k) / z_i``, ``a_i = 1 / (N sigma_i . y_i)``, ``z_i = 1/N + y_i . b``
-    (the update of :func:`selflabel.em_soft_labels`).
+    (the update of :func:`softlabels.em_soft_labels`).
     """
     n, k = p.shape
     rows = (n + nblk - 1) // nblk

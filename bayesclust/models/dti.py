@@ -1,24 +1,16 @@
-"""Deep transformation-invariant clustering, ``bc.DTIKMeans`` and ``bc.DTIGMM``.
+"""The DTI networks and losses (Monnier, Groueix, Aubry 2020, "Deep Transformation-Invariant Clustering").
 
-Monnier, Groueix, Aubry (2020), "Deep Transformation-Invariant Clustering". Each cluster k has a
-prototype ``c_k`` (C, H, W) and, for each transformation module, an MLP head ``f_k`` on a shared CNN
-encoder that predicts how to warp ``c_k`` towards an image ``x``:
+Each cluster k has a prototype ``c_k`` (C, H, W) and, for each transformation module, an MLP head
+``f_k`` on a shared CNN encoder that predicts how to warp ``c_k`` towards an image ``x``
+(:class:`DTINetwork`). The losses of one mini-batch:
 
-- DTI K-means minimises ``sum_i min_k ||x_i - T_{f_k(x_i)}(c_k)||^2`` (mean over pixels);
-- DTI GMM maximises ``sum_i log sum_k pi_k N(x_i | T(c_k), T(sigma_k^2))`` with per-pixel
-  variances warped by the spatial modules; the likelihood is the Pyro mixture
+- :func:`kmeans_loss`: ``mean_i min_k ||x_i - T_{f_k(x_i)}(c_k)||^2`` (mean over pixels);
+- :func:`gmm_loss`: ``-mean_i log sum_k pi_k N(x_i | T(c_k), T(sigma_k^2))`` per pixel, with the
+  per-pixel variances warped by the spatial modules; the likelihood is the Pyro mixture
   :func:`dti_gmm_model` with the assignment enumerated (``TraceEnum_ELBO``).
 
-Training (``inference/dti_steps.py`` through the :class:`~bayesclust.inference.engine.Engine`):
-one iteration is one Adam step on a mini-batch; the modules are switched on one by one (the
-curriculum, in iterations) and starved clusters are reassigned every ``reassign_every`` iterations.
-
-Default length: ``max_iter=None`` runs ``n_epochs`` passes over the data, i.e.
-``n_epochs * ceil(N / batch_size)`` iterations (at least 500), split in equal curriculum stages:
-prototypes alone, then each module added in the order of ``transforms``. Measured on the shared
-2-core CPU (one torch thread, 10 clusters, batch 64, affine+morpho+tps): the defaults on MNIST-test
-(10,000 images of 28 x 28, 3,140 iterations) took 120 s for ACC 96.8%; 1,800 iterations on USPS
-(16 x 16) took 32 s; see ``benchmarks/results/dti.md``.
+The training loop is in :mod:`bayesclust.inference.dti_steps`, the estimators in
+:mod:`bayesclust.estimators.dti`.
 """
 
 from __future__ import annotations
@@ -115,6 +107,19 @@ class DTINetwork(nn.Module):
         for h in self.heads.values():
             out.extend([h.w1, h.b1, h.w2, h.b2])
         return out
+
+    def n_parameters(self) -> int:
+        """Number of trainable parameters the reconstruction depends on: prototypes, (GMM) variances
+        and mixing logits, and, once a module is active, the encoder and every active module's heads."""
+        params = [self.prototypes]
+        if self.gmm:
+            params += [self.log_sigma, self.mix_logits]
+        if bool(self.active.any()):
+            params += list(self.encoder.parameters())
+            for i, name in enumerate(self.names):
+                if bool(self.active[i]):
+                    params += [*self.heads[name].parameters(), *self.transforms[name].parameters()]
+        return sum(p.numel() for p in params if p.requires_grad)
 
     def sigma(self) -> torch.Tensor:
         return self.sigma_min + torch.exp(self.log_sigma)

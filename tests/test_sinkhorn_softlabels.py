@@ -1,4 +1,4 @@
-"""Pseudo-label solvers: Sinkhorn marginals, SeLa balance, SwAV codes, EM monotonicity and limits."""
+"""Pseudo-label solvers: Sinkhorn variants and marginals, SeLa balance, SwAV codes, EM monotonicity."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bayesclust.inference.selflabel import (
-    em_soft_labels,
+from bayesclust.inference.sinkhorn import (
+    SinkhornProblem,
     sela_labels,
-    sinkhorn_knopp,
-    soft_label_objective,
+    sinkhorn,
+    sinkhorn_kernel,
+    sinkhorn_log,
+    sinkhorn_overrelaxed,
     swav_codes,
 )
+from bayesclust.inference.softlabels import em_soft_labels, one_hot_into, soft_label_objective
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -37,7 +40,7 @@ def test_sinkhorn_marginals_match(n, k, seed, lam, chunk):
     c = torch.rand(k, generator=g, dtype=torch.float64) + 0.1
     # Sinkhorn converges linearly at a rate set by the kernel; over 3,000 draws from this strategy
     # 0.13% needed more than 5,000 iterations to reach 1e-9 (the most: 9,376), none more than 50,000.
-    res = sinkhorn_knopp(lk, r, c, max_iter=50_000, tol=1e-9, dtype="float64", chunk_size=chunk)
+    res = sinkhorn(lk, r, c, max_iter=50_000, tol=1e-9, dtype="float64", chunk_size=chunk)
     assert res.converged and res.error <= 1e-9 and res.n_iter == len(res.errors)
     plan = res.log_plan(lk).exp()
     assert torch.allclose(plan.sum(1), r / r.sum(), atol=1e-9)
@@ -46,11 +49,11 @@ def test_sinkhorn_marginals_match(n, k, seed, lam, chunk):
 
 def test_sinkhorn_float64_option_and_stopping_rule():
     lk = 5 * _logits(300, 10, 0, dtype=torch.float32).log_softmax(1)
-    loose = sinkhorn_knopp(lk, max_iter=1000, tol=1e-2)
-    tight = sinkhorn_knopp(lk, max_iter=5000, tol=1e-10, dtype="float64")
+    loose = sinkhorn(lk, max_iter=1000, tol=1e-2)
+    tight = sinkhorn(lk, max_iter=5000, tol=1e-10, dtype="float64")
     assert loose.converged and loose.error <= 1e-2 and loose.n_iter < tight.n_iter
     assert tight.log_v.dtype == torch.float64 and tight.error <= 1e-10
-    few = sinkhorn_knopp(lk, max_iter=2, tol=1e-12)
+    few = sinkhorn(lk, max_iter=2, tol=1e-12)
     assert few.n_iter == 2 and not few.converged and few.error > 1e-12
     # errors are those of the iterates: the stopping value is the last one
     assert few.errors[-1] == few.error
@@ -58,8 +61,8 @@ def test_sinkhorn_float64_option_and_stopping_rule():
 
 def test_sinkhorn_chunking_is_exact():
     lk = _logits(101, 7, 3).log_softmax(1) * 5
-    a = sinkhorn_knopp(lk, max_iter=50, tol=0.0)
-    b = sinkhorn_knopp(lk, max_iter=50, tol=0.0, chunk_size=17)
+    a = sinkhorn(lk, max_iter=50, tol=0.0)
+    b = sinkhorn(lk, max_iter=50, tol=0.0, chunk_size=17)
     assert torch.allclose(a.log_v, b.log_v, atol=1e-10) and torch.allclose(a.log_u, b.log_u, atol=1e-10)
 
 
@@ -144,9 +147,9 @@ def test_em_large_lambda_balances():
 def test_errors():
     p = torch.rand(5, 3)
     with pytest.raises(ValueError, match="2-D tensor"):
-        sinkhorn_knopp(torch.rand(5))
+        sinkhorn(torch.rand(5))
     with pytest.raises(ValueError, match="col_marginal must be a positive"):
-        sinkhorn_knopp(p, col_marginal=torch.tensor([1.0, -1.0, 1.0]))
+        sinkhorn(p, col_marginal=torch.tensor([1.0, -1.0, 1.0]))
     with pytest.raises(ValueError, match="loss='kl' is not supported"):
         em_soft_labels(p, loss="kl")
     with pytest.raises(ValueError, match="lam must be >= 0"):
@@ -154,29 +157,29 @@ def test_errors():
     with pytest.raises(ValueError, match="lam must be > 0"):
         sela_labels(p.log(), lam=0.0)
     with pytest.raises(FloatingPointError, match="non-finite potentials"):
-        sinkhorn_knopp(torch.tensor([[0.0, -math.inf], [0.0, -math.inf]]))
+        sinkhorn(torch.tensor([[0.0, -math.inf], [0.0, -math.inf]]))
 
 
 def test_kernel_path_matches_log_domain():
     lk = 8 * _logits(500, 20, 11, dtype=torch.float32).log_softmax(1)
-    fast = sinkhorn_knopp(lk, max_iter=30, tol=0.0, method="kernel")
-    slow = sinkhorn_knopp(lk, max_iter=30, tol=0.0, method="log")
+    fast = sinkhorn(lk, max_iter=30, tol=0.0, method="kernel")
+    slow = sinkhorn(lk, max_iter=30, tol=0.0, method="log")
     assert fast.method == "kernel" and slow.method == "log" and fast.n_iter == slow.n_iter == 30
     assert torch.allclose(fast.log_plan(lk).exp(), slow.log_plan(lk).exp(), rtol=1e-4, atol=1e-9)
     assert all(math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6) for a, b in zip(fast.errors, slow.errors))
     # float64 kernel path at a tight tolerance
-    t = sinkhorn_knopp(lk.double(), max_iter=5000, tol=1e-12)
+    t = sinkhorn(lk.double(), max_iter=5000, tol=1e-12)
     assert t.method == "kernel" and t.converged and t.log_v.dtype == torch.float64
 
 
 def test_underflowing_kernel_is_rescued_in_the_log_domain():
     # column 1 is >= e^-756 below the rest of its row: exp underflows even in float64
     lk = torch.tensor([[0.0, -300.0, -1.0], [0.0, -301.0, -2.0], [-1.0, -302.0, 0.0]]).repeat(20, 1)
-    auto = sinkhorn_knopp(lk, max_iter=300, tol=1e-4, dtype="float64", scale=2.7, prescale=0)
-    ref = sinkhorn_knopp(lk, max_iter=300, tol=1e-4, dtype="float64", scale=2.7, method="log")
+    auto = sinkhorn(lk, max_iter=300, tol=1e-4, dtype="float64", scale=2.7, prescale=0)
+    ref = sinkhorn(lk, max_iter=300, tol=1e-4, dtype="float64", scale=2.7, method="log")
     assert auto.method == "kernel+log" and auto.converged  # rescued by exact log iterations
     # the max-plus prescaling shifts that column back into range: the fast path then suffices
-    pre = sinkhorn_knopp(lk, max_iter=300, tol=1e-4, dtype="float64", scale=2.7)
+    pre = sinkhorn(lk, max_iter=300, tol=1e-4, dtype="float64", scale=2.7)
     assert pre.method == "kernel" and pre.converged
     want = ref.log_plan(2.7 * lk.double()).exp()
     assert torch.allclose(pre.log_plan(2.7 * lk.double()).exp(), want, atol=1e-5)
@@ -184,11 +187,11 @@ def test_underflowing_kernel_is_rescued_in_the_log_domain():
     assert torch.allclose(plan.sum(0), torch.full((3,), 1 / 3, dtype=torch.float64), atol=1e-4)
     assert torch.allclose(plan, ref.log_plan(2.7 * lk.double()).exp(), atol=1e-5)
     with pytest.raises(FloatingPointError, match="kernel Sinkhorn under/overflowed after 0 iterations"):
-        sinkhorn_knopp(lk, method="kernel", dtype="float64", scale=2.7, prescale=0)
+        sinkhorn(lk, method="kernel", dtype="float64", scale=2.7, prescale=0)
     with pytest.raises(FloatingPointError, match="overwrite=True destroyed the log-kernel"):
-        sinkhorn_knopp(lk.clone(), overwrite=True, scale=2.7, prescale=0)
+        sinkhorn(lk.clone(), overwrite=True, scale=2.7, prescale=0)
     with pytest.raises(ValueError, match="prescale must be >= 0"):
-        sinkhorn_knopp(lk, prescale=-1)
+        sinkhorn(lk, prescale=-1)
 
 
 def test_sela_overwrite_gives_the_same_labels():
@@ -202,7 +205,7 @@ def test_sela_overwrite_gives_the_same_labels():
     with pytest.raises(ValueError, match="overwrite=True needs dtype equal"):
         sela_labels(lp, overwrite=True, dtype="float64")
     with pytest.raises(ValueError, match="method='exp' is not supported"):
-        sinkhorn_knopp(lp, method="exp")
+        sinkhorn(lp, method="exp")
 
 
 def test_em_in_place_buffer_and_shape_errors():
@@ -229,7 +232,7 @@ def test_em_in_place_buffer_and_shape_errors():
 def test_fused_em_iteration_matches_torch_ops(n, k, seed, lam, loss, dtype):
     """One compiled one-pass iteration = one iteration of the chunked torch ops, in either dtype."""
     from bayesclust.inference import _em_kernels
-    from bayesclust.inference.selflabel import _em_iteration_torch
+    from bayesclust.inference.softlabels import _em_iteration_torch
 
     p = _logits(n, k, seed, dtype=dtype).softmax(1)
     q0 = _logits(n, k, seed + 1, dtype=dtype).softmax(1)
@@ -301,7 +304,7 @@ def test_over_relaxed_sinkhorn_marginals_match(n, k, seed, lam, omega):
     the plain algorithm's plan (compared directly in the next test). 2,000 scratch draws from this
     strategy needed at most 15,030 iterations."""
     lk = _logits(n, k, seed).log_softmax(1)
-    fast = sinkhorn_knopp(lk, max_iter=200_000, tol=1e-10, scale=lam, relax=omega)
+    fast = sinkhorn(lk, max_iter=200_000, tol=1e-10, scale=lam, relax=omega)
     assert fast.converged and fast.method == "kernel"
     plan = fast.log_plan(lam * lk).exp()
     assert torch.allclose(plan.sum(1), torch.full((n,), 1 / n, dtype=torch.float64), atol=1e-12)
@@ -322,11 +325,46 @@ def test_over_relaxation_cuts_iterations_on_a_peaked_kernel():
     assert (a == b).float().mean() > 0.99  # the same labels up to near-ties
     # the same plan, to a tight tolerance, in float64
     lp64 = lp.double()
-    p1 = sinkhorn_knopp(lp64, max_iter=20_000, tol=1e-11, scale=25.0)
-    p2 = sinkhorn_knopp(lp64, max_iter=20_000, tol=1e-11, scale=25.0, relax=1.9)
+    p1 = sinkhorn(lp64, max_iter=20_000, tol=1e-11, scale=25.0)
+    p2 = sinkhorn(lp64, max_iter=20_000, tol=1e-11, scale=25.0, relax=1.9)
     assert p1.converged and p2.converged and p2.n_iter < p1.n_iter
     assert torch.allclose(p1.log_plan(25.0 * lp64).exp(), p2.log_plan(25.0 * lp64).exp(), atol=1e-10)
     with pytest.raises(ValueError, match="relax must be < 2"):
-        sinkhorn_knopp(lp, relax=2.0)
+        sinkhorn(lp, relax=2.0)
     with pytest.raises(ValueError, match="relax must be >= 1"):
-        sinkhorn_knopp(lp, relax=0.5)
+        sinkhorn(lp, relax=0.5)
+
+
+def _problem(lk: torch.Tensor, scale: float, max_iter: int, tol: float) -> SinkhornProblem:
+    n, k = lk.shape
+    return SinkhornProblem(
+        lk, torch.full((n,), -math.log(n), dtype=lk.dtype), torch.full((k,), -math.log(k), dtype=lk.dtype),
+        torch.zeros(k, dtype=lk.dtype), scale, max_iter, tol, chunk_size=64, dtype=lk.dtype,
+    )
+
+
+def test_dispatcher_runs_the_named_variant():
+    """sinkhorn(method=...) is the variant it names, on the same problem: log, kernel (relax 1) or
+    over-relaxed (relax > 1); "kernel" raises where "auto" rescues (rescue=False / True)."""
+    lk = _logits(200, 6, 21).log_softmax(1)
+    kw = dict(max_iter=400, tol=1e-9, chunk_size=64)
+    pairs = [
+        (sinkhorn(lk, method="log", scale=4.0, **kw), sinkhorn_log(_problem(lk, 4.0, 400, 1e-9))),
+        (sinkhorn(lk, method="kernel", scale=4.0, **kw),
+         sinkhorn_kernel(_problem(lk, 4.0, 400, 1e-9), rescue=False)),
+        (sinkhorn(lk, scale=4.0, relax=1.7, **kw), sinkhorn_overrelaxed(_problem(lk, 4.0, 400, 1e-9), 1.7)),
+    ]
+    for via, direct in pairs:
+        assert via.method == direct.method and via.errors == direct.errors
+        assert torch.equal(via.log_u, direct.log_u) and torch.equal(via.log_v, direct.log_v)
+    assert [p[0].method for p in pairs] == ["log", "kernel", "kernel"]
+    assert pairs[2][0].n_iter < pairs[1][0].n_iter  # the over-relaxed path is the faster one here
+    # relax=1 through the over-relaxed variant is plain Sinkhorn
+    plain = sinkhorn_overrelaxed(_problem(lk, 4.0, 400, 1e-9), 1.0, rescue=False)
+    assert plain.errors == pairs[1][0].errors
+
+
+def test_one_hot_into_writes_in_place():
+    out = torch.full((4, 3), 7.0)
+    got = one_hot_into(out, torch.tensor([2, 0, 1, 2]))
+    assert got is out and torch.equal(out, torch.eye(3)[[2, 0, 1, 2]])
