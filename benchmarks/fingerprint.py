@@ -66,7 +66,7 @@ def _cases():
 
 def _vi_name() -> str:
     """The closed-form DP route: 'svi' before the architecture issue, 'vi' after it."""
-    return "svi"
+    return "vi"
 
 
 def _objective(model) -> str:
