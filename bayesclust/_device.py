@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,28 @@ def resolve_dtype(dtype: str | torch.dtype | None = "float32") -> torch.dtype:
     if isinstance(dtype, str) and dtype in _DTYPES:
         return _DTYPES[dtype]
     raise ValueError(f"dtype={dtype!r} is not supported; use 'float32' or 'float64'.")
+
+
+def resolve_seed(random_state: Any) -> int | None:
+    """An int seed (or None) from what scikit-learn accepts as ``random_state``: None, an int, a
+    ``numpy.random.RandomState`` or a ``numpy.random.Generator`` (a seed is drawn from the latter two,
+    so successive fits with the same instance differ, as in scikit-learn)."""
+    if random_state is None:
+        return None
+    if isinstance(random_state, bool) or not isinstance(
+        random_state, int | np.integer | np.random.RandomState | np.random.Generator
+    ):
+        raise TypeError(
+            "random_state must be None, an int, a numpy.random.RandomState or a numpy.random.Generator, "
+            f"got {type(random_state).__name__}."
+        )
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**31 - 1))
+    if random_state < 0:
+        raise ValueError(f"random_state must be a non-negative int, got {random_state}.")
+    return int(random_state)
 
 
 def make_generator(random_state: int | None, device: torch.device | str = "cpu") -> torch.Generator:

@@ -29,7 +29,7 @@ def _to_numpy_or_tensor(X: Any, name: str) -> np.ndarray | torch.Tensor:
     if isinstance(X, torch.Tensor):
         if X.is_sparse:
             raise TypeError(f"Sparse input is not supported; pass {name} as a dense tensor (X.to_dense()).")
-        return X
+        return X.detach()  # a tensor that requires grad is data here, not a graph node
     if hasattr(X, "toarray") and hasattr(X, "nnz"):  # scipy.sparse matrix or array
         raise TypeError(f"Sparse input is not supported; pass {name} as a dense array (X.toarray()).")
     if hasattr(X, "to_numpy") and callable(X.to_numpy):  # pandas DataFrame / Series
@@ -39,7 +39,7 @@ def _to_numpy_or_tensor(X: Any, name: str) -> np.ndarray | torch.Tensor:
                 raise TypeError(
                     f"{name} has non-numeric columns {bad}; drop or encode them before fitting."
                 )
-        X = X.to_numpy()
+        X = _frame_to_numpy(X)
     if isinstance(X, str | bytes):
         raise TypeError(f"{name} must be array-like of numbers, got a string.")
     try:
@@ -49,7 +49,18 @@ def _to_numpy_or_tensor(X: Any, name: str) -> np.ndarray | torch.Tensor:
             f"{name} could not be converted to an array ({exc}); pass a rectangular "
             "numeric array, tensor or DataFrame."
         ) from exc
+    if arr.dtype.byteorder not in ("=", "|") and not arr.dtype.isnative:  # big-endian files
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
+
+
+def _frame_to_numpy(X: Any) -> np.ndarray:
+    """A pandas object as a float array; nullable dtypes (Int64, Float64, boolean) give NaN for
+    their missing values, so they meet the NaN check instead of failing as non-numeric."""
+    try:
+        return X.to_numpy(dtype="float64", na_value=np.nan)
+    except (TypeError, ValueError):
+        return X.to_numpy()
 
 
 def _check_finite(tensor: torch.Tensor, name: str) -> None:
@@ -66,6 +77,8 @@ def _check_finite(tensor: torch.Tensor, name: str) -> None:
 
 
 def _is_numeric_dtype(dt: Any) -> bool:
+    if getattr(dt, "_is_numeric", False):  # pandas extension dtypes (Int64, Float64, boolean)
+        return True
     try:
         return np.issubdtype(np.dtype(dt), np.number) or np.issubdtype(np.dtype(dt), np.bool_)
     except TypeError:
@@ -91,6 +104,8 @@ def check_array(
     Parameters
     ----------
     X : array-like, numpy array, torch tensor (any device) or pandas DataFrame.
+    dtype : "float32", "float64", a torch dtype, or "input" (float32 input stays float32, anything
+        else becomes float64).
     ndim : allowed number of dimensions, e.g. ``2`` for (N, D) or ``(3, 4)`` for images.
     min_samples : minimum number of rows (e.g. the number of components).
     n_features : expected trailing shape (an int for (N, D) data, a tuple for images);
@@ -102,8 +117,9 @@ def check_array(
     too few samples, or a feature-count mismatch.
     """
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype)
     tensor = _as_real_tensor(_to_numpy_or_tensor(X, name), name)
+    # "input": keep float32 / float64 as given (integers -> float64), e.g. to centre before a cast
+    dt = _input_dtype(tensor) if isinstance(dtype, str) and dtype == "input" else resolve_dtype(dtype)
     _check_shape(tensor, name, ndim)
     if not allow_nan:
         _check_finite(tensor, name)
@@ -123,6 +139,10 @@ def check_array(
     if n_features is not None:
         _check_n_features(tensor, name, n_features)
     return tensor.contiguous()
+
+
+def _input_dtype(tensor: torch.Tensor) -> torch.dtype:
+    return torch.float32 if tensor.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
 
 
 def _as_real_tensor(arr: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:

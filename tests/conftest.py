@@ -27,3 +27,12 @@ def shared_file(rel: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data file {rel} not found under {SHARED_DATA}")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Small fits run fastest on one torch thread on the shared 2-core machine (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

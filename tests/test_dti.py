@@ -42,13 +42,7 @@ def _glyphs(n_per: int = 80, size: int = 20, seed: int = 0) -> tuple[np.ndarray,
     return X[:, 0].numpy(), y.numpy()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions: one intra-op thread avoids OpenMP spin-waits on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

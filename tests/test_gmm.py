@@ -188,7 +188,7 @@ def test_torch_input_and_chunking_give_same_result():
         ({"inference": "gibbs"}, ValueError, "inference='gibbs' is not supported"),
         ({"prior": None, "inference": "svi"}, ValueError, "needs a proper prior"),
         ({"init": "bogus"}, ValueError, "init='bogus' is not supported"),
-        ({"max_iter": 0}, ValueError, "max_iter must be >= 1"),
+        ({"max_iter": -1}, ValueError, "max_iter must be >= 0"),
         ({"weight_concentration_prior": 0.0}, ValueError, "weight_concentration_prior must be > 0"),
         ({"degrees_of_freedom_prior": 1.0}, ValueError, "degrees_of_freedom_prior must be > 2"),
         ({"covariance_type": "spherical", "degrees_of_freedom_prior": 2.5}, ValueError,

@@ -16,7 +16,8 @@ constant, or negative costs for hard-assignment models): ``predict`` is its argm
 
 ``__init__`` stores its parameters with ``self._set_init_params(locals())``. A renamed parameter keeps
 its old name as an ``__init__`` parameter defaulting to ``DEPRECATED`` and listed in
-``_renamed_params``; given (in ``__init__`` or ``set_params``), it sets the new one with a FutureWarning.
+``_renamed_params``; given to ``__init__`` it sets the new one with a FutureWarning (``set_params``
+stores it as given, as scikit-learn requires, and ``fit`` applies it, with the same warning).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import copy
 import inspect
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _persist
+from .._device import resolve_seed
 from .._validation import check_is_fitted
+from ..inference import distributed
 from ..inference.engine import Engine, FitResult, Step
 
 
@@ -67,7 +71,7 @@ class BaseEstimator:
     def _apply_renamed(self, names: Iterable[str]) -> None:
         for old in names:
             value = getattr(self, old)
-            if isinstance(value, str) and value == DEPRECATED:
+            if _is_deprecated(value):
                 continue
             new = self._renamed_params[old]
             warnings.warn(
@@ -99,8 +103,20 @@ class BaseEstimator:
                 getattr(self, name).set_params(**{sub: value})
             else:
                 setattr(self, name, value)
-        self._apply_renamed([k for k in params if k in self._renamed_params])
         return self
+
+    def _warn_unused(self, names: Iterable[str], where: str) -> None:
+        """Warn once per fit about parameters in ``names`` that were set (differ from their default)
+        but have no effect ``where`` (e.g. "with inference='em'"), rather than ignore them silently."""
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = [n for n in names if not _equal(getattr(self, n), defaults[n])]
+        if changed:
+            warnings.warn(
+                f"{type(self).__name__}: {', '.join(changed)} {'has' if len(changed) == 1 else 'have'} "
+                f"no effect {where}; leave {'it' if len(changed) == 1 else 'them'} at the default.",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def __repr__(self) -> str:
         defaults = {
@@ -126,35 +142,54 @@ class BaseEstimator:
 
     # ------------------------------------------------------------------ persistence
     def _fitted_attributes(self) -> list[str]:
-        return [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]
+        """Public trailing-underscore attributes; ``nn.Module`` ones are saved by ``_extra_state``."""
+        return [
+            k for k, v in vars(self).items()
+            if k.endswith("_") and not k.startswith("_") and not isinstance(v, torch.nn.Module)
+        ]
 
     def save(self, path: str | Path) -> None:
-        """Write hyperparameters and every fitted attribute to ``path`` (``torch.save`` format)."""
+        """Write hyperparameters and fitted state to ``path`` in the safe model file format
+        (:mod:`bayesclust._persist`: tensors and plain values, read back without running code).
+
+        Callables among the parameters (``callbacks``) are saved as None, with a UserWarning; a
+        user-given ``nn.Module`` parameter must be given again to :meth:`load`. The file is written
+        to a temporary file in the same folder, then renamed; a missing folder is a FileNotFoundError.
+        """
         check_is_fitted(self, ["n_features_in_"])
-        state = {k: _to_cpu(getattr(self, k)) for k in self._fitted_attributes()}
+        name = type(self).__name__
+        params, unsaved = _persist.saveable_params(self.get_params(deep=False), name)
+        fitted = {k: _to_cpu(getattr(self, k)) for k in self._fitted_attributes()}
         extra = self._extra_state() if hasattr(self, "_extra_state") else {}
-        torch.save(
-            {
-                "class": f"{type(self).__module__}.{type(self).__qualname__}",
-                "params": self.get_params(deep=False),
-                "fitted": state,
-                "extra": extra,
-            },
-            Path(path),
-        )
+        cls = f"{type(self).__module__}.{type(self).__qualname__}"
+        try:
+            _persist.write_model(path, cls, params, fitted, extra, unsaved)
+        except _persist.EncodeError as exc:
+            raise ValueError(f"Cannot save {name} to {path}: {exc}") from exc
 
     @classmethod
-    def load(cls, path: str | Path) -> BaseEstimator:
-        """Load a model written by :meth:`save`; ``cls`` must match the saved class."""
-        blob = torch.load(Path(path), map_location="cpu", weights_only=False)
-        saved = blob.get("class", "")
-        if not saved.endswith(cls.__qualname__):
-            raise TypeError(f"{path} holds a {saved}, not a {cls.__qualname__}; load it with that class.")
-        obj = cls(**blob["params"])
+    def load(cls, path: str | Path, **params: Any) -> BaseEstimator:
+        """Load a model written by :meth:`save`; ``cls`` must match the saved class. The file is read
+        without running code from it; a file that is not a complete bayesclust model file raises
+        ValueError naming it. ``params`` replace saved parameters (e.g. ``head=module`` for a
+        user-given head, ``callbacks``, ``device``)."""
+        blob = _persist.read_model(path)
+        saved, qualname = blob["class"], cls.__qualname__
+        if saved != f"{cls.__module__}.{qualname}" and not saved.endswith("." + qualname):
+            raise TypeError(f"{path} holds a {saved}, not a {qualname}; load it with that class.")
+        _persist.check_fitted_names(path, blob["fitted"])
+        obj = cls(**_persist.load_params(path, blob, qualname, cls._param_names(), params))
         for k, v in blob["fitted"].items():
             setattr(obj, k, v)
-        if blob.get("extra") and hasattr(obj, "_load_extra_state"):
-            obj._load_extra_state(blob["extra"])
+        try:
+            _persist.require_attributes(obj, ["n_features_in_"])
+            if hasattr(obj, "_load_extra_state"):
+                obj._load_extra_state(blob["extra"])
+            _persist.require_attributes(obj, [getattr(cls, "_fitted_check", "n_features_in_")])
+        except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError) as exc:
+            raise _persist.ModelFileError(
+                f"{path} is incomplete or does not match a {qualname}: {str(exc).rstrip('.')}."
+            ) from exc
         return obj
 
     def _clone_unfitted(self) -> BaseEstimator:
@@ -172,6 +207,34 @@ def _to_cpu(value: Any) -> Any:
 
 
 DEPRECATED = "deprecated"  # default of a renamed parameter's old name, as scikit-learn does
+
+
+def available_if(check: Callable[[Any], bool], reason: str) -> Callable[[Callable], Any]:
+    """Decorate a method that exists only when ``check(self)`` holds: otherwise reading it raises
+    AttributeError, so ``hasattr(est, "partial_fit")`` tells scikit-learn (and users) the truth."""
+
+    class _Conditional:
+        def __init__(self, fn: Callable) -> None:
+            self.fn = fn
+            self.__doc__ = fn.__doc__
+
+        def __get__(self, obj: Any, owner: type | None = None) -> Any:
+            if obj is not None and not check(obj):
+                raise AttributeError(f"{type(obj).__name__} has no {self.fn.__name__} here: {reason}.")
+            return self.fn if obj is None else self.fn.__get__(obj, owner)
+
+    return _Conditional
+
+
+def _is_deprecated(value: Any) -> bool:
+    return isinstance(value, str) and value == DEPRECATED
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return not isinstance(a, np.ndarray | torch.Tensor) and bool(a == b)
+    except Exception:  # noqa: BLE001 - odd types compare however they like
+        return False
 
 
 def restart_seed(random_state: Any, i: int) -> int | None:
@@ -230,12 +293,23 @@ class ClusterEstimator(BaseEstimator):
 
     # ------------------------------------------------------------------ the template
     def fit(self, X: Any, y: Any = None) -> ClusterEstimator:
-        """Fit the model to ``X``; ``y`` is ignored. Returns ``self``."""
-        self._check_params()
-        data = self._prepare(X)
-        run = self._run_restarts(data)
-        self._set_run_attributes(run.result)
-        self._finish(data, run)
+        """Fit the model to ``X``; ``y`` is ignored. Returns ``self``.
+
+        In a ``torch.distributed`` process group each rank passes its own shard: the statistics are
+        summed over ranks for the duration of the fit and every rank uses rank 0's seed
+        (``inference/distributed.py``)."""
+        self.__dict__.pop("_online", None)  # a later partial_fit starts from this fit
+        with distributed.fit_context():
+            # this fit's int seed (or None), the same on every rank
+            self._seed = distributed.shared_seed(resolve_seed(getattr(self, "random_state", None)))
+            # an old name given through set_params after __init__ (not yet copied to its new name)
+            renamed = self._renamed_params.items()
+            self._apply_renamed([o for o, n in renamed if not _equal(getattr(self, o), getattr(self, n))])
+            self._check_params()
+            data = self._prepare(X)
+            run = self._run_restarts(data)
+            self._set_run_attributes(run.result)
+            self._finish(data, run)
         return self
 
     def _run_restarts(self, data: Any) -> Run:
@@ -244,7 +318,7 @@ class ClusterEstimator(BaseEstimator):
         screen = self._screen_iter()
         best: Run | None = None
         for i in range(self._n_restarts(data)):
-            run = self._start(data, restart_seed(getattr(self, "random_state", None), i))
+            run = self._start(data, restart_seed(self._seed, i))
             run.result = run.engine.run(run.schedule, run.state, stop_at=screen)
             self._after_stage(run)
             run.score = self._restart_score(data, run)
@@ -323,7 +397,8 @@ class MixtureMixin(ProbabilisticMixin):
 
         self._check_fitted()
         check_positive_int(n_samples, "n_samples")
-        return self._sample(int(n_samples), np.random.default_rng(getattr(self, "random_state", None)))
+        rng = np.random.default_rng(resolve_seed(getattr(self, "random_state", None)))
+        return self._sample(int(n_samples), rng)
 
 
 def _n_rows(X: Any) -> int:

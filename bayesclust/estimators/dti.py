@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .._device import resolve_device, resolve_dtype
+from .._frame import Frame, unit_range_frame
 from .._validation import check_array, check_positive_int, check_scalar
 from ..inference.dti_steps import full_loss, make_schedule, per_cluster
 from ..inference.engine import Engine
@@ -154,7 +155,11 @@ class _DTIBase(ClusterEstimator):
     def _prepare(self, X: Any) -> _FitData:
         k, bs = int(self.n_components), int(self.batch_size)
         device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
-        Xt = self._as_images(X, device=device, dtype=dtype, min_samples=k)
+        raw = self._as_images(X, device=device, dtype="input", min_samples=k)
+        # the network fits x_w = (x - min) / (max - min): answers do not depend on the units (data
+        # already in [0, 1], for which the defaults are set, is unchanged); computed in float64
+        frame = unit_range_frame(raw)
+        Xt = frame.apply(raw, dtype)
         n = Xt.shape[0]
         names = _transform_names(self.transforms)
         if self.max_iter is None:
@@ -168,6 +173,7 @@ class _DTIBase(ClusterEstimator):
         every = max(1, math.ceil(n / bs)) if self.reassign_every is None else int(self.reassign_every)
         self._restart_losses: list[float] = []
         ndim = X.ndim if torch.is_tensor(X) else int(np.ndim(X))
+        self._frame = frame
         return _FitData(Xt, ndim, names, max_iter, starts, every)
 
     # ------------------------------------------------------------------ one restart
@@ -240,17 +246,26 @@ class _DTIBase(ClusterEstimator):
         self.input_ndim_ = data.input_ndim
         self.image_shape_ = tuple(data.X.shape[1:])
         self.n_features_in_ = int(np.prod(self.image_shape_))
+        self.input_shift_, self.input_scale_ = float(self._frame.shift), float(self._frame.scale)
         self._set_prototypes()
-        self.labels_ = self.predict(data.X)
+        self.labels_ = self._scores_w(data.X).argmax(1).cpu().numpy()  # data.X is in the network's frame
 
     def _as_input_shape(self, images: np.ndarray) -> np.ndarray:
         """(K, C, H, W) -> (K, H, W) when the model was fitted on single-channel (N, H, W) input."""
         return images[:, 0] if (self.input_ndim_ == 3 and images.shape[1] == 1) else images
 
+    def _user_frame(self) -> Frame:
+        """The map from the user's units to the network's (identity for models saved without it)."""
+        shift = torch.tensor(getattr(self, "input_shift_", 0.0), dtype=torch.float64)
+        return Frame(shift, getattr(self, "input_scale_", 1.0))
+
     def _set_prototypes(self) -> None:
-        self.prototypes_ = self._as_input_shape(self._net.prototypes.detach().cpu().numpy())
+        f = self._user_frame()
+        protos = self._net.prototypes.detach().cpu().double() * f.scale + f.shift
+        self.prototypes_ = self._as_input_shape(protos.to(self._net.prototypes.dtype).numpy())
         if self._gmm:
-            self.sigmas_ = self._as_input_shape(self._net.sigma().detach().cpu().numpy())
+            sigmas = self._net.sigma().detach().cpu().double() * f.scale
+            self.sigmas_ = self._as_input_shape(sigmas.to(self._net.prototypes.dtype).numpy())
             self.weights_ = torch.softmax(self._net.mix_logits.detach(), 0).cpu().numpy()
 
     # ------------------------------------------------------------------ inference helpers
@@ -260,18 +275,23 @@ class _DTIBase(ClusterEstimator):
         shape = self.image_shape_  # (C, H, W); single-channel images may also come as (N, H, W)
         if (X.ndim if hasattr(X, "ndim") else np.ndim(X)) == 3 and shape[0] == 1:
             shape = shape[1:]
-        return self._as_images(X, device=p.device, dtype=p.dtype, n_features=shape)
+        raw = self._as_images(X, device=p.device, dtype="input", n_features=shape)
+        return self._user_frame().apply(raw, p.dtype)
 
     def _per_cluster(self, X: Any, what: str) -> torch.Tensor:
         return per_cluster(self._net, self._check_predict(X), what, self.chunk_size)
 
+    def _log_scores(self, X: Any) -> torch.Tensor:
+        return self._scores_w(self._check_predict(X))
+
     def transform(self, X: Any) -> np.ndarray:
-        """Per-pixel mean squared error to each cluster's transformed prototype, (N, K)."""
-        return self._per_cluster(X, "cost").cpu().numpy()
+        """Per-pixel mean squared error to each cluster's transformed prototype, (N, K), in X's units."""
+        return (self._per_cluster(X, "cost").double() * self._user_frame().scale**2).cpu().numpy()
 
     def reconstruct(self, X: Any, cluster: str | int = "assigned") -> np.ndarray:
         """Transformed prototypes: ``"all"`` (N, K, C, H, W), ``"assigned"`` (N, C, H, W) or cluster id."""
-        rec = self._per_cluster(X, "recon")
+        f = self._user_frame()
+        rec = self._per_cluster(X, "recon").double() * f.scale + f.shift.to(self._net.prototypes.device)
         if cluster == "all":
             return rec.cpu().numpy()
         if cluster == "assigned":
@@ -287,6 +307,14 @@ class _DTIBase(ClusterEstimator):
         return {"net": {k: v.detach().cpu() for k, v in self._net.state_dict().items()}}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        """Rebuild the network in the saved dtype and load its weights (checks the fitted attributes)."""
+        from .._persist import require_attributes, require_keys
+
+        require_keys(extra, ("net",), "extra state")
+        require_keys(extra["net"], ("prototypes",), "network weights")
+        require_attributes(self, ("transforms_", "image_shape_", "input_ndim_", "prototypes_"))
+        if self._gmm:
+            require_attributes(self, ("sigmas_", "weights_"))
         sd = extra["net"]
         protos = sd["prototypes"]
         net = self._build_net(protos, list(self.transforms_)).to(protos.dtype)
@@ -322,9 +350,12 @@ _ATTRIBUTES_DOC = """
     prototypes_ (K, H, W) or (K, C, H, W), labels_ (N,), n_components_, history_ (batch loss per
     iteration), n_iter_, converged_ (the runs have a fixed length: ``True`` when the schedule ran to
     its end, ``False`` when it was interrupted or stopped by a callback), n_reassigned_, transforms_,
-    curriculum_, image_shape_, n_features_in_, loss_ (full-data loss of the kept run: mean
-    per-pixel squared error of the best cluster; for DTIGMM the negative mean log-likelihood per
-    image), init_losses_ (that loss for every run).
+    curriculum_, image_shape_, n_features_in_, input_shift_ and input_scale_ (the network fits
+    ``(X - input_shift_) / input_scale_``, the data's minimum and range: answers do not depend on the
+    units; prototypes_, sigmas_, transform, reconstruct and score_samples are in X's units),
+    loss_ (full-data loss of the kept run in the network's frame: mean per-pixel squared error of the
+    best cluster; for DTIGMM the negative mean log-likelihood per image), init_losses_ (that loss
+    for every run).
 """
 
 
@@ -338,8 +369,9 @@ class DTIKMeans(_DTIBase):
         + _ATTRIBUTES_DOC
     )
 
-    def _log_scores(self, X: Any) -> torch.Tensor:
-        return -self._per_cluster(X, "cost")
+    def _scores_w(self, Xw: torch.Tensor) -> torch.Tensor:
+        """Minus the reconstruction costs (N, K) of images already in the network's frame."""
+        return -per_cluster(self._net, Xw, "cost", self.chunk_size)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Negative mean reconstruction error of the best cluster (higher is better)."""
@@ -371,12 +403,14 @@ class DTIGMM(MixtureMixin, _DTIBase):
 
     _gmm = True
 
-    def _log_scores(self, X: Any) -> torch.Tensor:
-        return self._per_cluster(X, "logp")
+    def _scores_w(self, Xw: torch.Tensor) -> torch.Tensor:
+        """Joint log densities (N, K) of images already in the network's frame."""
+        return per_cluster(self._net, Xw, "logp", self.chunk_size)
 
     def score_samples(self, X: Any) -> np.ndarray:
-        """``log p(x_i)`` under the fitted mixture, (N,)."""
-        return torch.logsumexp(self._per_cluster(X, "logp"), 1).cpu().numpy()
+        """``log p(x_i)`` under the fitted mixture, (N,), a density in X's units."""
+        jacobian = self.n_features_in_ * self._user_frame().log_scale
+        return (torch.logsumexp(self._per_cluster(X, "logp").double(), 1) - jacobian).cpu().numpy()
 
     def _n_parameters(self) -> int:
         return self._net.n_parameters()

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from .engine import deferred_interrupt
+
 _BLOCKS = 64  # row blocks of the parallel loop (fixed: results do not depend on the thread count)
 _FLUSH = 256  # rows summed in the input dtype before adding into the float64 column sums
 
@@ -143,7 +145,9 @@ def init_labels(src: torch.Tensor, y: torch.Tensor, floor: float) -> torch.Tenso
     """``y = max(src, floor)`` row-normalised (``src`` may be ``y``); returns float64 column sums (K,)."""
     _threads()
     nblk = max(1, min(_BLOCKS, src.shape[0]))
-    return torch.from_numpy(_init_pass(src.numpy(), y.numpy(), float(floor), nblk))
+    with deferred_interrupt():
+        cols = _init_pass(src.numpy(), y.numpy(), float(floor), nblk)
+    return torch.from_numpy(cols)
 
 
 def em_iteration(
@@ -159,5 +163,6 @@ def em_iteration(
     nblk = max(1, min(_BLOCKS, n))
     dt = np.float32 if p.dtype == torch.float32 else np.float64
     fn = _collision_pass if loss == "collision" else _reverse_pass
-    cols, data = fn(p.numpy(), q.numpy(), b.numpy(), dt(1.0 / n), dt(tiny), nblk)
+    with deferred_interrupt():
+        cols, data = fn(p.numpy(), q.numpy(), b.numpy(), dt(1.0 / n), dt(tiny), nblk)
     return torch.from_numpy(cols), float(data)

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,15 @@ from typing import Any
 import torch
 
 from .._device import make_generator, resolve_device, resolve_dtype, seed_everything
+from . import distributed
+
+try:  # scikit-learn users filter its ConvergenceWarning; ours is one where scikit-learn is installed
+    from sklearn.exceptions import ConvergenceWarning as _BaseConvergenceWarning
+except ImportError:  # pragma: no cover - scikit-learn is an optional peer
+    _BaseConvergenceWarning = UserWarning
 
 
-class ConvergenceWarning(UserWarning):
+class ConvergenceWarning(_BaseConvergenceWarning):
     """The fit stopped at ``max_iter`` before the objective changed by less than ``tol``."""
 
 
@@ -109,7 +118,7 @@ class Engine:
         self.max_iter = int(max_iter)
         self.tol = float(tol)
         self.maximize = maximize
-        self.verbose = verbose
+        self.verbose = verbose and distributed.is_main()  # one progress bar per distributed fit
         self.callbacks = list(callbacks or [])
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.checkpoint_every = int(checkpoint_every)
@@ -137,13 +146,16 @@ class Engine:
         return torch.randperm(n, generator=self.generator).to(self.device)
 
     def batches(self, n: int, batch_size: int | None, shuffle: bool = True) -> Iterator[torch.Tensor]:
-        """Index tensors covering ``range(n)`` in mini-batches (one batch when ``batch_size`` is None)."""
+        """Index tensors covering ``range(n)`` in mini-batches (one batch when ``batch_size`` is None);
+        a last batch of a single row is merged into the previous one."""
         if batch_size is None or batch_size >= n:
             yield self.randperm(n) if shuffle else torch.arange(n, device=self.device)
             return
         order = self.randperm(n) if shuffle else torch.arange(n, device=self.device)
-        for start in range(0, n, batch_size):
-            yield order[start : start + batch_size]
+        # a last batch of one row joins the one before: BatchNorm cannot train on a single row
+        stop = n - 1 if n % batch_size == 1 else n
+        for start in range(0, stop, batch_size):
+            yield order[start : n if start + batch_size >= stop else start + batch_size]
 
     @staticmethod
     def chunks(n: int, chunk_size: int) -> Iterator[slice]:
@@ -171,6 +183,7 @@ class Engine:
         sign = 1.0 if self.maximize else -1.0
         result.best_objective = -math.inf if not result.history else max(sign * h for h in result.history)
         best_snapshot = None
+        grad_mode = torch.is_grad_enabled()  # restored whatever happens (an interrupt inside a step)
         bar = self._progress(start_iter)
         prev = result.history[-1] if result.history else None
         iteration = start_iter
@@ -185,7 +198,7 @@ class Engine:
                     bar.update(1)
                     bar.set_postfix(objective=f"{objective:.6g}")
                 stop = any(bool(cb(self, iteration, objective, state)) for cb in self.callbacks)
-                if self.checkpoint_path is not None and (iteration + 1) % self.checkpoint_every == 0:
+                if self._checkpointing and (iteration + 1) % self.checkpoint_every == 0:
                     self._save_checkpoint(state, iteration + 1, result)
                 if self._converged(prev, objective, iteration):
                     result.converged = True
@@ -205,6 +218,7 @@ class Engine:
                 stacklevel=2,
             )
         finally:
+            torch.set_grad_enabled(grad_mode)
             if bar is not None:
                 bar.close()
         self._end(state, result)
@@ -260,7 +274,7 @@ class Engine:
 
     def _end(self, state: dict[str, Any], result: FitResult) -> None:
         """Final checkpoint and the convergence warning."""
-        if self.checkpoint_path is not None and not result.interrupted:
+        if self._checkpointing and not result.interrupted:
             self._save_checkpoint(state, result.n_iter, result)
         if (
             not result.converged
@@ -277,6 +291,11 @@ class Engine:
                 ConvergenceWarning,
                 stacklevel=3,
             )
+
+    @property
+    def _checkpointing(self) -> bool:
+        """Checkpoints are written by rank 0 only in a distributed fit."""
+        return self.checkpoint_path is not None and distributed.is_main()
 
     def _progress(self, start: int):
         if not self.verbose:
@@ -308,6 +327,27 @@ class Engine:
         res = FitResult(history=list(blob["history"]), step_history=blob["step_history"])
         res.n_iter = blob["iteration"]
         return int(blob["iteration"]), res
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) while compiled code runs and raise ``KeyboardInterrupt`` after it.
+
+    A signal that arrives inside a Numba kernel otherwise surfaces as a ``SystemError`` from the
+    kernel's return; wrapping each kernel call (one pass over the data) makes the interrupt land
+    between passes, where the engine handles it. Outside the main thread it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def snapshot(state: dict[str, Any]) -> dict[str, Any]:

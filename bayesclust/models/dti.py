@@ -74,7 +74,11 @@ class DTINetwork(nn.Module):
         sigma_init: float = 0.3,
     ) -> None:
         super().__init__()
-        k, c, _, _ = prototypes.shape
+        k, c, h, w = prototypes.shape
+        if min(h, w) < 4:
+            raise ValueError(
+                f"DTI needs images of at least 4 x 4 pixels (its encoder pools twice by 2); got {h} x {w}."
+            )
         self.names = list(transforms)
         self.prototypes = nn.Parameter(prototypes.clone())
         self.encoder = Encoder(c, encoder_width, feature_dim)

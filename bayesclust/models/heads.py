@@ -63,6 +63,11 @@ def build_head(
                 f"head='cnn' needs images (N, C, H, W) or (N, H, W); got feature shape {in_shape}."
             )
         c = in_shape[0]
+        if min(in_shape[1:]) < 8:
+            raise ValueError(
+                "head='cnn' needs images of at least 8 x 8 pixels (it pools three times by 2); got "
+                f"{in_shape[1]} x {in_shape[2]}."
+            )
 
         def block(i: int, o: int) -> list[nn.Module]:
             return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
