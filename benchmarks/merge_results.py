@@ -13,7 +13,10 @@ import re
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TOPICS = ["summary.md", "architecture.md", "gmm.md", "gmm-pyro.md", "dpgmm.md", "discriminative.md", "dti.md"]
+TOPICS = [
+    "summary.md", "architecture.md", "gmm.md", "gmm-pyro.md", "dpgmm.md", "discriminative.md", "dti.md",
+    "scale.md",
+]
 
 
 def demote(text: str) -> str:

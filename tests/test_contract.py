@@ -141,13 +141,7 @@ CASES: list[Case] = [
 IDS = [c.id for c in CASES]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny fits run fastest on one thread on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -199,7 +193,6 @@ EXPECTED_FAILED_CHECKS: dict[str, dict[str, str]] = {
         name: _ONE_CLUSTER
         for name in (
             "check_dont_overwrite_parameters",
-            "check_methods_sample_order_invariance",
             "check_methods_subset_invariance",
             "check_fit2d_1sample",
             "check_fit2d_1feature",
@@ -212,10 +205,9 @@ EXPECTED_FAILURE_ERRORS = {"EntropyClustering-linear-mi": "n_components must be 
 # Checks scikit-learn itself skips (not listed above, not ours to decide):
 # - check_array_api_input, every case: skipped unless SCIPY_ARRAY_API=1 is set; the estimators do not
 #   claim array-API support (they take numpy / torch input through _validation.check_array).
-# - check_pipeline_consistency, GaussianMixture svi / nuts and DPGMM (all routes): skipped because
-#   their tags say non_deterministic=True; the same tag also drops check_methods_sample_order_invariance
-#   and check_methods_subset_invariance from their checks (test_same_random_state_same_labels below
-#   checks that a fixed random_state does reproduce their labels).
+# No tabular estimator is tagged non_deterministic: a fixed random_state reproduces every route on the CPU
+# (test_same_random_state_same_labels), so scikit-learn runs its pipeline-consistency, sample-order
+# and subset-invariance checks on all of them.
 
 
 def _case_id_of(est: Any) -> str:

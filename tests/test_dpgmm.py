@@ -19,14 +19,7 @@ from bayesclust.models.dp import dp_mixture_model, mix_weights
 from bayesclust.models.priors import NIW
 from tests.conftest import shared_file
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small fits run faster on one thread on the shared, loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blobs(n=600, k=4, d=2, sep=12.0, seed=0):
@@ -397,5 +390,6 @@ def test_renamed_parameters_warn_and_fit_identically():
     with pytest.raises(TypeError, match="unexpected keyword argument 'concentration'"):
         DPGMM(concentration=1.0)
     assert "alpha" not in repr(new) and "weight_concentration_prior=2.0" in repr(new)
+    late = DPGMM(max_iter=3, random_state=0).set_params(alpha=3.0)
     with pytest.warns(FutureWarning, match=msg):
-        assert DPGMM().set_params(alpha=3.0).weight_concentration_prior == 3.0
+        assert late.fit(X).weight_concentration_prior == 3.0

@@ -23,7 +23,6 @@ standard deviation; constant features are left unscaled):
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._device import resolve_device
+from .._device import resolve_device, resolve_dtype
 from .._validation import (
     check_array,
     check_is_fitted,
@@ -88,7 +87,9 @@ class DPGMM(MixtureMixin, ClusterEstimator):
     ``k_trace_`` (K after each sweep), ``posterior_k_`` ({K: posterior probability}),
     ``assignment_probs_`` (N, n_components_), ``joint_trace_``, ``history_``, ``n_iter_``,
     ``converged_`` (splitmerge and deep: the run completed its sweeps; vi: the bound changed by less
-    than ``tol``).
+    than ``tol``); the prior in X's units as scikit-learn's ``BayesianGaussianMixture`` names it:
+    ``weight_concentration_prior_``, ``mean_precision_prior_``, ``mean_prior_``,
+    ``degrees_of_freedom_prior_``, ``covariance_prior_`` (psi0, the inverse-Wishart scale).
     """
 
     _renamed_params = {
@@ -154,6 +155,7 @@ class DPGMM(MixtureMixin, ClusterEstimator):
             self.weight_concentration_prior, "weight_concentration_prior", low=0, low_inclusive=False
         )
         check_positive_int(self.max_iter, "max_iter")
+        self._warn_unused_route_settings()
         if self.burn_in is not None:
             check_positive_int(self.burn_in, "burn_in", minimum=0)
             if self.burn_in >= self.max_iter:
@@ -174,6 +176,18 @@ class DPGMM(MixtureMixin, ClusterEstimator):
             check_positive_int(self.hidden, "hidden", minimum=2)
             check_scalar(self.learning_rate, "learning_rate", low=0, low_inclusive=False)
             check_positive_int(self.batch_size, "batch_size")
+
+    def _warn_unused_route_settings(self) -> None:
+        route = self._route
+        used = {
+            "splitmerge": {"burn_in", "split_delay", "n_merge_neighbors", "reset_every", "store_labels",
+                           "coclustering"},
+            "vi": {"truncation", "prune_threshold"},
+            "deep": {"hidden", "learning_rate", "batch_size", "split_delay", "n_merge_neighbors"},
+        }
+        route_specific = set().union(*used.values())
+        unused = sorted(route_specific - used[route])
+        self._warn_unused(unused, f"with inference={route!r}")
 
     def _build_prior(self, d: int) -> NIW:
         """NIW prior in the standardised frame (float64), from the defaults or user values."""
@@ -202,6 +216,15 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         kappa = torch.tensor(float(self.mean_precision_prior), dtype=torch.float64)
         return NIW(m0, kappa, torch.tensor(nu, dtype=torch.float64), psi)
 
+    def _set_prior_attributes(self, prior: NIW) -> None:
+        """The prior in X's units, under scikit-learn's BayesianGaussianMixture names."""
+        s, mu = self.data_scale_.double(), self.data_mean_.double()
+        self.weight_concentration_prior_ = float(self.weight_concentration_prior)
+        self.mean_precision_prior_ = float(prior.kappa0)
+        self.degrees_of_freedom_prior_ = float(prior.nu0)
+        self.mean_prior_ = (prior.m0 * s + mu).numpy()
+        self.covariance_prior_ = (prior.psi0 * s[:, None] * s[None, :]).numpy()
+
     def _standardise(self, X: torch.Tensor) -> torch.Tensor:
         return (X - self.data_mean_.to(X)) / self.data_scale_.to(X)
 
@@ -209,22 +232,28 @@ class DPGMM(MixtureMixin, ClusterEstimator):
     def _prepare(self, X: Any) -> SimpleNamespace:
         """Standardise X (each feature centred and scaled; constant features left unscaled), build the
         Gaussian family with its NIW prior in that frame, and the statistics cache."""
-        X = check_array(X, device=resolve_device(self.device), dtype=self.dtype)
+        # standardised in float64 before the cast to the fit dtype: X + 1e8 loses no digits
+        X = check_array(X, device=resolve_device(self.device), dtype="input")
         n, d = X.shape
         self.n_features_in_ = d
         mean = X.double().mean(0)
         std = X.double().std(0, unbiased=False) if n > 1 else torch.zeros(d, dtype=torch.float64)
+        if streaming.is_reducing():  # a distributed fit: the moments of the whole data
+            n, mean, var = streaming.global_moments(X)
+            std = var.sqrt()
         constant = std <= 1e-12 * max(1.0, float(mean.abs().max()))
         self.data_mean_ = mean.cpu()
         self.data_scale_ = torch.where(constant, torch.ones_like(std), std).cpu()
         self.constant_features_ = constant.cpu()
-        Xs = self._standardise(X.double()).to(X.dtype)
+        Xs = self._standardise(X.double()).to(resolve_dtype(self.dtype))
         prior = self._build_prior(d)
         self.prior_ = {"m": prior.m0, "kappa": prior.kappa0, "nu": prior.nu0, "psi": prior.psi0}
+        self._set_prior_attributes(prior)
         family = gaussian.GaussianFamily("full", prior)
         feats = streaming.Features(Xs, family.statistics_map, self.chunk_size)
         burn = self.max_iter // 2 if self.burn_in is None else int(self.burn_in)
         return SimpleNamespace(feats=feats, family=family, burn=burn)
+
 
     def _n_restarts(self, data: SimpleNamespace) -> int:
         return 1
@@ -233,7 +262,8 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         route = self._route
         engine = Engine(
             device=data.feats.X.device, dtype=self.dtype, random_state=seed, max_iter=self.max_iter,
-            tol=self.tol if route == "vi" else 0.0, keep_best=False, verbose=self.verbose,
+            tol=self.tol if route == "vi" else 0.0, keep_best=False,
+            verbose=self.verbose,
             callbacks=self.callbacks, warn_not_converged=route == "vi", desc=f"DPGMM[{route}]",
         )
         return {"splitmerge": self._start_splitmerge, "vi": self._start_vi, "deep": self._start_deep}[
@@ -285,8 +315,8 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         self.posterior_k_ = {int(k): float(c / counts.sum()) for k, c in zip(ks, counts)}
         self.n_splits_, self.n_merges_ = st.n_splits, st.n_merges
         self.best_sweep_ = st.best_sweep
-        _, labels = torch.unique(st.best_z, return_inverse=True)
-        k = int(labels.max()) + 1
+        # interrupted before one full sweep: the current labels (always a complete labelling)
+        labels, k = sm.best_labels(st)
         G = sm.cluster_statistics(sm.sub_statistics(feats, labels, torch.zeros_like(labels), k))
         nk = G[:, -1]
         alpha = float(self.weight_concentration_prior)
@@ -392,12 +422,14 @@ class DPGMM(MixtureMixin, ClusterEstimator):
     def score_samples(self, X: Any) -> np.ndarray:
         """log p(x) per row under the fitted mixture (plus the DP's new-cluster mass, splitmerge)."""
         Xs = self._check_X(X)
-        w_total = 1.0 - self.new_cluster_weight_
-        logp = self._log_joint_std(Xs) + math.log(w_total)
+        # log(1 - w_new) and log(w_new) in float64 tensors: a huge concentration gives w_new = 1.0,
+        # whose -inf weight logsumexp handles (math.log would raise)
+        w_new = torch.tensor(self.new_cluster_weight_, dtype=torch.float64)
+        logp = self._log_joint_std(Xs) + torch.log1p(-w_new)
         if self.new_cluster_weight_ > 0:
             prior = {k: v[None] for k, v in self.prior_.items()}
             prior_pred = streaming.map_rows(lambda x: student_t_logpdf(x, prior), Xs, 8192)
-            logp = torch.cat([logp, prior_pred + math.log(self.new_cluster_weight_)], 1)
+            logp = torch.cat([logp, prior_pred + torch.log(w_new)], 1)
         jac = torch.log(self.data_scale_.double()).sum()
         return (torch.logsumexp(logp, 1) - jac).numpy()
 
@@ -410,6 +442,15 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         chol = np.linalg.cholesky(self.covariances_)
         eps = rng.standard_normal((n, self.n_features_in_))
         return self.means_[labels] + np.einsum("nij,nj->ni", chol[labels], eps), labels
+
+    # ------------------------------------------------------------------ persistence
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        """Check that a loaded model has what predict, score, sample and to_inference_data read."""
+        from .._persist import require_attributes
+
+        names = ["weights_", "means_", "covariances_", "prior_", "data_mean_", "data_scale_",
+                 "new_cluster_weight_", "k_trace_", "posterior_k_", "draws_weights_", "draws_means_"]
+        require_attributes(self, names + (["net_state_"] if self._route == "deep" else []))
 
     # ------------------------------------------------------------------ posterior
     def to_inference_data(self):

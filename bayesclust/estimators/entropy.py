@@ -5,14 +5,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
 from .. import losses as L
+from .._device import resolve_seed
 from .._validation import check_array, check_option, check_positive_int, check_scalar
 from ..inference import discriminative as D
+from ..inference import distributed
 from ..inference.engine import Engine
 from ..inference.neighbors import kth_neighbor_distance
 from ..models.heads import build_head
@@ -174,6 +177,7 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
         raw = check_array(
             X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, min_samples=self.n_components
         )
+        distributed.check_equal_shards(raw.shape[0])
         self.input_shape_ = tuple(int(v) for v in raw.shape[1:])  # (D,), (H, W) or (C, H, W)
         self.n_features_in_ = math.prod(self.input_shape_)
         x = raw.unsqueeze(1) if raw.ndim == 3 else raw
@@ -182,6 +186,50 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
         if self.vat_knn is not None and "vat" in cfg.augmentation and cfg.aug_weight > 0:
             radius = cfg.vat_eps * kth_neighbor_distance(x, self.vat_knn)
         return _FitData(x, cfg, radius)
+
+
+    def partial_fit(self, X: Any, y: Any = None) -> EntropyClustering:
+        """One epoch of training on the batch X (n, ...), scikit-learn style: the first call builds
+        the head and its optimiser (or continues from a previous ``fit``), later calls keep them
+        and must have the same input shape. Self-labelling losses solve their pseudo-labels on the
+        batch. Sets ``labels_`` (of this batch), ``n_iter_`` (epochs so far) and ``history_``.
+        Returns ``self``."""
+        online = getattr(self, "_online", None)
+        if online is None:
+            self._check_params()
+            self._seed = resolve_seed(self.random_state)
+            if hasattr(self, "module_"):
+                self._check_X(X)
+        else:
+            self._check_X(X)
+        data = self._prepare(X)
+        if online is None:
+            online = self._online_start(data)
+        t = int(online.result.n_iter) if online.result is not None else 0
+        engine = Engine(
+            device=self.device, dtype=self.dtype, random_state=None if self._seed is None else self._seed + t,
+            max_iter=t + 1, tol=0.0, maximize=False, keep_best=False, warn_not_converged=False,
+            desc=f"EntropyClustering({self.loss}).partial_fit",
+        )
+        schedule = D.build_schedule(engine, data.x, int(self.n_components), data.cfg, data.radius)
+        online.result = engine.run(schedule, D.initial_state(online.module, online.opt), result=online.result)
+        self._online = online
+        self.module_ = online.module
+        self.labels_ = D.predict_logits(online.module, data.x).argmax(1).cpu().numpy()
+        self.n_components_ = int(self.n_components)
+        self.n_iter_, self.converged_ = int(online.result.n_iter), False
+        self.history_ = list(online.result.history)
+        return self
+
+    def _online_start(self, data: _FitData) -> SimpleNamespace:
+        """The head (a previous fit's, else a new one) and its optimiser for :meth:`partial_fit`."""
+        if hasattr(self, "module_"):
+            module = self.module_
+            opt = torch.optim.Adam(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        else:
+            state = self._start(data, self._seed).state
+            module, opt = state["model"], state["optimizer"]
+        return SimpleNamespace(module=module, opt=opt, result=None)
 
     def _screen_iter(self) -> int | None:
         return None if self.init_epochs is None else min(int(self.init_epochs), int(self.max_iter))
@@ -240,3 +288,25 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
         """Mutual information of the predictions on X, ``-mi_loss`` (higher is better, any ``loss``)."""
         self._check_fitted()
         return D.mutual_information(self._log_scores(X))
+
+    # ------------------------------------------------------------------ persistence
+    def _extra_state(self) -> dict[str, Any]:
+        """The trained head's weights (state dict); :meth:`_load_extra_state` rebuilds the head."""
+        return {"module": {k: v.detach().cpu() for k, v in self.module_.state_dict().items()}}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        """Rebuild ``module_`` with ``build_head`` from the parameters (a user-given ``head`` is the
+        module given to ``load``) and load the saved weights into it."""
+        from .._device import resolve_device, resolve_dtype
+        from .._persist import require_attributes, require_keys
+
+        require_keys(extra, ("module",), "extra state")
+        require_attributes(self, ("input_shape_",))
+        shape = tuple(int(v) for v in self.input_shape_)
+        module = build_head(
+            self.head, (1, *shape) if len(shape) == 2 else shape, int(self.n_components),
+            hidden=self.hidden, normalize_prototypes=self.normalize_prototypes,
+        )
+        module = module.to(resolve_device(self.device), resolve_dtype(self.dtype))
+        module.load_state_dict(extra["module"])  # into the fit's dtype: no rounding on the way
+        self.module_ = module.eval()

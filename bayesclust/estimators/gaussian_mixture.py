@@ -13,13 +13,14 @@ routes fit that one model:
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._device import resolve_device, resolve_dtype
+from .._device import make_generator, resolve_device, resolve_dtype, resolve_seed
 from .._validation import (
     check_array,
     check_is_fitted,
@@ -27,15 +28,16 @@ from .._validation import (
     check_positive_int,
     check_scalar,
 )
-from ..inference import em, kmeans
+from ..inference import distributed, em, kmeans, streaming
 from ..inference.engine import Engine, Step
-from ..inference.streaming import Features
+from ..inference.streaming import ChunkSource, Features, SourceFeatures
 from ..models import gaussian
 from ..models.gmm_model import GMMPrior
 from ..models.priors import NIW, gamma_shape
-from ._base import ClusterEstimator, MixtureMixin, Run
+from ._base import ClusterEstimator, MixtureMixin, Run, available_if
 
 _FEATURE_CACHE_BYTES = 1 << 30  # cache phi(X) when it fits in 1 GiB; else recompute per chunk
+_INIT_SAMPLE = 100_000  # rows of out-of-core data that initialisation (k-means) runs on
 
 
 class GaussianMixture(MixtureMixin, ClusterEstimator):
@@ -62,6 +64,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
     weights_init, covariances_init : optional initial weights (K,) and covariances (sklearn shape),
         used with given means.
     warm_start : start from the previous fit's parameters.
+    step_decay : kappa in (0.5, 1] of :meth:`partial_fit`'s step sizes ``(t + 2) ** -kappa``.
     svi_guide : "map" (AutoDelta) or "meanfield"; learning_rate and batch_size apply to SVI.
     num_samples, warmup_steps, num_chains : NUTS settings.
     device, dtype, chunk_size, random_state, verbose, callbacks : see :class:`bayesclust.Engine`.
@@ -105,6 +108,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         random_state: int | None = None,
         verbose: bool = False,
         callbacks: list | None = None,
+        step_decay: float = 0.6,
     ) -> None:
         self._set_init_params(locals())
 
@@ -113,6 +117,17 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         check_positive_int(self.n_components, "n_components")
         check_option(self.covariance_type, "covariance_type", gaussian.COVARIANCE_TYPES)
         check_option(self.inference, "inference", ("em", "svi", "nuts"))
+        route_only = {"svi": ("svi_guide", "learning_rate", "batch_size"),
+                      "nuts": ("num_samples", "warmup_steps", "num_chains")}
+        for route, names in route_only.items():
+            if self.inference != route:
+                self._warn_unused(names, f"with inference={self.inference!r} (they are {route} settings)")
+        given_init = self.weights_init is not None or self.covariances_init is not None
+        if isinstance(self.init, str) and given_init:
+            raise ValueError(
+                "weights_init / covariances_init are used with initial means only: pass init=means "
+                f"(K, D) as well, or drop them (init={self.init!r} computes all the parameters)."
+            )
         check_option(self.prior, "prior", ("niw", None))
         if self.prior is None and self.inference != "em":
             raise ValueError(
@@ -125,7 +140,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         check_scalar(self.mean_precision_prior, "mean_precision_prior", low=0, low_inclusive=False)
         check_scalar(self.tol, "tol", low=0)
         check_scalar(self.reg_covar, "reg_covar", low=0)
-        check_positive_int(self.max_iter, "max_iter")
+        check_positive_int(self.max_iter, "max_iter", minimum=0)  # 0: initialise only, as scikit-learn
         check_positive_int(self.n_init, "n_init")
         check_positive_int(self.chunk_size, "chunk_size")
         if isinstance(self.init, str):
@@ -179,11 +194,15 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
     def _prepare(self, X: Any) -> SimpleNamespace:
         """Validated data, centred (float32 second moments then lose no digits to a large mean), the
         family with its prior in the centred frame, and the feature cache shared by the restarts."""
+        # a memmap is read chunk by chunk on the EM route; the other routes load it (it is an array)
+        if streaming.is_chunk_source(X) and not (self.inference != "em" and isinstance(X, np.ndarray)):
+            return self._prepare_source(X)
         device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
         Xt = check_array(X, device=device, dtype=dtype, min_samples=max(2, self.n_components))
-        shift = Xt.double().mean(0).to(dtype)
+        moments = self._moment_data(Xt)  # Xt, or its global moments in a distributed fit
+        shift = moments.double().mean(0).to(dtype)
         Xc = Xt - shift
-        prior = self._map_prior(Xt)
+        prior = self._map_prior(moments)
         niw = None if prior is None else prior.niw
         if niw is not None:
             niw = NIW(niw.m0 - shift, niw.kappa0, niw.nu0, niw.psi0)
@@ -192,7 +211,137 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         )
         feats = Features(Xc, family.feature_map, int(self.chunk_size))
         warm = bool(self.warm_start and hasattr(self, "means_"))
-        return SimpleNamespace(X=Xt, Xc=Xc, shift=shift, prior=prior, family=family, feats=feats, warm=warm)
+        data = SimpleNamespace(X=Xt, Xc=Xc, shift=shift, prior=prior, family=family, feats=feats, warm=warm)
+        data.n_total = distributed.global_count(Xt.shape[0])
+        return data
+
+
+    def _moment_data(self, Xt: torch.Tensor) -> torch.Tensor:
+        """What the data-dependent defaults (shift, prior) are computed from: Xt (n, D) itself in one
+        process, a (2, D) stand-in with the global mean and variance in a distributed fit."""
+        if not streaming.is_reducing():
+            return Xt
+        _, mean, var = streaming.global_moments(Xt)
+        return streaming.moment_proxy(mean, var, Xt.dtype)
+
+    def _prepare_source(self, X: Any) -> SimpleNamespace:
+        """Out-of-core data: moments and every E-step read the source chunk by chunk (memory bounded
+        by a chunk); initialisation runs on a sample of at most ``_INIT_SAMPLE`` rows (all rows, in
+        order, when there are fewer), which ``data.X`` / ``data.Xc`` hold."""
+        if self.inference != "em":
+            raise ValueError(
+                f"out-of-core data (memmap, HDF5, chunks) is fitted with inference='em' only, got "
+                f"inference={self.inference!r}; load the data into memory for the other routes."
+            )
+        device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
+        source, chunk = ChunkSource(X), int(self.chunk_size)
+
+        def check(a: Any, **kw: Any) -> torch.Tensor:
+            return check_array(a, n_features=source.d, **kw)
+
+        n, mean, var = streaming.source_moments(source, device, dtype, chunk, check)
+        if n < max(2, self.n_components):
+            raise ValueError(
+                f"X has {n} sample(s) but at least {max(2, self.n_components)} are needed "
+                f"(one per component); pass more data or fewer components."
+            )
+        shift = mean.to(dtype)
+        prior = self._map_prior(streaming.moment_proxy(mean, var, dtype))
+        family = self._centred_family(prior, shift)
+        if source.n <= _INIT_SAMPLE:
+            sample = source.rows(0, source.n)
+        else:
+            rng = np.random.default_rng(self._seed)
+            sample = source.take(np.sort(rng.choice(source.n, _INIT_SAMPLE, replace=False)))
+        Xs = check_array(sample, device=device, dtype=dtype)
+        Xc = Xs - shift
+        return SimpleNamespace(
+            X=Xs, Xc=Xc, shift=shift, prior=prior, family=family, n_total=n,
+            feats=SourceFeatures(source, family.feature_map, shift, chunk),
+            init_feats=Features(Xc, family.feature_map, chunk),
+            warm=bool(self.warm_start and hasattr(self, "means_")),
+        )
+
+    def _centred_family(
+        self, prior: gaussian.MAPPrior | None, shift: torch.Tensor
+    ) -> gaussian.GaussianFamily:
+        """The Gaussian family with ``prior`` moved to the frame centred at ``shift`` (D,)."""
+        niw = None if prior is None else prior.niw
+        if niw is not None:
+            niw = NIW(niw.m0 - shift, niw.kappa0, niw.nu0, niw.psi0)
+        return gaussian.GaussianFamily(
+            self.covariance_type, niw, float(self.weight_concentration_prior), float(self.reg_covar)
+        )
+
+    # ------------------------------------------------------------------ online EM
+    @available_if(lambda self: self.inference == "em", "partial_fit runs stepwise EM: use inference='em'")
+    def partial_fit(self, X: Any, y: Any = None) -> GaussianMixture:
+        """One step of stepwise online EM (Cappe & Moulines 2009) on the batch X (n, D).
+
+        The E-step at the current parameters gives the batch statistics; the running per-point
+        statistics move towards them by ``(t + 2) ** -step_decay`` (t: the number of earlier
+        calls) and the M-step runs on them. The first call initialises as ``fit`` does, on its
+        batch (or continues from a previous ``fit``); each later call must have the same features.
+        X may be out of core as for ``fit``. Sets ``labels_`` (of this batch), ``lower_bound_``
+        (its mean log-likelihood before the step) and ``n_iter_`` (the number of calls). Returns ``self``.
+        """
+        self._check_params()
+        check_scalar(self.step_decay, "step_decay", low=0.5, high=1.0, low_inclusive=False)
+        if self.inference != "em":
+            raise ValueError(
+                f"partial_fit runs stepwise EM and needs inference='em', got inference={self.inference!r}."
+            )
+        online = getattr(self, "_online", None)
+        if online is None:
+            online, feats = self._online_start(X)
+        else:
+            feats = self._online_features(X, online)
+        A, c = online.family.log_prob_coefficients(online.params)
+        loglik, G = em.e_step(feats, A, c)
+        online.stats = em.stepwise_statistics(online.stats, G, feats.n, online.t, float(self.step_decay))
+        online.t, online.n_seen = online.t + 1, online.n_seen + feats.n
+        G_run = (online.stats * online.n_seen).to(device=A.device, dtype=A.dtype)
+        online.params = online.family.m_step(G_run, online.params)
+        self._online = online
+        self._store(online.params, online.shift)
+        self.shift_ = online.shift.cpu().numpy()
+        self.n_features_in_, self.n_components_ = int(feats.d), int(self.n_components)
+        self.lower_bound_ = loglik / feats.n
+        self.n_iter_, self.converged_ = online.t, False
+        earlier = getattr(self, "history_", []) if online.t > 1 else []
+        self.history_ = [*earlier, self.lower_bound_]
+        A, c = online.family.log_prob_coefficients(online.params)
+        self.labels_ = em.argmax_chunks(feats, A, c).cpu().numpy()
+        return self
+
+    def _online_start(self, X: Any) -> tuple[SimpleNamespace, Features]:
+        """The online state from the first batch: shift, prior and family from it, parameters from
+        the previous fit when there is one, else from ``init`` on the batch."""
+        self._seed = resolve_seed(self.random_state)
+        fitted = hasattr(self, "means_")
+        data = self._prepare(X)
+        if fitted and data.X.shape[1] == np.shape(self.means_)[1]:
+            params = self._params(data.shift)
+        else:
+            params = self._initial_params(data, make_generator(self._seed, "cpu"))
+        online = SimpleNamespace(shift=data.shift, family=data.family, params=params, stats=None)
+        online.t, online.n_seen = 0, 0
+        return online, data.feats
+
+    def _online_features(self, X: Any, online: SimpleNamespace) -> Features:
+        """Features of a later batch, centred at the first batch's shift."""
+        device, dtype = online.shift.device, online.shift.dtype
+        chunk = int(self.chunk_size)
+        if streaming.is_chunk_source(X):
+            source = ChunkSource(X)
+            if source.d != self.n_features_in_:
+                raise ValueError(
+                    f"X has {source.d} features, but GaussianMixture is expecting {self.n_features_in_} "
+                    "features as input."
+                )
+            return SourceFeatures(source, online.family.feature_map, online.shift, chunk)
+        Xt = check_array(X, device=device, dtype=dtype, n_features=self.n_features_in_)
+        return Features(Xt - online.shift, online.family.feature_map, chunk)
 
     def _n_restarts(self, data: SimpleNamespace) -> int:
         return 1 if data.warm or not isinstance(self.init, str) else int(self.n_init)
@@ -200,22 +349,24 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
     def _start(self, data: SimpleNamespace, seed: int | None) -> Run:
         engine = Engine(
             device=data.X.device, dtype=data.X.dtype, random_state=seed, max_iter=self.max_iter,
-            tol=self.tol, maximize=True, verbose=self.verbose, callbacks=self.callbacks,
-            desc="GaussianMixture EM",
+            tol=self.tol, maximize=True, verbose=self.verbose,
+            callbacks=self.callbacks, desc="GaussianMixture EM",
         )
         if data.warm:
             params0 = self._params(data.shift)
         else:
             params0 = self._initial_params(data, engine.generator)
-        return Run(engine, [Step("em", em.em_step(data.family, data.feats))], {"params": params0})
+        step = em.em_step(data.family, data.feats, n_total=getattr(data, "n_total", None))
+        return Run(engine, [Step("em", step)], {"params": params0})
 
     def _restart_score(self, data: SimpleNamespace, run: Run) -> float:
-        return float(run.result.history[-1])
+        history = run.result.history
+        return float(history[-1]) if history else -np.inf  # interrupted before one iteration
 
     def _finish(self, data: SimpleNamespace, run: Run) -> None:
         self.shift_ = data.shift.cpu().numpy()
         self._store(run.state["params"], data.shift)
-        self.lower_bound_ = self.history_[-1]
+        self.lower_bound_ = self.history_[-1] if self.history_ else -np.inf
         self.n_features_in_ = data.X.shape[1]
         self.n_components_ = int(self.n_components)
         if self.inference != "em":
@@ -223,7 +374,14 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             # the EM warm start's run; n_iter_ / converged_ / history_ then describe the route's run
             self.em_n_iter_, self.em_converged_ = self.n_iter_, self.converged_
             self.em_history_ = self.history_
-        if self.inference == "svi":
+        if self.inference != "em" and (run.result.interrupted or run.result.stopped):
+            warnings.warn(
+                f"the EM warm start was {'interrupted' if run.result.interrupted else 'stopped'}; "
+                f"the {self.inference} stage did not run (the model holds the EM estimate).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        elif self.inference == "svi":
             self._fit_svi(data.X, data.prior)
         elif self.inference == "nuts":
             self._fit_nuts(data.X, data.prior)
@@ -262,13 +420,15 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
                 centers = kmeans.kmeans_plusplus(Xc, k, gen, chunk)
                 if self.init == "kmeans":
                     centers = kmeans.lloyd(Xc, centers, 20, chunk)
+            centers = distributed.broadcast(centers)  # rank 0's centres on every rank
             resp = torch.nn.functional.one_hot(kmeans.nearest_center(Xc, centers, chunk), k).to(Xc.dtype)
         unit = gaussian.GMMParams(
             torch.full((k,), 1.0 / k, dtype=Xc.dtype, device=Xc.device),
             torch.zeros(k, d, dtype=Xc.dtype, device=Xc.device),
             gaussian.identity_covariances(self.covariance_type, k, d, Xc),
         )
-        return data.family.m_step(em.statistics_from_resp(data.feats, resp), unit)
+        init_feats = getattr(data, "init_feats", data.feats)  # out of core: the sample Xc's features
+        return data.family.m_step(em.statistics_from_resp(init_feats, resp), unit)
 
     def _given_params(self, means_c: torch.Tensor, Xc: torch.Tensor) -> gaussian.GMMParams:
         k, d = means_c.shape
@@ -307,7 +467,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         from ..inference.svi import fit_svi
 
         engine = Engine(
-            device=X.device, dtype=X.dtype, random_state=self.random_state, max_iter=self.max_iter,
+            device=X.device, dtype=X.dtype, random_state=self._seed, max_iter=self.max_iter,
             tol=0.0, maximize=False, verbose=self.verbose, callbacks=self.callbacks,
             desc="GaussianMixture SVI",
         )
@@ -328,7 +488,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             X.double(), self.n_components, self.covariance_type, gmm_prior,
             {k: v.double() for k, v in self._init_dict(X).items()},
             num_samples=int(self.num_samples), warmup_steps=int(self.warmup_steps),
-            num_chains=int(self.num_chains), random_state=self.random_state,
+            num_chains=int(self.num_chains), random_state=self._seed,
         )
         self._nuts_result = result
         s = result.samples
@@ -375,6 +535,59 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             ),
             shift,
         )
+
+    # ------------------------------------------------------------------ persistence
+    def _extra_state(self) -> dict[str, Any]:
+        """What ``to_inference_data`` needs after a reload, as tensors and plain values: the fit data,
+        the SVI point and mean-field guide parameters, the NUTS run's diagnostics (its draws are
+        ``posterior_samples_``)."""
+        out: dict[str, Any] = {}
+        if getattr(self, "_X_fit", None) is not None:
+            out["X_fit"] = self._X_fit
+        svi = getattr(self, "_svi_result", None)
+        if svi is not None:
+            loc_scale = None
+            if svi.guide_type != "map":
+                with torch.no_grad():
+                    loc_scale = {k: tuple(svi.guide._get_loc_and_scale(k)) for k in _SVI_SITES}
+            out["svi"] = {
+                "point": {k: getattr(svi, k) for k in ("weights", "means", "covariances", "precisions")},
+                "history": list(svi.history), "guide_type": svi.guide_type,
+                "covariance_type": svi.covariance_type, "loc_scale": loc_scale,
+            }
+        nuts = getattr(self, "_nuts_result", None)
+        if nuts is not None:
+            keys = ("divergences", "permutations", "n_relabelled", "relabelled_fraction", "covariance_type",
+                    "reference_means", "accept_prob")
+            out["nuts"] = {k: getattr(nuts, k) for k in keys}
+        return out
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        """Check the fitted parameters and rebuild the SVI / NUTS result ``to_inference_data`` reads."""
+        from .._persist import require_attributes, require_keys
+
+        require_attributes(self, ("weights_", "means_", "covariances_", "shift_", "n_components_"))
+        route = self.inference
+        if route == "em" or not hasattr(self, "em_means_"):  # EM, or the route's stage did not run
+            return
+        require_keys(extra, ("X_fit", route), "extra state")
+        self._X_fit = extra["X_fit"]
+        if route == "nuts":
+            from ..inference.nuts import NUTSResult
+
+            require_attributes(self, ("posterior_samples_",))
+            samples = {k: torch.as_tensor(v) for k, v in self.posterior_samples_.items()}
+            self._nuts_result = NUTSResult(samples=samples, **extra["nuts"])
+        else:
+            from ..inference.svi import SVIResult
+
+            st = extra["svi"]
+            ls = st["loc_scale"]
+            guide = None if ls is None else _SavedNormalGuide(ls, _svi_supports(st["covariance_type"]))
+            self._svi_result = SVIResult(
+                **st["point"], history=st["history"], guide=guide, guide_type=st["guide_type"],
+                covariance_type=st["covariance_type"], model=None,
+            )
 
     def to_inference_data(self):
         """ArviZ InferenceData of the NUTS or SVI (mean-field) posterior."""
@@ -441,3 +654,32 @@ def _draw_covariances(samples: dict[str, torch.Tensor], cov_type: str) -> torch.
 
 def _posterior_mean_cov(samples: dict[str, torch.Tensor], cov_type: str) -> torch.Tensor:
     return _draw_covariances(samples, cov_type).mean((0, 1))
+
+
+# --------------------------------------------------------------------------------- persistence helpers
+_SVI_SITES = ("weights", "means", "precisions")  # the global sites of the SVI guide
+
+
+def _svi_supports(cov_type: str) -> dict[str, Any]:
+    """Support of each global site of :func:`~bayesclust.models.gmm_model.make_gmm_model`."""
+    from torch.distributions import constraints
+
+    from ..models.gmm_model import positive_definite_precision
+
+    prec = {"full": positive_definite_precision, "tied": positive_definite_precision,
+            "diag": constraints.independent(constraints.positive, 1), "spherical": constraints.positive}
+    return {"weights": constraints.simplex, "means": constraints.real_vector, "precisions": prec[cov_type]}
+
+
+class _SavedNormalGuide:
+    """A mean-field guide read back from a model file: the (loc, scale) of each site in the
+    unconstrained space and the site's support, which is what ``SVIResult.sample_posterior`` reads."""
+
+    def __init__(self, loc_scale: dict[str, Any], supports: dict[str, Any]) -> None:
+        self._loc_scale = {k: (torch.as_tensor(v[0]), torch.as_tensor(v[1])) for k, v in loc_scale.items()}
+        self.prototype_trace = SimpleNamespace(
+            nodes={k: {"fn": SimpleNamespace(support=supports[k])} for k in self._loc_scale}
+        )
+
+    def _get_loc_and_scale(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._loc_scale[name]

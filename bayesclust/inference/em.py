@@ -118,3 +118,19 @@ def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Ca
 def statistics_from_resp(feats: Features, resp: torch.Tensor) -> torch.Tensor:
     """G (K, Q + 1) = resp^T [phi, 1] for given responsibilities resp (n, K) (initialisation)."""
     return weighted_statistics(feats, resp, counts=True)
+
+
+def stepwise_statistics(
+    running: torch.Tensor | None, G: torch.Tensor, n_batch: int, step: int, kappa: float
+) -> torch.Tensor:
+    """Stepwise (online) EM, Cappe & Moulines (2009): the running per-point statistics (K, Q + 1)
+    float64 after a batch whose statistics are ``G`` (K, Q + 1) over ``n_batch`` points.
+
+    ``s <- (1 - g) s + g G / n_batch`` with step size ``g = (step + 2) ** -kappa``, kappa in
+    (0.5, 1] (the first batch, ``running=None``, gives ``G / n_batch``).
+    """
+    batch = G.double().cpu() / float(n_batch)
+    if running is None:
+        return batch
+    gamma = float(step + 2) ** -float(kappa)
+    return (1.0 - gamma) * running + gamma * batch

@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
+from .distributed import average_gradients
 from .engine import Engine
+from .streaming import reduce_statistics
 
 __all__ = ["epoch_step", "minibatch_step", "next_batch", "optimizer_step"]
 
@@ -25,6 +27,8 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> floa
     """One gradient update on the scalar ``loss``; returns its value."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    # a distributed fit: every rank steps with the gradient averaged over ranks (as DDP does)
+    average_gradients(p for group in optimizer.param_groups for p in group["params"])
     optimizer.step()
     return float(loss.detach())
 
@@ -60,6 +64,8 @@ def epoch_step(
             total += optimizer_step(opt, batch_loss(state, idx)) * idx.numel()
             count += idx.numel()
         _set_train(state, keys, False)
+        # the mean over every process's points, so every rank sees the same objective (convergence)
+        total, count = reduce_statistics(torch.tensor([total, float(count)], dtype=torch.float64)).tolist()
         return total / max(count, 1)
 
     return fn

@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from ..models.family import ConjugateFamily
-from .streaming import Features, reduce_statistics, scatter_statistics
+from . import distributed
+from .streaming import Features, is_reducing, reduce_statistics, scatter_statistics
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -106,6 +107,7 @@ class SamplerState:
     best_joint: float = -math.inf
     best_z: torch.Tensor | None = None
     best_sweep: int = -1
+    best_k: int = 0  # number of clusters of best_z
     draws_weights: list[torch.Tensor] = field(default_factory=list)
     draws_means: list[torch.Tensor] = field(default_factory=list)
     draws_labels: list[torch.Tensor] = field(default_factory=list)
@@ -122,7 +124,7 @@ def init_state(
     """One cluster holding all points, random sub-clusters (``feats`` maps the family's statistics)."""
     seed = int(torch.randint(0, 2**62, (1,), generator=gen))
     dev_gen = torch.Generator(device=device)
-    dev_gen.manual_seed(seed)
+    dev_gen.manual_seed(seed + distributed.rank())  # per-point draws differ by shard
     n = feats.n
     z = torch.zeros(n, dtype=torch.long, device=device)
     zsub = (torch.rand(n, generator=dev_gen, device=device) < 0.5).long()
@@ -168,7 +170,7 @@ def _anchors(z: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     first = torch.full((k,), n, dtype=torch.long, device=z.device)
     first.scatter_reduce_(0, z[perm], torch.arange(n, device=z.device), reduce="amin")
     mask = torch.zeros(n, dtype=torch.bool, device=z.device)
-    mask[perm[first]] = True
+    mask[perm[first[first < n]]] = True  # a distributed shard may hold no point of a cluster
     return mask
 
 
@@ -324,7 +326,9 @@ def exact_subclusters(st: SamplerState, cfg: SamplerConfig) -> None:
     nc = st.G[:, -1].view(k, 2).sum(1)
     st.log_rho = torch.zeros(k, dtype=torch.float64)
     small = (nc <= cfg.exact_max) & (nc > 0.5)
-    if not bool(small.any()):
+    # a distributed fit cannot enumerate a cluster whose points lie on several ranks: there every
+    # cluster takes Chang & Fisher's approximation
+    if not bool(small.any()) or is_reducing():
         return
     clusters = torch.nonzero(small).flatten().tolist()
     groups = _members(st.z, clusters)
@@ -467,7 +471,7 @@ def propose_merges(st: SamplerState, cfg: SamplerConfig, frozen: torch.Tensor, G
     lml_m, lml_c = lml[: pairs.shape[0]], lml[pairs.shape[0] :]
     log_h = log_merge_ratio(nc[a], nc[b], lml_m, lml_c[a], lml_c[b], cfg.alpha)
     small = (nc[a] + nc[b]) <= cfg.exact_max
-    if bool(small.any()):  # exact log rho of the merged cluster's sub-labelling (a vs b)
+    if bool(small.any()) and not is_reducing():  # exact log rho of the merged sub-labelling (a vs b)
         log_h = log_h + _merge_log_rho(st, cfg, a, b, small)
     u = torch.rand(pairs.shape[0], generator=st.gen, dtype=torch.float64)
     acc = pairs[torch.log(u) < log_h]
@@ -536,8 +540,18 @@ def sweep(st: SamplerState, cfg: SamplerConfig, iteration: int) -> float:
             st.draws_labels.append(st.z.to(torch.int32).clone())
     # point estimate: the post-burn-in sample of highest joint probability (the last one before)
     if iteration <= cfg.burn_in or joint >= st.best_joint:
-        st.best_joint, st.best_z, st.best_sweep = joint, st.z.clone(), iteration
+        st.best_joint, st.best_z, st.best_sweep, st.best_k = joint, st.z.clone(), iteration, st.k
     return joint
+
+
+def best_labels(st: SamplerState) -> tuple[torch.Tensor, int]:
+    """The point estimate's labels (n,) renumbered 0..K-1 over the non-empty clusters, and K (the
+    current labels when no sweep completed). Cluster sizes are summed over processes, so every rank
+    numbers the clusters alike."""
+    z, k = (st.z, st.k) if st.best_z is None else (st.best_z, st.best_k)
+    counts = reduce_statistics(torch.bincount(z, minlength=k).double())
+    keep = counts.to(z.device) > 0
+    return (torch.cumsum(keep.long(), 0) - 1)[z], int(keep.sum())
 
 
 def run_state_summary(st: SamplerState) -> dict[str, Any]:

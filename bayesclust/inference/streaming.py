@@ -14,7 +14,9 @@ sufficient statistics over the data through :func:`reduce_statistics`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._device import empty_buffer
@@ -111,3 +113,175 @@ def weighted_statistics(feats: Features, weights: torch.Tensor, *, counts: bool 
         if counts:
             Gt[-1] += weights[sl].sum(0)
     return reduce_statistics(Gt).T
+
+
+def is_reducing() -> bool:
+    """Whether a reduction over processes is installed (a distributed fit is running)."""
+    return _reduce is not None
+
+
+def global_moments(X: torch.Tensor, chunk_size: int = 65536) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(N, mean (D,), variance (D,)) float64 of the rows of X (n, D) over every process, in two
+    reduced passes (sum, then the centred sum of squares), chunk by chunk (no float64 copy of X)."""
+    n = int(reduce_statistics(torch.tensor(float(X.shape[0]), dtype=torch.float64, device=X.device)))
+    total = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
+    for start in range(0, X.shape[0], chunk_size):
+        total += X[start : start + chunk_size].double().sum(0)
+    mean = reduce_statistics(total) / n
+    sq = torch.zeros_like(total)
+    for start in range(0, X.shape[0], chunk_size):
+        sq += ((X[start : start + chunk_size].double() - mean) ** 2).sum(0)
+    return n, mean, reduce_statistics(sq) / n
+
+
+def moment_proxy(mean: torch.Tensor, var: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Two rows (2, D) whose mean and (biased) variance are ``mean`` and ``var``: a stand-in for the
+    data where only its first two moments are used (data-dependent default priors)."""
+    sd = var.clamp(min=0).sqrt()
+    return torch.stack([mean - sd, mean + sd]).to(dtype)
+
+
+# ---------------------------------------------------------------------- data larger than memory
+def _is_h5_dataset(X: object) -> bool:
+    return type(X).__module__.startswith("h5py") and hasattr(X, "shape") and hasattr(X, "dtype")
+
+
+def is_chunk_source(X: object) -> bool:
+    """Whether ``X`` is fitted out of core: a numpy memmap, an HDF5 dataset, a :class:`ChunkSource`,
+    a folder of ``.npy`` files, or a list / tuple of chunks (2-D arrays or tensors, ``.npy`` paths)."""
+    if isinstance(X, np.memmap | ChunkSource) or _is_h5_dataset(X):
+        return True
+    if isinstance(X, str | Path):
+        return Path(X).is_dir()
+    if isinstance(X, list | tuple) and len(X) > 0:
+        return all(
+            isinstance(p, str | Path)
+            or _is_h5_dataset(p)
+            or (isinstance(p, np.ndarray | torch.Tensor) and p.ndim == 2)
+            for p in X
+        )
+    return False
+
+
+class ChunkSource:
+    """Rows of data kept outside memory, read by row range: a sequence of parts (numpy memmaps,
+    HDF5 datasets, arrays or tensors, ``.npy`` files opened as memmaps), each (n_i, D), seen as
+    one (N, D) array. Only the rows asked for are read."""
+
+    def __init__(self, X: object, name: str = "X") -> None:
+        if isinstance(X, ChunkSource):
+            X = X.parts
+        if isinstance(X, str | Path):
+            X = sorted(Path(X).glob("*.npy"))
+            if not X:
+                raise ValueError(f"{name}: the folder holds no .npy files; pass a folder of (n, D) chunks.")
+        parts = list(X) if isinstance(X, list | tuple) else [X]
+        self.parts = [_open_part(p, name) for p in parts]
+        widths = {tuple(p.shape[1:]) for p in self.parts}
+        if len(widths) != 1:
+            raise ValueError(f"{name}: chunks must have the same number of features, got {sorted(widths)}.")
+        self.d = int(self.parts[0].shape[1])
+        self.offsets = np.cumsum([0] + [int(p.shape[0]) for p in self.parts])
+        self.n = int(self.offsets[-1])
+        if self.n == 0:
+            raise ValueError(f"{name} is empty (0 rows in all chunks); pass at least one sample.")
+        self.shape = (self.n, self.d)
+
+    def rows(self, start: int, stop: int) -> object:
+        """Rows ``start:stop`` as one numpy array (stop - start, D), read from the parts they span."""
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        out = []
+        while start < stop:
+            lo = int(self.offsets[first])
+            hi = min(stop, int(self.offsets[first + 1]))
+            out.append(_as_numpy(self.parts[first][start - lo : hi - lo]))
+            start, first = hi, first + 1
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def take(self, index: object) -> object:
+        """Rows at the sorted indices ``index`` (m,) as one numpy array (m, D)."""
+        index = np.asarray(index)
+        part_of = np.searchsorted(self.offsets, index, side="right") - 1
+        out = [
+            _as_numpy(self.parts[p][(index[part_of == p] - self.offsets[p]).tolist()])
+            for p in np.unique(part_of)
+        ]
+        return np.concatenate(out)
+
+
+def _open_part(p: object, name: str) -> object:
+    if isinstance(p, str | Path):
+        path = Path(p)
+        if not path.is_file():
+            raise ValueError(f"{name}: chunk file {str(path)!r} does not exist.")
+        p = np.load(path, mmap_mode="r")
+    if isinstance(p, torch.Tensor):
+        p = p.detach().cpu().numpy()
+    if not hasattr(p, "shape") or len(p.shape) != 2:
+        raise ValueError(f"{name}: every chunk must be 2-D (n, D), got shape {getattr(p, 'shape', None)}.")
+    if not (np.issubdtype(p.dtype, np.number) or np.issubdtype(p.dtype, np.bool_)):
+        raise TypeError(f"{name}: chunks must be numeric, got dtype {p.dtype}.")
+    return p
+
+
+def _as_numpy(a: object) -> np.ndarray:
+    """A contiguous, writeable numpy array of a block read from a part (copied when read-only)."""
+    out = np.asarray(a)
+    return out if out.flags.writeable and out.flags.c_contiguous else np.array(out)
+
+
+class SourceFeatures(Features):
+    """:class:`Features` over a :class:`ChunkSource`: each call reads its rows from the source,
+    moves them to ``device`` / ``dtype``, subtracts ``shift`` (D,) and computes phi into one reused
+    buffer. Nothing of size N is kept; ``X`` is an empty (0, D) tensor carrying device and dtype."""
+
+    def __init__(
+        self,
+        source: ChunkSource,
+        feature_fn: FeatureFn,
+        shift: torch.Tensor,
+        chunk_size: int = 65536,
+    ) -> None:
+        self.source = source
+        self.shift = shift
+        self.n, self.d = source.n, source.d
+        self.X = shift.new_empty(0, self.d)
+        self.feature_fn = feature_fn
+        self.chunk_size = max(1, int(chunk_size))
+        self.q = int(feature_fn(shift[None]).shape[1])
+        self.cache = None
+        self._buf = None
+
+    def read(self, sl: slice) -> torch.Tensor:
+        """The centred rows ``sl`` (m, D) on the device, in the dtype."""
+        start, stop, _ = sl.indices(self.n)
+        rows = torch.from_numpy(self.source.rows(start, stop))
+        return rows.to(device=self.shift.device, dtype=self.shift.dtype) - self.shift
+
+    def __call__(self, sl: slice) -> torch.Tensor:
+        x = self.read(sl)
+        if self._buf is None or self._buf.shape[0] < x.shape[0]:
+            self._buf = x.new_empty(x.shape[0], self.q)
+        return self.feature_fn(x, out=self._buf)
+
+
+def source_moments(
+    source: ChunkSource,
+    device: torch.device,
+    dtype: torch.dtype,
+    chunk_size: int,
+    check: Callable[..., torch.Tensor],
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(N, mean (D,), variance (D,)) float64 of a source, chunk by chunk (two passes, reduced over
+    processes); every chunk goes through ``check(array, device=, dtype=)`` (validation) once."""
+    total = torch.zeros(source.d, dtype=torch.float64, device=device)
+    for start in range(0, source.n, chunk_size):
+        x = check(source.rows(start, min(source.n, start + chunk_size)), device=device, dtype=dtype)
+        total += x.double().sum(0)
+    n = int(reduce_statistics(torch.tensor(float(source.n), dtype=torch.float64, device=device)))
+    mean = reduce_statistics(total) / n
+    sq = torch.zeros_like(total)
+    for start in range(0, source.n, chunk_size):
+        x = torch.from_numpy(source.rows(start, min(source.n, start + chunk_size)))
+        sq += ((x.to(device=device, dtype=dtype).double() - mean) ** 2).sum(0)
+    return n, mean, reduce_statistics(sq) / n

@@ -18,6 +18,7 @@ import torch
 
 from ..models.gaussian import GaussianFamily, gaussian_coefficients
 from ..models.priors import NIW
+from .distributed import broadcast
 from .kmeans import kmeans_plusplus, lloyd, nearest_center
 from .streaming import Features, reduce_statistics, scatter_statistics
 
@@ -73,15 +74,17 @@ def vi_step(st: VIState) -> float:
     feats = st.feats
     A = log_rho_coefficients(st).to(device=feats.X.device, dtype=feats.X.dtype)
     G = torch.zeros(A.shape[1], feats.q, dtype=torch.float64, device=feats.X.device)
-    total = torch.zeros((), dtype=torch.float64, device=feats.X.device)
+    total = torch.zeros(2, dtype=torch.float64, device=feats.X.device)  # sum of lse, number of points
+    total[1] = feats.n
     for sl in feats.slices():
         phi = feats(sl)
         logits = phi @ A
         lse = torch.logsumexp(logits, 1, keepdim=True)
-        total += lse.sum(dtype=torch.float64)
+        total[0] += lse.sum(dtype=torch.float64)
         G += (torch.exp(logits - lse).T @ phi).double()
     m_step(st, reduce_statistics(G).cpu())
-    return float(reduce_statistics(total)) / feats.n
+    total = reduce_statistics(total)  # over every process: the mean is per point of the whole data
+    return float(total[0]) / float(total[1])
 
 
 def init_vi(
@@ -91,6 +94,7 @@ def init_vi(
     X = feats.X
     k = min(truncation, feats.n)
     centres = lloyd(X, kmeans_plusplus(X, k, generator, n_local_trials=1), 10)
+    centres = broadcast(centres)  # a distributed fit starts every rank from rank 0's centres
     labels = nearest_center(X, centres)
     G = scatter_statistics(feats, labels, truncation)
     st = VIState(feats, family, alpha, None, None, None, None)  # type: ignore[arg-type]

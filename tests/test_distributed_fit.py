@@ -1,0 +1,183 @@
+"""Distributed fitting: 2 processes on localhost (gloo) give the fit of one process on the whole data.
+
+One launch of 2 ranks runs every case (GMM-EM, DPGMM split/merge, mean-field VI, a trained head) on
+its half of the data; each test compares one case with a single-process fit with the same seed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import bayesclust as bc
+from bayesclust.inference import distributed, streaming
+
+WORLD = 2
+TIMEOUT_S = 90
+
+
+def _data() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0, 0, 0], [8, 0, 0, 0], [0, 8, 0, 0]])
+    X = np.concatenate([rng.normal(size=(200, 4)) + c for c in centres]).astype(np.float32)
+    return X[rng.permutation(len(X))]
+
+
+def _models() -> dict[str, object]:
+    return {
+        "gmm": bc.GaussianMixture(3, random_state=0, tol=1e-7, max_iter=300),
+        "dpgmm": bc.DPGMM(random_state=0, max_iter=40),
+        "vi": bc.DPGMM(inference="vi", truncation=4, random_state=0, max_iter=300, tol=1e-6),
+        "head": bc.EntropyClustering(3, head="linear", max_iter=60, batch_size=None, random_state=0, tol=0),
+    }
+
+
+def _summary(name: str, model) -> dict[str, np.ndarray]:
+    out = {"labels": np.asarray(model.labels_)}
+    if name == "head":
+        out["proba"] = model.predict_proba(_data())
+    else:
+        out["means"], out["weights"] = np.asarray(model.means_), np.asarray(model.weights_)
+        out["covariances"] = np.asarray(model.covariances_)
+    return out
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+        timeout=timedelta(seconds=TIMEOUT_S),
+    )
+    try:
+        shard = np.array_split(_data(), WORLD)[rank]
+        results = {name: _summary(name, model.fit(shard)) for name, model in _models().items()}
+        results["reduce_after"] = streaming.is_reducing()  # the all-reduce is uninstalled after fit
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def fits(tmp_path_factory) -> tuple[list[dict], dict]:
+    """Every case fitted by 2 gloo processes, each on its half of the data, and (meanwhile, in this
+    process) by one process on the whole data."""
+    out = tmp_path_factory.mktemp("dist")
+    ctx = mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        single = {name: _summary(name, model.fit(_data())) for name, model in _models().items()}
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"distributed workers did not finish in {TIMEOUT_S} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)], single
+
+
+@pytest.fixture(scope="module")
+def ranks(fits) -> list[dict]:
+    return fits[0]
+
+
+@pytest.fixture(scope="module")
+def single(fits) -> dict:
+    return fits[1]
+
+
+def _match(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """The permutation of got's components that are nearest to ref's (K, D) means."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = ((ref[:, None] - got[None]) ** 2).sum(-1)
+    return linear_sum_assignment(cost)[1]
+
+
+def _check_mixture(name: str, ranks: list[dict], single: dict, atol: float, w_atol: float = 1e-3) -> None:
+    ref = single[name]
+    for r in ranks:  # every rank holds the same (global) parameters
+        np.testing.assert_allclose(r[name]["means"], ranks[0][name]["means"], atol=1e-6)
+    got = ranks[0][name]
+    assert got["means"].shape == ref["means"].shape
+    perm = _match(ref["means"], got["means"])
+    np.testing.assert_allclose(got["means"][perm], ref["means"], atol=atol)
+    np.testing.assert_allclose(got["weights"][perm], ref["weights"], atol=w_atol)
+    np.testing.assert_allclose(got["covariances"][perm], ref["covariances"], atol=10 * atol)
+    labels = np.concatenate([r[name]["labels"] for r in ranks])
+    inverse = np.argsort(perm)
+    np.testing.assert_array_equal(inverse[labels], ref["labels"])
+
+
+def test_distributed_gmm_em_matches_one_process(ranks, single):
+    _check_mixture("gmm", ranks, single, atol=1e-3)
+
+
+def test_distributed_dpgmm_splitmerge_matches_one_process(ranks, single):
+    _check_mixture("dpgmm", ranks, single, atol=1e-3)
+
+
+def test_distributed_meanfield_vi_matches_one_process(ranks, single):
+    # stick-breaking weights depend on the components' order, which k-means on rank 0's shard and on
+    # the whole data may give differently: the weights agree to 1e-2, the rest to 1e-3
+    _check_mixture("vi", ranks, single, atol=1e-3, w_atol=1e-2)
+
+
+def test_distributed_head_matches_one_process(ranks, single):
+    from sklearn.metrics import adjusted_rand_score
+
+    labels = np.concatenate([r["head"]["labels"] for r in ranks])
+    assert adjusted_rand_score(labels, single["head"]["labels"]) == 1.0
+    np.testing.assert_allclose(ranks[0]["head"]["proba"], ranks[1]["head"]["proba"], atol=1e-5)
+    # same clustering; the probabilities agree up to the label order
+    got, ref = ranks[0]["head"]["proba"], single["head"]["proba"]
+    perm = _match(ref.T, got.T)
+    np.testing.assert_allclose(got[:, perm], ref, atol=0.05)
+
+
+def test_distributed_reduce_is_removed_after_fit(ranks):
+    assert not any(r["reduce_after"] for r in ranks)
+    assert not distributed.is_distributed() and not streaming.is_reducing()
+
+
+def test_distributed_unequal_shards_rejected_for_neural_training():
+    calls = []
+
+    def fake_sum(t: torch.Tensor) -> torch.Tensor:  # two ranks holding 3 and 5 rows
+        calls.append(t)
+        return torch.tensor([8.0, 34.0, 2.0], dtype=torch.float64)
+
+    previous = streaming.set_reduce(fake_sum)
+    try:
+        with pytest.raises(ValueError, match="shards of equal size"):
+            distributed.check_equal_shards(3)
+    finally:
+        streaming.set_reduce(previous)
+    assert calls
+
+
+def test_distributed_shard_rows_split_like_array_split(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    parts = []
+    for r in range(3):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        parts.append(np.arange(10)[distributed.shard_rows(10)])
+    for got, ref in zip(parts, np.array_split(np.arange(10), 3)):
+        np.testing.assert_array_equal(got, ref)

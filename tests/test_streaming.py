@@ -1,0 +1,130 @@
+"""Data larger than memory: fits that read memmaps, HDF5 datasets and lists of chunks chunk by chunk
+equal the in-memory fit; the streaming seam's reduction; CPU / CUDA parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import bayesclust as bc
+from bayesclust.inference import streaming
+
+
+def _blobs(n: int = 900, d: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, d)) * 6
+    X = np.concatenate([rng.normal(size=(n // 3, d)) + c for c in centres]).astype(np.float32)
+    return X[rng.permutation(len(X))]
+
+
+def _gmm(**kw) -> bc.GaussianMixture:
+    return bc.GaussianMixture(3, random_state=0, chunk_size=128, **kw)
+
+
+@pytest.fixture(scope="module")
+def X() -> np.ndarray:
+    return _blobs()
+
+
+@pytest.fixture(scope="module")
+def reference(X) -> bc.GaussianMixture:
+    return _gmm().fit(X)
+
+
+def _assert_same_fit(a: bc.GaussianMixture, b: bc.GaussianMixture) -> None:
+    np.testing.assert_allclose(a.means_, b.means_, atol=1e-4)
+    np.testing.assert_allclose(a.weights_, b.weights_, atol=1e-5)
+    np.testing.assert_allclose(a.covariances_, b.covariances_, atol=1e-4)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    assert a.lower_bound_ == pytest.approx(b.lower_bound_, abs=1e-5)
+
+
+def test_memmap_fit_equals_in_memory_fit(X, reference, tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    mm = np.load(path, mmap_mode="r")
+    assert isinstance(mm, np.memmap) and streaming.is_chunk_source(mm)
+    _assert_same_fit(_gmm().fit(mm), reference)
+
+
+def test_chunk_list_fit_equals_in_memory_fit(X, reference, tmp_path):
+    parts = [X[:100], X[100:450], X[450:]]  # chunk boundaries that do not align with chunk_size
+    _assert_same_fit(_gmm().fit(parts), reference)
+    paths = []
+    for i, p in enumerate(parts):
+        paths.append(tmp_path / f"part{i}.npy")
+        np.save(paths[-1], p)
+    _assert_same_fit(_gmm().fit(paths), reference)
+    _assert_same_fit(_gmm().fit(str(tmp_path)), reference)  # a folder of .npy files
+
+
+def test_hdf5_fit_equals_in_memory_fit(X, reference, tmp_path):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f.create_dataset("X", data=X, chunks=(64, X.shape[1]))
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        _assert_same_fit(_gmm().fit(f["X"]), reference)
+
+
+def test_out_of_core_features_hold_no_copy_of_the_data(X):
+    source = streaming.ChunkSource([X[:300], X[300:]])
+    feats = streaming.SourceFeatures(source, lambda x, out=None: x * 2, torch.zeros(3), chunk_size=64)
+    assert feats.cache is None and feats.X.shape == (0, 3) and feats.n == 900
+    np.testing.assert_allclose(feats(slice(250, 350)).numpy(), 2 * X[250:350])
+    np.testing.assert_allclose(source.take([5, 299, 300, 899]), X[[5, 299, 300, 899]])
+
+
+def test_plain_nested_lists_stay_in_memory():
+    assert not streaming.is_chunk_source([[1.0, 2.0], [3.0, 4.0]])
+    assert not streaming.is_chunk_source(np.zeros((4, 2)))
+
+
+def test_bad_chunks_raise_clear_errors(X, tmp_path):
+    with pytest.raises(ValueError, match="same number of features"):
+        _gmm().fit([X[:100], X[100:, :2]])
+    with pytest.raises(ValueError, match="does not exist"):
+        _gmm().fit([tmp_path / "missing.npy"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no .npy files"):
+        _gmm().fit(str(tmp_path / "empty"))
+    with pytest.raises(TypeError, match="numeric"):
+        _gmm().fit([np.array([["a", "b"], ["c", "d"]])])
+    bad = X.copy()
+    bad[500, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        _gmm().fit([bad[:400], bad[400:]])
+    with pytest.raises(ValueError, match="at least 3 are needed"):
+        _gmm().fit([X[:1], X[1:2]])
+    with pytest.raises(ValueError, match="inference='em' only"):
+        _gmm(inference="svi").fit([X[:100], X[100:]])
+
+
+def test_installed_reduce_sums_over_processes(X, reference):
+    """A reduction that doubles every total acts as two processes holding the same shard: the fit
+    equals the one-process fit on the data twice (both started from the same means)."""
+    previous = streaming.set_reduce(lambda t: 2 * t)
+    try:
+        twice = _gmm(init=reference.means_ + 0.5).fit(X)
+    finally:
+        streaming.set_reduce(previous)
+    assert not streaming.is_reducing()
+    one = _gmm(init=reference.means_ + 0.5).fit(np.concatenate([X, X]))
+    np.testing.assert_allclose(twice.means_, one.means_, atol=1e-4)
+    np.testing.assert_allclose(twice.weights_, one.weights_, atol=1e-5)
+    assert twice.n_iter_ == one.n_iter_
+    assert twice.lower_bound_ == pytest.approx(one.lower_bound_, abs=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU / CUDA parity needs a CUDA GPU")
+def test_cuda_matches_cpu_in_memory_out_of_core_and_online(X):
+    cpu, gpu = _gmm(dtype="float64").fit(X), _gmm(dtype="float64", device="cuda").fit(X)
+    np.testing.assert_allclose(gpu.means_, cpu.means_, atol=1e-6)
+    np.testing.assert_array_equal(gpu.labels_, cpu.labels_)
+    ooc = _gmm(dtype="float64", device="cuda").fit([X[:400], X[400:]])
+    np.testing.assert_allclose(ooc.means_, cpu.means_, atol=1e-6)
+    a, b = _gmm(dtype="float64"), _gmm(dtype="float64", device="cuda")
+    for s in range(0, len(X), 300):
+        a.partial_fit(X[s : s + 300])
+        b.partial_fit(X[s : s + 300])
+    np.testing.assert_allclose(b.means_, a.means_, atol=1e-6)
