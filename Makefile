@@ -16,17 +16,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bayesclust demo --out demo_output
+	$(BIN)/bayesclust demo --out bayesclust-report
 
 test: $(STAMP)
-	$(BIN)/ruff check bayesclust tests benchmarks
+	$(BIN)/ruff check bayesclust tests benchmarks examples
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
 	for b in gmm dpgmm dti discriminative; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 lint: $(STAMP)
-	$(BIN)/ruff check bayesclust tests benchmarks
+	$(BIN)/ruff check bayesclust tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) bayesclust-report example-output .pytest_cache

@@ -3,9 +3,10 @@
 Public API re-exports only; see the README for a tour.
 """
 
-from . import datasets, losses, metrics, plotting
+from . import datasets, losses, metrics, plotting, uncertainty
 from ._device import resolve_device
 from ._validation import NotFittedError
+from .compare import Comparison, compare
 from .estimators import DPGMM, DTIGMM, DTIKMeans, EntropyClustering, GaussianMixture
 from .inference.engine import ConvergenceWarning, Engine, NonFiniteError, Step
 
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DPGMM",
     "DTIGMM",
+    "Comparison",
     "ConvergenceWarning",
     "DTIKMeans",
     "Engine",
@@ -22,9 +24,11 @@ __all__ = [
     "NonFiniteError",
     "NotFittedError",
     "Step",
+    "compare",
     "datasets",
     "losses",
     "metrics",
     "plotting",
     "resolve_device",
+    "uncertainty",
 ]

@@ -116,3 +116,267 @@ def plot_confusion(
         ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04)
     return _finish(fig, path)
+
+
+# ------------------------------------------------------------------------------ comparison and uncertainty
+def _grid(X: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A (resolution**2, 2) grid over the 2-D data range (5% margin) and its two axes."""
+    lo, hi = X.min(0), X.max(0)
+    pad = 0.05 * (hi - lo + 1e-12)
+    gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], resolution)
+    gy = np.linspace(lo[1] - pad[1], hi[1] + pad[1], resolution)
+    xx, yy = np.meshgrid(gx, gy)
+    return np.column_stack([xx.ravel(), yy.ravel()]), gx, gy
+
+
+def _check_2d(X: Any) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != 2:
+        raise ValueError(f"this figure needs 2-D data (N, 2), got shape {X.shape}.")
+    return X
+
+
+def plot_decision_regions(
+    models: dict[str, Any], X: Any, *, resolution: int = 150, path: str | Path | None = None,
+    title: str | None = "Decision regions", xlabel: str = "x1", ylabel: str = "x2",
+) -> Any:
+    """Side-by-side panels: each fitted model's predicted cluster over a grid, data X (N, 2) on top."""
+    X = _check_2d(X)
+    if not models:
+        raise ValueError("models is empty; pass {name: fitted estimator}.")
+    grid, gx, gy = _grid(X, resolution)
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4), squeeze=False)
+    for ax, (name, m) in zip(axes[0], models.items()):
+        Z = np.asarray(m.predict(grid)).reshape(resolution, resolution)
+        top = max(9, int(Z.max()))  # tab10: cluster i gets colour i in both layers
+        ax.contourf(gx, gy, Z, levels=np.arange(Z.max() + 2) - 0.5, cmap="tab10", alpha=0.35,
+                    vmin=0, vmax=top)
+        ax.scatter(X[:, 0], X[:, 1], c=np.asarray(m.predict(X)), cmap="tab10", s=8, edgecolors="k",
+                   linewidths=0.2, vmin=0, vmax=top)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def plot_uncertainty_map(
+    model: Any, X: Any, *, resolution: int = 150, path: str | Path | None = None,
+    title: str | None = "Assignment entropy", xlabel: str = "x1", ylabel: str = "x2",
+) -> Any:
+    """Assignment entropy (nats) of a probabilistic model over a grid around X (N, 2), as colour."""
+    from .uncertainty import assignment_entropy
+
+    X = _check_2d(X)
+    grid, gx, gy = _grid(X, resolution)
+    H = assignment_entropy(model, grid).reshape(resolution, resolution)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    im = ax.pcolormesh(gx, gy, H, cmap="magma", shading="auto")
+    ax.scatter(X[:, 0], X[:, 1], c=assignment_entropy(model, X), cmap="magma", s=10, edgecolors="w",
+               linewidths=0.3, vmin=H.min(), vmax=H.max())
+    fig.colorbar(im, ax=ax, label="entropy (nats)")
+    ax.set_title(title or "")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return _finish(fig, path)
+
+
+def plot_k_trace(
+    k_trace: Any, posterior_k: dict[int, float], *, burn_in: int = 0, path: str | Path | None = None,
+    title: str | None = "Number of clusters K",
+) -> Any:
+    """Left: K after each sweep (burn-in shaded); right: posterior probability of each K."""
+    k_trace = np.asarray(k_trace)
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [2.2, 1]})
+    a.plot(np.arange(1, len(k_trace) + 1), k_trace, drawstyle="steps-post", color="C0")
+    if burn_in:
+        a.axvspan(0, burn_in, color="0.85", label="burn-in")
+        a.legend(loc="upper right", fontsize=8)
+    a.set_xlabel("sweep")
+    a.set_ylabel("K")
+    a.set_title("K over sweeps", fontsize=10)
+    ks = sorted(posterior_k)
+    b.bar([str(k) for k in ks], [posterior_k[k] for k in ks], color="C1")
+    b.set_xlabel("K")
+    b.set_ylabel("posterior probability")
+    b.set_title("posterior over K", fontsize=10)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def plot_coclustering(
+    C: Any, labels: Any, *, path: str | Path | None = None, title: str | None = "Posterior co-clustering",
+) -> Any:
+    """Heatmap of the similarity matrix C (N, N), rows and columns ordered by cluster label (N,)."""
+    C = np.asarray(C, dtype=np.float64)
+    labels = np.asarray(labels)
+    if C.ndim != 2 or C.shape[0] != C.shape[1] or labels.shape != (C.shape[0],):
+        raise ValueError(f"C must be (N, N) and labels (N,), got {C.shape} and {labels.shape}.")
+    order = np.argsort(labels, kind="stable")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    im = ax.imshow(C[np.ix_(order, order)], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="P(same cluster)")
+    ax.set_xlabel("point (ordered by cluster)")
+    ax.set_ylabel("point (ordered by cluster)")
+    ax.set_title(title or "")
+    return _finish(fig, path)
+
+
+def plot_reliability(
+    cal: dict[str, Any], *, path: str | Path | None = None, title: str | None = "Reliability diagram",
+) -> Any:
+    """Accuracy vs confidence per bin (from :func:`bayesclust.uncertainty.calibration`), with the ECE."""
+    edges, acc, conf = cal["bin_edges"], cal["accuracy"], cal["confidence"]
+    centers = (edges[:-1] + edges[1:]) / 2
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ok = ~np.isnan(acc)
+    ax.bar(centers[ok], acc[ok], width=np.diff(edges)[ok], edgecolor="k", color="C0", alpha=0.7,
+           label="accuracy")
+    ax.plot(conf[ok], acc[ok], "o", color="C3", ms=4, label="mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (max assignment probability)")
+    ax.set_ylabel("accuracy after Hungarian matching")
+    ax.set_title(f"{title or ''} (ECE = {cal['ece']:.3f})", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    return _finish(fig, path)
+
+
+def plot_samples_per_cluster(
+    images: Any, labels: Any, *, n_per_cluster: int = 8, path: str | Path | None = None,
+    title: str | None = "Sample images per cluster",
+) -> Any:
+    """A row per cluster of up to ``n_per_cluster`` member images (N, H, W) or (N, C, H, W)."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim not in (3, 4) or labels.shape != (images.shape[0],):
+        raise ValueError(f"images must be (N, H, W) or (N, C, H, W) with labels (N,), got {images.shape} "
+                         f"and {labels.shape}.")
+    clusters = np.unique(labels)
+    plt = _plt()
+    fig, axes = plt.subplots(len(clusters), n_per_cluster, squeeze=False,
+                             figsize=(0.9 * n_per_cluster, 0.95 * len(clusters) + 0.4))
+    for r, c in enumerate(clusters):
+        members = np.flatnonzero(labels == c)[:n_per_cluster]
+        for j, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < members.size:
+                ax.imshow(_as_hwc(images[members[j]]), cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].set_ylabel(f"cluster {c}", fontsize=7)
+    axes[-1, 0].set_xlabel("members", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _finish(fig, path)
+
+
+def plot_agreement(
+    names: list[str], agreement: Any, *, path: str | Path | None = None,
+    title: str | None = "Agreement between models (ARI)",
+) -> Any:
+    """Heatmap of the (M, M) pairwise ARI between models' labellings."""
+    A = np.asarray(agreement, dtype=np.float64)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2.5, 0.9 * len(names) + 1.8))
+    im = ax.imshow(A, cmap="Greens", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(A):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v > 0.6 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("model")
+    ax.set_ylabel("model")
+    ax.set_title(title or "", fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _finish(fig, path)
+
+
+def plot_metrics(
+    summary: list[dict[str, Any]], metrics: list[str], *, path: str | Path | None = None,
+    title: str | None = "Scores (mean ± std over seeds)",
+) -> Any:
+    """Grouped bars of each model's mean (error bar: std over seeds) for the given metrics."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.6 * len(metrics) + 2.5, 3.6))
+    width = 0.8 / max(1, len(summary))
+    x = np.arange(len(metrics))
+    for i, d in enumerate(summary):
+        ax.bar(x + i * width, [d[f"{m}_mean"] for m in metrics], width, yerr=[d[f"{m}_std"] for m in metrics],
+               label=d["model"], capsize=3)
+    ax.set_xticks(x + width * (len(summary) - 1) / 2, [m.upper() for m in metrics])
+    ax.set_xlabel("metric")
+    ax.set_ylabel("value")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title or "")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _finish(fig, path)
+
+
+def _save_close(fig: Any, path: Path, paths: list[Path]) -> None:
+    _finish(fig, path)
+    _plt().close(fig)
+    paths.append(path)
+
+
+def comparison_figures(comp: Any, out_dir: Path, prefix: str = "") -> list[Path]:
+    """The PNGs of a :class:`~bayesclust.compare.Comparison` (first seed's models); returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    if comp.y is not None:
+        fig = plot_metrics(comp.summary(), ["acc", "nmi", "ari"])
+        _save_close(fig, out_dir / f"{prefix}metrics.png", paths)
+    if len(comp.names) > 1:
+        _save_close(plot_agreement(comp.names, comp.agreement), out_dir / f"{prefix}agreement.png", paths)
+    if comp.X.ndim == 2 and comp.X.shape[1] == 2:
+        models = {n: comp.models[n][0] for n in comp.names}
+        _save_close(plot_decision_regions(models, comp.X), out_dir / f"{prefix}decision_regions.png", paths)
+    if comp.y is not None:
+        for n in comp.names:
+            slug = "".join(ch if ch.isalnum() else "_" for ch in n)
+            fig = plot_confusion(comp.y, comp.labels[n][0], title=f"Confusion matrix: {n}")
+            _save_close(fig, out_dir / f"{prefix}confusion_{slug}.png", paths)
+    return paths
+
+
+def plot_trace_rank(
+    idata: Any, var_name: str = "weights", *, max_rows: int = 4, path: str | Path | None = None,
+    title: str | None = None,
+) -> Any:
+    """Trace (left) and rank histograms per chain (right) of ``idata.posterior[var_name]`` (chain, draw, ...).
+
+    One row per scalar component (the first ``max_rows``); flat rank histograms mean the chains agree.
+    """
+    from scipy.stats import rankdata
+
+    if var_name not in idata.posterior:
+        raise ValueError(f"{var_name!r} is not in the posterior; it has {list(idata.posterior.data_vars)}.")
+    vals = np.asarray(idata.posterior[var_name])
+    C, S = vals.shape[:2]
+    flat = vals.reshape(C, S, -1)[:, :, :max_rows]
+    plt = _plt()
+    fig, axes = plt.subplots(flat.shape[2], 2, figsize=(9, 1.9 * flat.shape[2] + 0.6), squeeze=False)
+    for r in range(flat.shape[2]):
+        ranks = rankdata(flat[:, :, r].ravel()).reshape(C, S)
+        bins = np.linspace(0, C * S, 11)
+        for c in range(C):
+            axes[r, 0].plot(flat[c, :, r], lw=0.7, label=f"chain {c}")
+            axes[r, 1].hist(ranks[c], bins=bins, histtype="step", lw=1.2)
+        axes[r, 0].set_ylabel(f"{var_name}[{r}]")
+        axes[r, 1].set_ylabel("count")
+    axes[-1, 0].set_xlabel("draw")
+    axes[-1, 1].set_xlabel("rank over all chains")
+    axes[0, 0].set_title("trace", fontsize=10)
+    axes[0, 1].set_title("rank histogram per chain", fontsize=10)
+    if C > 1:
+        axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title or f"Posterior diagnostics: {var_name}")
+    fig.tight_layout()
+    return _finish(fig, path)
