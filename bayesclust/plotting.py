@@ -380,3 +380,101 @@ def plot_trace_rank(
     fig.suptitle(title or f"Posterior diagnostics: {var_name}")
     fig.tight_layout()
     return _finish(fig, path)
+
+
+def plot_ppc(
+    idata: Any, *, max_features: int = 4, n_replicates: int = 50, bins: int = 40,
+    path: str | Path | None = None, title: str | None = "Posterior predictive check",
+    feature_names: list[str] | None = None,
+) -> Any:
+    """Observed vs replicated histograms per feature of :func:`bayesclust.uncertainty.posterior_predictive`.
+
+    Thin lines: ``n_replicates`` replicated data sets; thick: the observed data and the replicated mean;
+    each panel's title gives the posterior predictive p-values of the std and the upper tail quantile.
+    """
+    from .uncertainty import ppc_pvalues
+
+    pv = ppc_pvalues(idata)["p_value"]
+    obs = np.asarray(idata.observed_data["X"], dtype=np.float64)
+    rep = np.asarray(idata.posterior_predictive["X"], dtype=np.float64).reshape(-1, *obs.shape)
+    rep = rep[np.round(np.linspace(0, rep.shape[0] - 1, min(n_replicates, rep.shape[0]))).astype(int)]
+    D = min(obs.shape[1], max_features)
+    plt = _plt()
+    fig, axes = plt.subplots(1, D, figsize=(4.2 * D, 3.6), squeeze=False)
+    for f, ax in enumerate(axes[0]):
+        lo, hi = np.quantile(rep[:, :, f], [0.001, 0.999])
+        lo, hi = min(lo, obs[:, f].min()), max(hi, obs[:, f].max())
+        edges = np.linspace(lo, hi, bins + 1)
+        centers = (edges[:-1] + edges[1:]) / 2
+        dens = np.stack([np.histogram(r[:, f], edges, density=True)[0] for r in rep])
+        ax.plot(centers, dens.T, color="C0", alpha=0.12, lw=0.7)
+        ax.plot(centers, dens.mean(0), color="C0", lw=1.8, label="replicated (mean)")
+        ax.stairs(np.histogram(obs[:, f], edges, density=True)[0], edges, color="k", lw=1.6, label="observed")
+        name = feature_names[f] if feature_names else f"feature {f}"
+        ax.set_title(f"{name}: p(std) = {pv['std'][f]:.2f}, p(tail) = {pv['upper_tail'][f]:.2f}", fontsize=9)
+        ax.set_xlabel(name)
+        ax.set_ylabel("density")
+    axes[0, 0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def _pair_band(ax: Any, gx: np.ndarray, gy: np.ndarray, mask: np.ndarray, colour: str) -> None:
+    """Shade the grid cells where ``mask`` (len(gy), len(gx)) holds."""
+    if mask.any():
+        ax.contourf(gx, gy, mask.astype(float), levels=[0.5, 1.5], colors=[colour], alpha=0.18)
+
+
+def _zero_line(ax: Any, gx: np.ndarray, gy: np.ndarray, field: np.ndarray, colour: Any, **kw: Any) -> None:
+    """Draw the zero level of ``field`` where it crosses zero inside the grid (no empty-contour warning)."""
+    if np.any(field < 0) and np.any(field > 0):
+        ax.contour(gx, gy, field, levels=[0.0], colors=[colour], **kw)
+
+
+def plot_linear_margins(
+    model: Any, X: Any, *, resolution: int = 300, path: str | Path | None = None,
+    title: str | None = "Linear softmax clustering: boundaries and margins", xlabel: str = "x1",
+    ylabel: str = "x2",
+) -> Any:
+    """The margin picture of a fitted ``EntropyClustering(head="linear")`` on 2-D data X (N, 2).
+
+    Points coloured by cluster; for each pair of clusters the decision boundary (solid where the two
+    clusters are the top two logits, dotted elsewhere), the margin band of points within the pair's
+    margin (see :func:`bayesclust.uncertainty.linear_margins`), and the closest point circled.
+    """
+    from .uncertainty import _linear_layer, linear_margins
+
+    X = _check_2d(X)
+    lm = linear_margins(model, X)
+    W, b = _linear_layer(model)
+    grid, gx, gy = _grid(X, resolution)
+    Z = grid @ W.T + b
+    top2 = np.sort(np.argsort(-Z, axis=1)[:, :2], axis=1) if W.shape[0] > 1 else None
+    top = max(9, W.shape[0] - 1)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    for p, (i, j) in enumerate(lm["pairs"]):
+        field = (grid @ lm["normals"][p] + lm["offsets"][p]).reshape(resolution, resolution)
+        active = ((top2[:, 0] == i) & (top2[:, 1] == j)).reshape(resolution, resolution)
+        colour = plt.get_cmap("Dark2")(p % 8)  # pair colours, distinct from the clusters' tab10
+        _zero_line(ax, gx, gy, field, colour, linestyles=":", linewidths=0.8)
+        _zero_line(ax, gx, gy, np.where(active, field, np.nan), colour, linewidths=2)
+        if np.isfinite(lm["margins"][p]):
+            dist = np.abs(field) / max(np.linalg.norm(lm["normals"][p]), 1e-300)
+            _pair_band(ax, gx, gy, active & (dist <= lm["margins"][p]), colour)
+            c = lm["closest"][p]
+            ax.scatter(*X[c], s=90, facecolors="none", edgecolors=[colour], linewidths=1.5)
+    ax.scatter(X[:, 0], X[:, 1], c=lm["labels"], cmap="tab10", vmin=0, vmax=top, s=10, edgecolors="k",
+               linewidths=0.2)
+    ax.set_xlim(gx[0], gx[-1])
+    ax.set_ylim(gy[0], gy[-1])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if 0 < len(lm["pairs"]) <= 6:
+        margins = "margins " + ", ".join(f"{i}|{j}: {m:.2g}" for (i, j), m in zip(lm["pairs"], lm["margins"]))
+    else:
+        margins = f"smallest margin {np.nanmin(lm['margins']):.2g}" if len(lm["pairs"]) else "one cluster"
+    ax.set_title(f"{title or ''}\n{margins}", fontsize=9)
+    return _finish(fig, path)

@@ -4,6 +4,8 @@
 - :func:`posterior_k`, :func:`coclustering`, :func:`psm_point_estimate`, :func:`credible_intervals`:
   the DPGMM posterior over K, the co-clustering (similarity) matrix and its summaries.
 - :func:`arviz_summary`, :func:`to_inference_data`: ArviZ views where a posterior exists.
+- :func:`posterior_predictive`, :func:`ppc_pvalues`: posterior predictive checks of NUTS / SVI mixtures.
+- :func:`linear_margins`: pairwise decision boundaries and margins of a linear softmax clustering.
 - :func:`ensemble_disagreement`: refits across seeds (discriminative heads) and measures disagreement.
 - :func:`calibration`: reliability-diagram data and expected calibration error after Hungarian matching.
 - :func:`summarize`: everything that applies to one model, as plain Python values.
@@ -30,7 +32,10 @@ __all__ = [
     "expected_calibration_error",
     "labelling_disagreement",
     "least_sure",
+    "linear_margins",
     "posterior_k",
+    "posterior_predictive",
+    "ppc_pvalues",
     "psm_point_estimate",
     "summarize",
     "to_inference_data",
@@ -306,3 +311,180 @@ def summarize(model: Any, X: Any, y: Any = None, n_least_sure: int = 10) -> dict
             "ess_bulk_min": float(np.nanmin(s["ess_bulk"])),
         }
     return out
+
+
+# ---------------------------------------------------------------------- posterior predictive checks
+def _full_covariances(cov: np.ndarray, cov_type: str, k: int, d: int) -> np.ndarray:
+    """Covariances of S draws, (S, ...) in sklearn's shape for ``cov_type`` -> (S, K, D, D)."""
+    s = cov.shape[0]
+    if cov_type == "full":
+        full = cov
+    elif cov_type == "tied":
+        full = np.broadcast_to(cov[:, None], (s, k, d, d))
+    elif cov_type == "diag":
+        full = cov[..., None] * np.eye(d)
+    elif cov_type == "spherical":
+        full = cov[..., None, None] * np.eye(d)
+    else:
+        raise ValueError(f"covariance_type={cov_type!r} is not supported.")
+    return np.ascontiguousarray(np.broadcast_to(full, (s, k, d, d)), dtype=np.float64)
+
+
+def _gmm_posterior_draws(model: Any) -> dict[str, np.ndarray]:
+    """Weights (C, S, K), means (C, S, K, D) and covariances (C, S, ...) of a NUTS / SVI GaussianMixture."""
+    route = getattr(model, "inference", None)
+    if route == "nuts" and hasattr(model, "posterior_samples_"):
+        ps = model.posterior_samples_
+        return {k: np.asarray(ps[k], dtype=np.float64) for k in ("weights", "means", "covariances")}
+    if route == "svi" and hasattr(model, "to_inference_data"):
+        post = model.to_inference_data().posterior
+        return {k: np.asarray(post[k], dtype=np.float64) for k in ("weights", "means", "covariances")}
+    raise TypeError(
+        f"posterior_predictive needs a GaussianMixture fitted with inference='nuts' or 'svi'; got "
+        f"{type(model).__name__} with inference={route!r} (fit it first, or choose one of these routes)."
+    )
+
+
+def _simulate_mixture(
+    weights: np.ndarray, means: np.ndarray, chol: np.ndarray, n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """One data set (n, D) per parameter draw: weights (S, K), means (S, K, D), chol (S, K, D, D)."""
+    S, K, D = means.shape
+    cw = np.cumsum(weights / weights.sum(-1, keepdims=True), axis=-1)
+    z = np.minimum((rng.random((S, n))[..., None] > cw[:, None, :]).sum(-1), K - 1)  # (S, n)
+    eps = rng.standard_normal((S, n, D))
+    out = np.take_along_axis(means, z[..., None], axis=1)  # (S, n, D)
+    for k in range(K):  # one batched product per component, not a loop over data
+        noise = np.einsum("sij,snj->sni", chol[:, k], eps)
+        out += np.where((z == k)[..., None], noise, 0.0)
+    return out
+
+
+def posterior_predictive(
+    model: Any, X: Any = None, *, num_draws: int = 100, random_state: int | np.random.Generator | None = None
+):
+    """Replicated data sets from a NUTS / SVI ``GaussianMixture``'s posterior, as ``arviz.InferenceData``.
+
+    For each chain, ``num_draws`` posterior draws are taken evenly spaced (repeated when the chain holds
+    fewer, e.g. the single point of ``svi_guide="map"``), and each draw simulates a data set the size of X
+    (default: the fit data). Groups: ``posterior`` (the draws used: weights, means),
+    ``posterior_predictive`` (``X``: chain, draw, obs_id, feature) and ``observed_data`` (``X``), so
+    ``arviz.plot_ppc`` works; :func:`ppc_pvalues` gives test statistics and p-values. Memory is about
+    ``num_chains * num_draws * N * D`` floats.
+    """
+    from .posterior import _arviz
+
+    if not isinstance(num_draws, int | np.integer) or isinstance(num_draws, bool) or num_draws < 1:
+        raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}.")
+    draws = _gmm_posterior_draws(model)
+    if X is None:
+        X = getattr(model, "_X_fit", None)
+    X = np.asarray(X, dtype=np.float64) if X is not None else np.zeros((0,))
+    C, S, K, D = draws["means"].shape
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != D:
+        raise ValueError(f"X must be a non-empty (N, {D}) array, got shape {X.shape}.")
+    idx = np.round(np.linspace(0, S - 1, int(num_draws))).astype(int)
+    sel = {k: v[:, idx].reshape(C * len(idx), *v.shape[2:]) for k, v in draws.items()}
+    full = _full_covariances(sel["covariances"], model.covariance_type, K, D)
+    chol = np.linalg.cholesky((full + np.swapaxes(full, -1, -2)) / 2)
+    rng = np.random.default_rng(random_state)
+    rep = _simulate_mixture(sel["weights"], sel["means"], chol, X.shape[0], rng)
+    shape = (C, len(idx))
+    return _arviz().from_dict(
+        posterior={"weights": sel["weights"].reshape(*shape, K), "means": sel["means"].reshape(*shape, K, D)},
+        posterior_predictive={"X": rep.reshape(*shape, *X.shape)},
+        observed_data={"X": X},
+        dims={"weights": ["component"], "means": ["component", "feature"], "X": ["obs_id", "feature"]},
+        attrs={"inference": str(model.inference), "covariance_type": str(model.covariance_type)},
+    )
+
+
+def _ppc_stats(x: np.ndarray, tail: float) -> dict[str, np.ndarray]:
+    """Per-feature statistics of data x (..., N, D): each value (..., D)."""
+    return {
+        "mean": x.mean(-2),
+        "std": x.std(-2),
+        "lower_tail": np.quantile(x, 1.0 - tail, axis=-2),
+        "upper_tail": np.quantile(x, tail, axis=-2),
+    }
+
+
+def ppc_pvalues(idata: Any, tail: float = 0.99) -> dict[str, Any]:
+    """Test statistics and posterior predictive p-values of :func:`posterior_predictive`'s result.
+
+    Statistics per feature: mean, std, and the ``1 - tail`` and ``tail`` quantiles. The p-value of a
+    statistic is the fraction of replicated data sets whose statistic is at least the observed one;
+    values near 0 or 1 mean the model does not reproduce that aspect of the data. Returns
+    ``{"observed": {stat: (D,)}, "replicated": {stat: (R, D)}, "p_value": {stat: (D,)}, "tail": tail}``.
+    """
+    if not 0.5 < tail < 1:
+        raise ValueError(f"tail must be a quantile level in (0.5, 1), got {tail!r}.")
+    if "posterior_predictive" not in idata.groups() or "observed_data" not in idata.groups():
+        raise ValueError(
+            "idata needs posterior_predictive and observed_data groups (see posterior_predictive)."
+        )
+    obs = np.asarray(idata.observed_data["X"], dtype=np.float64)
+    rep = np.asarray(idata.posterior_predictive["X"], dtype=np.float64)
+    rep = rep.reshape(-1, *obs.shape)
+    T_obs, T_rep = _ppc_stats(obs, tail), _ppc_stats(rep, tail)
+    p = {k: (T_rep[k] >= T_obs[k]).mean(0) for k in T_obs}
+    return {"observed": T_obs, "replicated": T_rep, "p_value": p, "tail": float(tail)}
+
+
+# -------------------------------------------------------------------------- linear softmax margins
+def _linear_layer(model: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(W (K, D), b (K,)) of a fitted ``EntropyClustering(head="linear")``'s single Linear layer."""
+    from torch import nn
+
+    module = getattr(model, "module_", None)
+    if module is None:
+        raise TypeError(
+            f"linear_margins needs a fitted EntropyClustering(head='linear'); got {type(model).__name__}."
+        )
+    leaves = [m for m in module.modules() if not list(m.children())]
+    linear = [m for m in leaves if isinstance(m, nn.Linear)]
+    if len(linear) != 1 or any(not isinstance(m, nn.Linear | nn.Flatten) for m in leaves):
+        raise TypeError(
+            "linear_margins needs a linear softmax head (Flatten + one Linear layer, head='linear')."
+        )
+    W = linear[0].weight.detach().cpu().double().numpy()
+    b = linear[0].bias.detach().cpu().double().numpy() if linear[0].bias is not None else np.zeros(W.shape[0])
+    return W, b
+
+
+def linear_margins(model: Any, X: Any) -> dict[str, Any]:
+    """Pairwise decision boundaries and margins of a linear softmax clustering on X (N, D).
+
+    The boundary of clusters i < j is where their logits tie: ``w . x + c = 0`` with ``w = W_i - W_j``,
+    ``c = b_i - b_j``. Its margin is the smallest distance ``|w . x + c| / ||w||`` of a point of X assigned
+    to i or j (NaN when neither has points). Returns ``{"pairs": (P, 2), "normals": (P, D),
+    "offsets": (P,), "margins": (P,), "closest": (P,) index of the closest point (-1 if none),
+    "labels": (N,), "point_margin": (N,) distance of each point to its nearest boundary with another
+    cluster}``.
+    """
+    W, b = _linear_layer(model)
+    X = np.asarray(X, dtype=np.float64)
+    X = X.reshape(X.shape[0], -1) if X.ndim >= 2 else X
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != W.shape[1]:
+        raise ValueError(f"X must be a non-empty (N, {W.shape[1]}) array, got shape {X.shape}.")
+    logits = X @ W.T + b
+    labels = logits.argmax(1)
+    K = W.shape[0]
+    pairs = np.array([(i, j) for i in range(K) for j in range(i + 1, K)], dtype=int).reshape(-1, 2)
+    normals, offsets = W[pairs[:, 0]] - W[pairs[:, 1]], b[pairs[:, 0]] - b[pairs[:, 1]]
+    norms = np.linalg.norm(normals, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dist = np.abs(X @ normals.T + offsets) / norms  # (N, P)
+    margins, closest = np.full(len(pairs), np.nan), np.full(len(pairs), -1)
+    for p, (i, j) in enumerate(pairs):  # one vector operation per pair of clusters
+        members = np.flatnonzero((labels == i) | (labels == j))
+        if members.size:
+            closest[p] = members[np.argmin(dist[members, p])]
+            margins[p] = dist[closest[p], p]
+    point_margin = np.full(X.shape[0], np.inf)
+    for c in range(K):  # each point's nearest boundary with another cluster, one cluster at a time
+        own = np.flatnonzero((pairs == c).any(1))
+        if own.size:
+            point_margin[labels == c] = dist[labels == c][:, own].min(1)
+    return {"pairs": pairs, "normals": normals, "offsets": offsets, "margins": margins,
+            "closest": closest, "labels": labels, "point_margin": point_margin}

@@ -125,3 +125,132 @@ def test_summarize(dp, separated):
 def test_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ---------------------------------------------------------------------- posterior predictive checks
+@pytest.fixture(scope="module")
+def gaussian_nuts():
+    """A one-component NUTS fit of data drawn from a Gaussian: the model's own family."""
+    rng = np.random.default_rng(3)
+    X = rng.multivariate_normal([3.0, -1.0], [[2.0, 0.5], [0.5, 1.0]], 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = bc.GaussianMixture(1, inference="nuts", num_samples=40, warmup_steps=40, num_chains=2,
+                               random_state=0, dtype="float64").fit(X)
+    return m, X
+
+
+def test_posterior_predictive_groups_and_shapes(gaussian_nuts):
+    m, X = gaussian_nuts
+    idata = U.posterior_predictive(m, X, num_draws=30, random_state=0)
+    assert {"posterior", "posterior_predictive", "observed_data"} <= set(idata.groups())
+    rep = idata.posterior_predictive["X"]
+    assert rep.dims == ("chain", "draw", "obs_id", "feature") and rep.shape == (2, 30, 100, 2)
+    np.testing.assert_array_equal(idata.observed_data["X"].values, X)
+    again = U.posterior_predictive(m, X, num_draws=30, random_state=0)
+    np.testing.assert_array_equal(again.posterior_predictive["X"].values, rep.values)
+    stats = U.ppc_pvalues(idata)
+    assert set(stats["p_value"]) == {"mean", "std", "lower_tail", "upper_tail"}
+    assert stats["replicated"]["std"].shape == (60, 2) and stats["observed"]["mean"].shape == (2,)
+    # replicated data sets have the posterior's moments
+    np.testing.assert_allclose(rep.values.mean((0, 1, 2)), X.mean(0), atol=0.3)
+
+
+def test_ppc_pvalues_not_extreme_for_the_models_own_family(gaussian_nuts):
+    m, X = gaussian_nuts
+    p = U.ppc_pvalues(U.posterior_predictive(m, X, num_draws=100, random_state=1))["p_value"]
+    for name, v in p.items():
+        assert np.all((v > 0.01) & (v < 0.99)), (name, v)
+
+
+def test_ppc_tail_pvalue_extreme_when_misspecified():
+    rng = np.random.default_rng(4)
+    Y = np.vstack([rng.uniform(-1, 1, (300, 2)), rng.uniform(4, 6, (300, 2)),
+                   rng.uniform(30, 60, (15, 2)), -rng.uniform(30, 60, (15, 2))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = bc.GaussianMixture(1, inference="svi", svi_guide="meanfield", max_iter=100, random_state=0,
+                               dtype="float64").fit(Y)
+    idata = U.posterior_predictive(m, num_draws=100, random_state=0)  # X defaults to the fit data
+    assert idata.posterior_predictive["X"].shape == (1, 100, 630, 2)
+    p = U.ppc_pvalues(idata)["p_value"]
+    assert np.all(p["upper_tail"] < 0.01) and np.all(p["lower_tail"] > 0.99)
+
+
+def test_ppc_figures(gaussian_nuts, tmp_path):
+    from bayesclust.plotting import plot_ppc
+    from bayesclust.posterior import _arviz
+
+    m, X = gaussian_nuts
+    idata = U.posterior_predictive(m, X, num_draws=20, random_state=0)
+    fig = plot_ppc(idata, path=tmp_path / "ppc.png")
+    assert (tmp_path / "ppc.png").stat().st_size > 0
+    assert fig._suptitle.get_text() and all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes)
+    _arviz().plot_ppc(idata, num_pp_samples=10)
+
+
+def test_posterior_predictive_errors():
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    em = bc.GaussianMixture(1).fit(X)
+    with pytest.raises(TypeError, match="inference='nuts' or 'svi'"):
+        U.posterior_predictive(em, X)
+    with pytest.raises(ValueError, match="num_draws"):
+        U.posterior_predictive(em, X, num_draws=0)
+    with pytest.raises(ValueError, match="tail"):
+        U.ppc_pvalues(None, tail=0.3)
+
+
+# -------------------------------------------------------------------------- linear softmax margins
+@pytest.fixture(scope="module")
+def linear_two():
+    rng = np.random.default_rng(5)
+    X = np.vstack([rng.normal([0, 0], 0.5, (40, 2)), rng.normal([4, 2], 0.5, (40, 2))])
+    return bc.EntropyClustering(2, head="linear", max_iter=20, random_state=0).fit(X), X
+
+
+def test_linear_margin_is_the_smallest_distance_to_the_boundary(linear_two):
+    m, X = linear_two
+    lm = U.linear_margins(m, X)
+    W = m.module_[1].weight.detach().double().numpy()
+    b = m.module_[1].bias.detach().double().numpy()
+    dist = np.abs(X @ (W[0] - W[1]) + b[0] - b[1]) / np.linalg.norm(W[0] - W[1])
+    assert lm["pairs"].tolist() == [[0, 1]]
+    assert lm["margins"][0] == pytest.approx(dist.min(), rel=1e-9)
+    assert lm["closest"][0] == np.argmin(dist)
+    np.testing.assert_allclose(lm["point_margin"], dist, rtol=1e-9)
+    np.testing.assert_array_equal(lm["labels"], m.predict(X))
+
+
+def test_linear_margins_of_a_known_head(linear_two):
+    import copy
+
+    import torch
+
+    m, _ = linear_two
+    m = copy.deepcopy(m)
+    with torch.no_grad():  # logits (x1, -x1): boundary x1 = 0, distance |x1|
+        m.module_[1].weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        m.module_[1].bias.zero_()
+    X = np.array([[-2.0, 5.0], [0.5, -1.0], [3.0, 0.0], [-0.25, 2.0]])
+    lm = U.linear_margins(m, X)
+    assert lm["margins"][0] == pytest.approx(0.25) and lm["closest"][0] == 3
+    np.testing.assert_allclose(lm["normals"][0], [2.0, 0.0])
+    assert lm["labels"].tolist() == [1, 0, 0, 1]
+
+
+def test_plot_linear_margins(linear_two, tmp_path):
+    from bayesclust.plotting import plot_linear_margins
+
+    m, X = linear_two
+    fig = plot_linear_margins(m, X, path=tmp_path / "margins.png")
+    ax = fig.axes[0]
+    assert (tmp_path / "margins.png").stat().st_size > 0
+    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+
+
+def test_linear_margins_errors(linear_two):
+    m, X = linear_two
+    with pytest.raises(TypeError, match="head='linear'"):
+        U.linear_margins(bc.GaussianMixture(2), X)
+    with pytest.raises(ValueError, match="non-empty"):
+        U.linear_margins(m, X[:, :1])
