@@ -315,7 +315,8 @@ def _demo_faithful(out: Path, quick: bool, seed: int, quiet: bool, device: str |
     import bayesclust as bc
 
     from .compare import compare
-    from .report import comparison_section
+    from .plotting import plot_linear_margins
+    from .report import _fig, comparison_section
 
     X, _ = bc.datasets.load_faithful()
     Z = (X - X.mean(0)) / X.std(0)
@@ -335,6 +336,9 @@ def _demo_faithful(out: Path, quick: bool, seed: int, quiet: bool, device: str |
         text="Old Faithful eruptions (272 rows, standardised: eruption length and waiting time). The DPGMM "
         "infers K; the finite GMM and the linear softmax head are told K=2.",
     )
+    head = comp.models["Entropy clustering (linear, K=2)"][0]
+    _fig(out, "faithful_margins.png", plot_linear_margins(head, Z, xlabel="eruptions (std.)",
+         ylabel="waiting (std.)"), "the linear softmax head: its boundary and margin", sec["figures"])
     return [sec], {"faithful": res}, comp.models["DPGMM (split/merge)"][0], Z
 
 
