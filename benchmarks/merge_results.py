@@ -14,8 +14,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TOPICS = [
-    "summary.md", "architecture.md", "gmm.md", "gmm-pyro.md", "dpgmm.md", "discriminative.md", "dti.md",
-    "scale.md",
+    "summary.md", "architecture.md", "reliability.md", "gmm.md", "gmm-pyro.md", "dpgmm.md",
+    "discriminative.md", "dti.md", "scale.md",
 ]
 
 
