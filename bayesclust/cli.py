@@ -186,13 +186,22 @@ def _write_assignments(out: Path, labels: np.ndarray, proba: np.ndarray) -> list
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    """Fit one model on DATA; write labels + probabilities, and the model with --save."""
+    """Fit one model on DATA; write labels + probabilities, and the model with --save.
+
+    Under ``torchrun --nproc_per_node=N -m bayesclust fit ...`` every rank fits its own block of the
+    rows (statistics summed over ranks); rank 0 then labels all rows and writes the outputs."""
+    from .inference import distributed
+
+    distributed.init_from_env()  # a no-op outside torchrun
     X, _ = load_data(args.data, args.labels)
     est = _estimator(args.model, args.n_components, X.shape[0], args)
     Xi = _model_input(est, X)
-    _say(args, f"fitting {args.model} on {Xi.shape[0]} rows of shape {Xi.shape[1:]} ...")
-    est.fit(Xi)
-    labels = np.asarray(est.labels_)
+    shard = Xi[distributed.shard_rows(Xi.shape[0])]
+    _say(args, f"fitting {args.model} on {shard.shape[0]} rows of shape {Xi.shape[1:]} ...")
+    est.fit(shard)
+    if not distributed.is_main():
+        return 0
+    labels = np.asarray(est.predict(Xi) if distributed.is_distributed() else est.labels_)
     proba = est.predict_proba(Xi) if hasattr(est, "predict_proba") else np.eye(int(labels.max()) + 1)[labels]
     out = Path(args.out) if args.out else Path(args.data).with_suffix(".labels.csv")
     written = _write_assignments(out, labels, proba)
@@ -570,6 +579,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"bayesclust: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # a torchrun launch: close the group
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -202,3 +202,28 @@ def test_report_refuses_a_model_file_crafted_to_run_code(files, capsys, tmp_path
     rc, _, err = _run(capsys, "report", tmp_path / "evil.pt", files / "pts.csv", "--out", tmp_path / "r")
     assert rc == 2 and "not a saved bayesclust model" in err and err.count("\n") == 1
     assert not marker.exists()
+
+
+def test_fit_under_torchrun_two_processes(tmp_path):
+    """``torchrun --nproc_per_node=2 -m bayesclust fit``: each rank fits its block of rows (gloo on
+    loopback), rank 0 labels all rows; the clustering equals a one-process fit (up to relabelling)."""
+    import socket
+
+    from bayesclust.metrics import adjusted_rand_index
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(c, 0.5, (100, 2)) for c in ([0, 0], [5, 0], [0, 5])])
+    np.savetxt(tmp_path / "pts.csv", X, delimiter=",", header="a,b", comments="")
+    with socket.socket() as s:  # a free loopback port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "-m", "bayesclust", "fit", "--model", "gmm", "-k", "3",
+           str(tmp_path / "pts.csv"), "--out", str(tmp_path / "two.csv"), "--seed", "0", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert main(["fit", "--model", "gmm", "-k", "3", str(tmp_path / "pts.csv"), "--out",
+                 str(tmp_path / "one.csv"), "--seed", "0", "--quiet"]) == 0
+    two = np.loadtxt(tmp_path / "two.csv", delimiter=",", skiprows=1)[:, 0]
+    one = np.loadtxt(tmp_path / "one.csv", delimiter=",", skiprows=1)[:, 0]
+    assert len(two) == 300 and adjusted_rand_index(one, two) > 0.99
