@@ -38,7 +38,8 @@ _KMEANSPP_MAX_IMAGES = 5000  # k-means++ seeds on a random subset of at most thi
 
 @dataclass
 class _FitData:
-    """What every restart shares: the images (N, C, H, W) on the device and the run length."""
+    """What every restart shares: the images (N, C, H, W) in the network's frame on the device, that
+    frame, and the run length."""
 
     X: torch.Tensor
     input_ndim: int
@@ -46,6 +47,7 @@ class _FitData:
     max_iter: int
     starts: list[int]
     reassign_every: int
+    frame: Frame
 
 
 def _transform_names(transforms: Any) -> list[str]:
@@ -173,8 +175,7 @@ class _DTIBase(ClusterEstimator):
         every = max(1, math.ceil(n / bs)) if self.reassign_every is None else int(self.reassign_every)
         self._restart_losses: list[float] = []
         ndim = X.ndim if torch.is_tensor(X) else int(np.ndim(X))
-        self._frame = frame
-        return _FitData(Xt, ndim, names, max_iter, starts, every)
+        return _FitData(Xt, ndim, names, max_iter, starts, every, frame)
 
     # ------------------------------------------------------------------ one restart
     def _init_prototypes(self, X: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -246,7 +247,7 @@ class _DTIBase(ClusterEstimator):
         self.input_ndim_ = data.input_ndim
         self.image_shape_ = tuple(data.X.shape[1:])
         self.n_features_in_ = int(np.prod(self.image_shape_))
-        self.input_shift_, self.input_scale_ = float(self._frame.shift), float(self._frame.scale)
+        self.input_shift_, self.input_scale_ = float(data.frame.shift), float(data.frame.scale)
         self._set_prototypes()
         self.labels_ = self._scores_w(data.X).argmax(1).cpu().numpy()  # data.X is in the network's frame
 
