@@ -11,6 +11,7 @@ cache and are not counted) next to the peak resident set (``ru_maxrss``, which c
 
     flock /tmp/bayesclust_bench.lock .venv/bin/python benchmarks/bench_scale.py
     python benchmarks/bench_scale.py --sizes 1e4,1e5 --iters 3     # a quick run
+    python benchmarks/bench_scale.py --models dpgmm --dpgmm-max 1e7 --keep   # DPGMM only, GMM rows kept
 
 Writes ``benchmarks/results/scale.md`` (table, fitted log-log slopes, machine, date, command) and
 ``benchmarks/results/scale.png`` (log-log time and memory against N).
@@ -232,7 +233,54 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM, {gpu}; torch {torch.__version__}"
 
 
-def write_markdown(rows: list[dict], args: argparse.Namespace, loads: tuple[str, str], path: Path) -> None:
+_FIELDS = ("model", "mode", "n", "fit_s", "iter_s", "n_iter", "k", "anon_mib", "maxrss_mib")
+NOTES = "\n## What the curves say"
+
+
+def keep_rows(path: Path, measured: list[dict]) -> list[dict]:
+    """Rows of ``path``'s table whose (model, mode) is not in ``measured`` (an earlier run's)."""
+    if not path.exists():
+        return []
+    done = {(r["model"], r["mode"]) for r in measured}
+    rows = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != len(_FIELDS) or cells[0] not in ("gmm", "dpgmm") or (cells[0], cells[1]) in done:
+            continue
+        try:
+            nums = [float(c) for c in cells[2:]]
+        except ValueError:  # an error row
+            continue
+        row = dict(zip(_FIELDS, cells[:2] + nums))
+        row.update(n=int(row["n"]), n_iter=int(row["n_iter"]), k=int(row["k"]), kept=True)
+        rows.append(row)
+    return rows
+
+
+def previous_date(path: Path) -> str:
+    """The ``- date:`` line of an existing file (when its kept rows were measured)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("- date:"):
+            return line.split(":", 1)[1].strip()
+    return "an earlier date"
+
+
+def read_notes(path: Path) -> str:
+    """The hand-written commentary (from ``## What the curves say`` on) of an existing file."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    return text[text.index(NOTES):] if NOTES in text else ""
+
+
+def write_markdown(
+    rows: list[dict],
+    args: argparse.Namespace,
+    loads: tuple[str, str],
+    path: Path,
+    notes: str = "",
+    kept: list[dict] | None = None,
+) -> None:
     head = "| model | mode | N | fit s | s / iter | iters | K | peak RssAnon MiB | peak RSS MiB |\n"
     head += "|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
     body = ""
@@ -261,7 +309,8 @@ def write_markdown(rows: list[dict], args: argparse.Namespace, loads: tuple[str,
   `DPGMM(max_iter={args.dpgmm_iters})` (split/merge), N up to {args.dpgmm_max:.0e}.
   Every process runs one torch thread. Modes: `1proc` (one process), `2proc` (two processes on this
   machine, torch.distributed gloo, each generating and fitting half of the data), `ooc` (one process,
-  the data in a numpy memmap on disk read chunk by chunk; initialisation on a sample of 100,000 rows).
+  the data in a numpy memmap on disk read chunk by chunk; GMM-EM initialises on a sample of 100,000
+  rows, DPGMM split/merge starts from one cluster and reads every pass from the memmap).{_kept_line(kept)}
 - each measurement is the fastest of {args.repeat} fresh runs for N < {args.repeat_below:.0e} (one run above).
 - columns: `fit s` the whole fit (initialisation included; for 2proc the slower rank); `s / iter` the median
   time of one EM iteration or sampler sweep; peak `RssAnon` the process's own memory during the fit (per
@@ -272,8 +321,17 @@ Log-log slopes over N >= 1e5 (1 = linear in N, 0 = flat):
 
 {slopes}
 ![time and memory against N](scale.png)
-"""
+{notes}"""
     path.write_text(text)
+
+
+def _kept_line(kept: list[dict] | None) -> str:
+    if not kept:
+        return ""
+    pairs = ", ".join(sorted({f"{r['model']} {r['mode']}" for r in kept}))
+    return (f"\n- rows of {pairs} are kept from the run of {kept[0].get('date', 'an earlier date')} "
+            "recorded in this file (`--keep`, same machine and command without it); the date and load "
+            "above are this command's.")
 
 
 def main() -> None:
@@ -288,6 +346,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2, help="runs below --repeat-below (the fastest kept)")
     p.add_argument("--repeat-below", type=float, default=5e6)
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--keep", action="store_true",
+                   help="keep the rows of (model, mode) pairs this command does not measure from the "
+                        "existing scale.md (e.g. to rerun DPGMM only)")
     p.add_argument("--child", nargs=4, metavar=("MODEL", "MODE", "N", "ITERS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -299,8 +360,6 @@ def main() -> None:
     rows = []
     for model in args.models.split(","):
         for mode in args.modes.split(","):
-            if model == "dpgmm" and mode == "ooc":
-                continue  # out of core is GMM-EM only
             for n in sizes:
                 if model == "dpgmm" and n > args.dpgmm_max:
                     continue
@@ -313,8 +372,12 @@ def main() -> None:
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    plot(rows, out / "scale.png")
-    write_markdown(rows, args, (load_before, load_after), out / "scale.md")
+    kept = keep_rows(out / "scale.md", rows) if args.keep else []
+    for r in kept:
+        r["date"] = previous_date(out / "scale.md")
+    notes = read_notes(out / "scale.md")
+    plot(kept + rows, out / "scale.png")
+    write_markdown(kept + rows, args, (load_before, load_after), out / "scale.md", notes, kept)
     print(f"wrote {out / 'scale.md'} and {out / 'scale.png'}")
 
 

@@ -1,7 +1,8 @@
 """Distributed fitting: 2 processes on localhost (gloo) give the fit of one process on the whole data.
 
-One launch of 2 ranks runs every case (GMM-EM, DPGMM split/merge, mean-field VI, a trained head) on
-its half of the data; each test compares one case with a single-process fit with the same seed.
+One launch of 2 ranks runs every case (GMM-EM, DPGMM split/merge, mean-field VI, a trained head, the
+deep DP route, DTIKMeans) on its half of the data; each test compares one case with a single-process
+fit with the same seed.
 """
 
 from __future__ import annotations
@@ -32,19 +33,53 @@ def _data() -> np.ndarray:
     return X[rng.permutation(len(X))]
 
 
-def _models() -> dict[str, object]:
+def _glyphs() -> np.ndarray:
+    """120 tiny images (8 x 8) of 3 glyphs (bars and a diagonal), shifted by up to one pixel, noisy.
+    Every shard holds pixels at 0 and at 1: DTI's unit-range input frame is computed per process."""
+    rng = np.random.default_rng(0)
+    protos = np.zeros((3, 8, 8), np.float32)
+    protos[0, 3:5, 1:7] = protos[1, 1:7, 3:5] = 1.0
+    protos[2][np.eye(8, dtype=bool)] = 1.0
+    labels = np.arange(120) % 3
+    X = np.stack([np.roll(protos[y], rng.integers(-1, 2, size=2), axis=(0, 1)) for y in labels])
+    X = np.clip(X + 0.05 * rng.normal(size=X.shape), 0, 1).astype(np.float32)
+    X[:, 0, 0], X[:, 7, 7] = 0.0, 1.0
+    return X[rng.permutation(len(X))]
+
+
+def _glyph_init() -> np.ndarray:
+    """Initial prototypes (3, 8, 8) given explicitly: k-means++ on a shard differs from k-means++
+    on the whole data (in a distributed fit every rank starts from rank 0's network)."""
+    X = _glyphs()
+    return np.stack([X[i] for i in (0, 1, 2)])
+
+
+def _models(world: int) -> dict[str, object]:
+    """The cases; the neural routes train full-batch, i.e. on ``1 / world`` of the data per process
+    (DistributedDataParallel's per-process batch size), so every step sees the same gradient."""
+    n, n_img = len(_data()), len(_glyphs())
     return {
         "gmm": bc.GaussianMixture(3, random_state=0, tol=1e-7, max_iter=300),
         "dpgmm": bc.DPGMM(random_state=0, max_iter=40),
         "vi": bc.DPGMM(inference="vi", truncation=4, random_state=0, max_iter=300, tol=1e-6),
         "head": bc.EntropyClustering(3, head="linear", max_iter=60, batch_size=None, random_state=0, tol=0),
+        "deep": bc.DPGMM(inference="deep", random_state=0, max_iter=8, batch_size=n // world, split_delay=2),
+        "dti": bc.DTIKMeans(3, transforms=("affine",), init=_glyph_init(), max_iter=30,
+                            batch_size=n_img // world, encoder_width=8, feature_dim=8, head_hidden=8,
+                            random_state=0),
     }
+
+
+def _data_for(name: str) -> np.ndarray:
+    return _glyphs() if name == "dti" else _data()
 
 
 def _summary(name: str, model) -> dict[str, np.ndarray]:
     out = {"labels": np.asarray(model.labels_)}
     if name == "head":
         out["proba"] = model.predict_proba(_data())
+    elif name == "dti":
+        out["prototypes"] = np.asarray(model.prototypes_)
     else:
         out["means"], out["weights"] = np.asarray(model.means_), np.asarray(model.weights_)
         out["covariances"] = np.asarray(model.covariances_)
@@ -59,8 +94,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         timeout=timedelta(seconds=TIMEOUT_S),
     )
     try:
-        shard = np.array_split(_data(), WORLD)[rank]
-        results = {name: _summary(name, model.fit(shard)) for name, model in _models().items()}
+        results = {
+            name: _summary(name, model.fit(np.array_split(_data_for(name), WORLD)[rank]))
+            for name, model in _models(WORLD).items()
+        }
         results["reduce_after"] = streaming.is_reducing()  # the all-reduce is uninstalled after fit
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
@@ -82,7 +119,7 @@ def fits(tmp_path_factory) -> tuple[list[dict], dict]:
                              start_method="spawn")
     deadline = time.monotonic() + TIMEOUT_S
     try:
-        single = {name: _summary(name, model.fit(_data())) for name, model in _models().items()}
+        single = {name: _summary(name, model.fit(_data_for(name))) for name, model in _models(1).items()}
         while not ctx.join(timeout=1):
             if time.monotonic() > deadline:
                 pytest.fail(f"distributed workers did not finish in {TIMEOUT_S} s")
@@ -152,6 +189,25 @@ def test_distributed_head_matches_one_process(ranks, single):
     np.testing.assert_allclose(got[:, perm], ref, atol=0.05)
 
 
+def test_distributed_deep_route_matches_one_process(ranks, single):
+    # full-batch Adam steps on the gradient averaged over ranks equal the one-process steps up to the
+    # summation order of the loss (~1e-7 relative); the Gaussians are the MAP of the nets' soft
+    # assignments, so the means agree to 1e-3 and the labels exactly; split decisions come from the
+    # shared random stream (8 epochs: two splits, K = 3 when measured)
+    assert single["deep"]["means"].shape[0] >= 2
+    _check_mixture("deep", ranks, single, atol=1e-3)
+
+
+def test_distributed_dti_matches_one_process(ranks, single):
+    # every rank holds rank 0's network and applies the same averaged gradient: identical prototypes
+    # on both ranks; against one process the full-batch gradients differ only in summation order
+    # (~1e-7 relative), which 30 Adam steps keep below 1e-4 on pixels in [0, 1]
+    np.testing.assert_allclose(ranks[0]["dti"]["prototypes"], ranks[1]["dti"]["prototypes"], atol=1e-6)
+    np.testing.assert_allclose(ranks[0]["dti"]["prototypes"], single["dti"]["prototypes"], atol=1e-4)
+    labels = np.concatenate([r["dti"]["labels"] for r in ranks])
+    np.testing.assert_array_equal(labels, single["dti"]["labels"])
+
+
 def test_distributed_reduce_is_removed_after_fit(ranks):
     assert not any(r["reduce_after"] for r in ranks)
     assert not distributed.is_distributed() and not streaming.is_reducing()
@@ -171,6 +227,22 @@ def test_distributed_unequal_shards_rejected_for_neural_training():
     finally:
         streaming.set_reduce(previous)
     assert calls
+
+
+def test_distributed_neural_routes_refuse_unequal_shards():
+    """DTI (its first step) and the deep route (its initialisation) check the shard sizes: with
+    unequal shards the ranks would run different numbers of gradient all-reduces."""
+    from bayesclust.inference import deepdpm, dti_steps
+
+    previous = streaming.set_reduce(lambda t: torch.tensor([8.0, 34.0, 2.0], dtype=torch.float64))
+    try:
+        with pytest.raises(ValueError, match="shards of equal size"):
+            dti_steps.sync_step({"X": torch.zeros(3, 1, 4, 4), "net": None}, 0)
+        feats = streaming.Features(torch.zeros(3, 2), lambda x, out=None: x)
+        with pytest.raises(ValueError, match="shards of equal size"):
+            deepdpm.init_deep(feats, None, 1.0, torch.Generator())
+    finally:
+        streaming.set_reduce(previous)
 
 
 def test_distributed_shard_rows_split_like_array_split(monkeypatch):

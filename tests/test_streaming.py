@@ -1,5 +1,6 @@
-"""Data larger than memory: fits that read memmaps, HDF5 datasets and lists of chunks chunk by chunk
-equal the in-memory fit; the streaming seam's reduction; CPU / CUDA parity."""
+"""Data larger than memory: fits (GaussianMixture EM; DPGMM split/merge and VI) that read memmaps, HDF5
+datasets and lists of chunks chunk by chunk equal the in-memory fit; the streaming seam's reduction;
+CPU / CUDA parity."""
 
 from __future__ import annotations
 
@@ -116,6 +117,77 @@ def test_installed_reduce_sums_over_processes(X, reference):
     assert twice.lower_bound_ == pytest.approx(one.lower_bound_, abs=1e-5)
 
 
+# ---------------------------------------------------------------------------- DPGMM out of core
+def _dpgmm(**kw) -> bc.DPGMM:
+    return bc.DPGMM(random_state=0, chunk_size=128, max_iter=kw.pop("max_iter", 30), **kw)
+
+
+@pytest.fixture(scope="module")
+def dp_reference(X) -> bc.DPGMM:
+    return _dpgmm().fit(X)
+
+
+def _assert_same_dpgmm(got: bc.DPGMM, ref: bc.DPGMM) -> None:
+    # the same seed and the same float64 standardisation per chunk: the same draws, hence the same
+    # labels; the moments are summed chunk by chunk (rounding ~1e-16), so parameters agree to 1e-6
+    assert got.n_components_ == ref.n_components_
+    np.testing.assert_array_equal(got.labels_, ref.labels_)
+    np.testing.assert_allclose(got.means_, ref.means_, atol=1e-6)
+    np.testing.assert_allclose(got.weights_, ref.weights_, atol=1e-9)
+    np.testing.assert_allclose(got.data_scale_, ref.data_scale_, rtol=1e-12)
+
+
+def test_dpgmm_memmap_fit_equals_in_memory_fit(X, dp_reference, tmp_path):
+    np.save(tmp_path / "x.npy", X)
+    got = _dpgmm().fit(np.load(tmp_path / "x.npy", mmap_mode="r"))
+    _assert_same_dpgmm(got, dp_reference)
+    assert got.labels_.shape == (len(X),) and got.assignment_probs_ is None  # no (N, K) array
+    np.testing.assert_array_equal(got.predict(X), dp_reference.predict(X))
+
+
+def test_dpgmm_folder_and_hdf5_fit_equal_in_memory_fit(X, dp_reference, tmp_path):
+    for i, part in enumerate([X[:100], X[100:450], X[450:]]):  # boundaries off the chunk size
+        np.save(tmp_path / f"part{i}.npy", part)
+    _assert_same_dpgmm(_dpgmm().fit(str(tmp_path)), dp_reference)
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f.create_dataset("X", data=X, chunks=(64, X.shape[1]))
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        _assert_same_dpgmm(_dpgmm().fit(f["X"]), dp_reference)
+
+
+def test_dpgmm_vi_out_of_core_equals_in_memory(X):
+    ref = _dpgmm(inference="vi", truncation=6, max_iter=100).fit(X)
+    got = _dpgmm(inference="vi", truncation=6, max_iter=100).fit([X[:500], X[500:]])
+    assert got.n_components_ == ref.n_components_
+    np.testing.assert_array_equal(got.labels_, ref.labels_)
+    np.testing.assert_allclose(got.means_, ref.means_, atol=1e-6)
+
+
+def test_dpgmm_out_of_core_errors(X):
+    with pytest.raises(ValueError, match="inference='splitmerge' or 'vi'"):
+        _dpgmm(inference="deep").fit([X[:100], X[100:]])
+    bad = X.copy()
+    bad[500, 1] = np.inf
+    with pytest.raises(ValueError, match="infinite value"):
+        _dpgmm().fit([bad[:400], bad[400:]])
+
+
+def test_source_features_standardise_and_gather(X):
+    source = streaming.ChunkSource([X[:300], X[300:]])
+    mean, scale = torch.tensor(X.mean(0), dtype=torch.float64), torch.tensor(X.std(0), dtype=torch.float64)
+    feats = streaming.SourceFeatures(
+        source, lambda x, out=None: x, mean, 64, scale=scale, dtype=torch.float32
+    )
+    Xs = ((torch.from_numpy(X).double() - mean) / scale).float()
+    assert feats.X.dtype == torch.float32 and feats.q == 3
+    torch.testing.assert_close(feats.rows(slice(250, 350)), Xs[250:350], rtol=0, atol=0)
+    idx = torch.tensor([899, 5, 300, 299])  # any order
+    torch.testing.assert_close(feats.gather(idx), Xs[idx], rtol=0, atol=0)
+    labels = streaming.map_chunks(lambda x: (x[:, 0] > 0).long(), feats)
+    torch.testing.assert_close(labels, (Xs[:, 0] > 0).long())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU / CUDA parity needs a CUDA GPU")
 def test_cuda_matches_cpu_in_memory_out_of_core_and_online(X):
     cpu, gpu = _gmm(dtype="float64").fit(X), _gmm(dtype="float64", device="cuda").fit(X)
@@ -128,3 +200,12 @@ def test_cuda_matches_cpu_in_memory_out_of_core_and_online(X):
         a.partial_fit(X[s : s + 300])
         b.partial_fit(X[s : s + 300])
     np.testing.assert_allclose(b.means_, a.means_, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="DPGMM out of core on CUDA needs a CUDA GPU")
+def test_cuda_dpgmm_out_of_core_equals_in_memory(X):
+    # the per-point draws come from a CUDA generator (another stream than the CPU's): compare CUDA
+    # with CUDA, in memory against out of core
+    ref = _dpgmm(device="cuda").fit(X)
+    got = _dpgmm(device="cuda").fit([X[:400], X[400:]])
+    _assert_same_dpgmm(got, ref)

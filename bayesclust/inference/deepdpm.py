@@ -23,8 +23,9 @@ import torch
 
 from ..models import gaussian
 from ..models.deepdpm import ClusterNet, SubNets
+from . import distributed, streaming
 from . import splitmerge as sm
-from . import streaming
+from .distributed import check_equal_shards
 from .neural import optimizer_step
 
 
@@ -51,6 +52,9 @@ class DeepState:
     age: torch.Tensor | None = None
     n_splits: int = 0
     n_merges: int = 0
+    # per-point draws (mini-batch orders): seeded per process, so that ``gen`` draws only what every
+    # rank of a distributed fit must share (network initialisations, split / merge decisions)
+    point_gen: torch.Generator | None = None
 
     @property
     def k(self) -> int:
@@ -110,6 +114,9 @@ def init_deep(
     split_delay: int = 3,
     n_merge_neighbors: int = 3,
 ) -> DeepState:
+    # a distributed fit: equal shards keep the shared generator (mini-batch orders are drawn from
+    # it) in step on every rank, and the same number of gradient all-reduces per epoch
+    check_equal_shards(feats.n)
     torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
     net = ClusterNet(feats.d, 1, hidden).to(feats.X)
     subnets = SubNets(feats.d, 1, hidden // 2, gen).to(feats.X)
@@ -129,14 +136,26 @@ def init_deep(
         split_delay,
         n_merge_neighbors,
     )
+    st.point_gen = torch.Generator()
+    st.point_gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)) + distributed.rank())
     z = torch.zeros(feats.n, dtype=torch.long)
-    st.mu, st.sigma, st.log_pi = _map_params(
-        family, sm.cluster_statistics(sm.sub_statistics(feats, z, z, 1)), alpha
-    )
-    sub_z = (torch.rand(feats.n, generator=gen) < 0.5).long()
+    Gc = sm.cluster_statistics(sm.sub_statistics(feats, z, z, 1))
+    st.mu, st.sigma, st.log_pi = _map_params(family, Gc, alpha)
     st.age = torch.zeros(1, dtype=torch.long)
-    _set_sub_from_labels(st, z, sub_z)
+    _set_sub_from_labels(st, z, _hyperplane_sublabels(st, z, Gc))
     return st
+
+
+def _hyperplane_sublabels(st: DeepState, z: torch.Tensor, Gc: torch.Tensor) -> torch.Tensor:
+    """Sub-labels (n,) of points with cluster labels ``z`` (n,): the side of a random hyperplane
+    through each cluster's mean (normals from the shared generator; ``Gc`` (K, Q) the cluster
+    statistics of ``z`` over every process), as splitmerge.reset_subclusters draws them."""
+    tmp = sm.SamplerState(
+        st.feats, z, torch.zeros_like(z), torch.zeros(2 * st.k, Gc.shape[1], dtype=torch.float64),
+        st.age, torch.Generator(), st.gen, st.np_rng,
+    )
+    sm.reset_subclusters(tmp, st.family, torch.ones(st.k, dtype=torch.bool), Gc)
+    return tmp.zsub
 
 
 def _set_sub_from_labels(st: DeepState, z: torch.Tensor, zs: torch.Tensor) -> None:
@@ -155,7 +174,7 @@ def deep_step(st: DeepState, iteration: int) -> float:
     n, d, k = st.feats.n, st.feats.d, st.k
     # 1. E-step (cluster and sub-cluster responsibilities of the current Gaussians)
     logits = _log_dens(st.feats, st.mu, st.sigma, st.log_pi)
-    loglik = float(torch.logsumexp(logits.double(), 1).mean())
+    loglik = _mean_loglik(logits)
     r = torch.softmax(logits, 1)
     z = r.argmax(1)
     smu, ssig, slw = st.sub
@@ -165,7 +184,7 @@ def deep_step(st: DeepState, iteration: int) -> float:
     opt = torch.optim.Adam(list(st.net.parameters()) + list(st.subnets.parameters()), lr=st.lr)
     n_steps = max(math.ceil(n / st.batch_size), st.min_steps)
     order = torch.cat(
-        [torch.randperm(n, generator=st.gen) for _ in range(math.ceil(n_steps * st.batch_size / n))]
+        [torch.randperm(n, generator=st.point_gen) for _ in range(math.ceil(n_steps * st.batch_size / n))]
     )
     for step in range(n_steps):  # mini-batches of one epoch (at least ``min_steps`` of them)
         b = order[step * st.batch_size : (step + 1) * st.batch_size]
@@ -192,6 +211,15 @@ def deep_step(st: DeepState, iteration: int) -> float:
             zs = s.gather(1, zh.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1).argmax(1)
         _split_merge(st, zh, zs)
     return loglik
+
+
+def _mean_loglik(logits: torch.Tensor) -> float:
+    """Mean log-likelihood per point of log joint densities (N, K), over every process's points."""
+    lse = torch.logsumexp(logits.double(), 1)
+    if not streaming.is_reducing():
+        return float(lse.mean())
+    total = streaming.reduce_statistics(torch.stack([lse.sum(), lse.new_tensor(float(lse.numel()))]))
+    return float(total[0] / total[1])
 
 
 def _split_merge(st: DeepState, z: torch.Tensor, zs: torch.Tensor) -> None:
@@ -268,17 +296,5 @@ def _refresh_subnets(st: DeepState) -> None:
     st.subnets = SubNets(st.family.dim, st.k, st.hidden // 2, st.gen).to(st.feats.X)
     with torch.no_grad():
         z = torch.softmax(st.net(st.feats.X), 1).argmax(1)
-    zs = torch.zeros_like(z)
-    Gc = sm.cluster_statistics(sm.sub_statistics(st.feats, z, zs, st.k))
-    tmp = sm.SamplerState(
-        st.feats,
-        z,
-        zs,
-        torch.zeros(2 * st.k, Gc.shape[1], dtype=torch.float64),
-        st.age,
-        torch.Generator(),
-        st.gen,
-        st.np_rng,
-    )
-    sm.reset_subclusters(tmp, st.family, torch.ones(st.k, dtype=torch.bool), Gc)
-    _set_sub_from_labels(st, z, tmp.zsub)
+    Gc = sm.cluster_statistics(sm.sub_statistics(st.feats, z, torch.zeros_like(z), st.k))
+    _set_sub_from_labels(st, z, _hyperplane_sublabels(st, z, Gc))

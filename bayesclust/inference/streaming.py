@@ -6,6 +6,9 @@ sufficient statistics over the data through :func:`reduce_statistics`.
   otherwise computed chunk by chunk into one reused buffer.
 - :func:`scatter_statistics` and :func:`weighted_statistics` accumulate group statistics
   (M, Q) chunk by chunk (hard labels, or weights such as responsibilities).
+- :func:`map_chunks` computes per-point results (labels) chunk by chunk; :class:`ChunkSource` and
+  :class:`SourceFeatures` read data larger than memory (memmaps, HDF5, chunks) by row range,
+  centred (GaussianMixture) or standardised in float64 (DPGMM) as each chunk is read.
 - :func:`reduce_statistics` is applied to every accumulated total. It is the identity in one
   process; a distributed fit installs an all-reduce (sum over processes) with :func:`set_reduce`,
   and every route then sees the statistics of the whole data.
@@ -76,6 +79,14 @@ class Features:
         for start in range(0, self.n, step):
             yield slice(start, min(self.n, start + step))
 
+    def rows(self, sl: slice) -> torch.Tensor:
+        """The data rows ``sl`` (m, D) (of X, not phi)."""
+        return self.X[sl]
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """The data rows at ``index`` (m,) (any order), (m, D)."""
+        return self.X[index]
+
     def __call__(self, sl: slice) -> torch.Tensor:
         """phi of the rows ``sl`` (a view of the cache, or of the reused buffer)."""
         if self.cache is not None:
@@ -90,6 +101,12 @@ def map_rows(fn: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, chunk_
     """``fn`` applied to blocks of ``chunk_size`` rows of X, results concatenated along rows."""
     step = max(1, int(chunk_size))
     return torch.cat([fn(X[start : start + step]) for start in range(0, X.shape[0], step)])
+
+
+def map_chunks(fn: Callable[[torch.Tensor], torch.Tensor], feats: Features) -> torch.Tensor:
+    """``fn`` applied to the data rows (m, D) of each chunk of ``feats``, concatenated along rows:
+    per-point results (e.g. labels (N,)) of data in memory or out of core."""
+    return torch.cat([fn(feats.rows(sl)) for sl in feats.slices()])
 
 
 def scatter_statistics(feats: Features, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -233,7 +250,10 @@ def _as_numpy(a: object) -> np.ndarray:
 class SourceFeatures(Features):
     """:class:`Features` over a :class:`ChunkSource`: each call reads its rows from the source,
     moves them to ``device`` / ``dtype``, subtracts ``shift`` (D,) and computes phi into one reused
-    buffer. Nothing of size N is kept; ``X`` is an empty (0, D) tensor carrying device and dtype."""
+    buffer. Nothing of size N is kept; ``X`` is an empty (0, D) tensor carrying device and dtype.
+
+    With ``scale`` (D,) the rows are standardised in float64, ``(x - shift) / scale``, then cast to
+    ``dtype`` (by default ``shift``'s): the frame of a fit that standardises in memory the same way."""
 
     def __init__(
         self,
@@ -241,22 +261,43 @@ class SourceFeatures(Features):
         feature_fn: FeatureFn,
         shift: torch.Tensor,
         chunk_size: int = 65536,
+        *,
+        scale: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.source = source
-        self.shift = shift
+        self.shift, self.scale = shift, scale
         self.n, self.d = source.n, source.d
-        self.X = shift.new_empty(0, self.d)
+        self.X = shift.new_empty(0, self.d, dtype=dtype or shift.dtype)
         self.feature_fn = feature_fn
         self.chunk_size = max(1, int(chunk_size))
-        self.q = int(feature_fn(shift[None]).shape[1])
+        self.q = int(feature_fn(self.X.new_zeros(1, self.d)).shape[1])
         self.cache = None
         self._buf = None
+
+    def _frame(self, rows: np.ndarray) -> torch.Tensor:
+        """Rows read from the source (m, D), centred (and scaled) on the device, in the dtype."""
+        x = torch.from_numpy(rows)
+        if self.scale is None:
+            return x.to(device=self.shift.device, dtype=self.X.dtype) - self.shift
+        x = x.to(device=self.shift.device, dtype=torch.float64)
+        return ((x - self.shift) / self.scale).to(self.X.dtype)
 
     def read(self, sl: slice) -> torch.Tensor:
         """The centred rows ``sl`` (m, D) on the device, in the dtype."""
         start, stop, _ = sl.indices(self.n)
-        rows = torch.from_numpy(self.source.rows(start, stop))
-        return rows.to(device=self.shift.device, dtype=self.shift.dtype) - self.shift
+        return self._frame(self.source.rows(start, stop))
+
+    rows = read
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """The centred rows at ``index`` (m,) (any order), read from the source, (m, D)."""
+        idx = torch.as_tensor(index).cpu()
+        if idx.numel() == 0:
+            return self.X.new_empty(0, self.d)
+        order = torch.argsort(idx)
+        x = self._frame(self.source.take(idx[order].numpy()))
+        return x[torch.argsort(order).to(x.device)]
 
     def __call__(self, sl: slice) -> torch.Tensor:
         x = self.read(sl)

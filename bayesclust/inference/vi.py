@@ -20,7 +20,7 @@ from ..models.gaussian import GaussianFamily, gaussian_coefficients
 from ..models.priors import NIW
 from .distributed import broadcast
 from .kmeans import kmeans_plusplus, lloyd, nearest_center
-from .streaming import Features, reduce_statistics, scatter_statistics
+from .streaming import Features, map_chunks, reduce_statistics, scatter_statistics
 
 
 @dataclass
@@ -88,14 +88,24 @@ def vi_step(st: VIState) -> float:
 
 
 def init_vi(
-    feats: Features, family: GaussianFamily, alpha: float, truncation: int, generator: torch.Generator
+    feats: Features,
+    family: GaussianFamily,
+    alpha: float,
+    truncation: int,
+    generator: torch.Generator,
+    sample: torch.Tensor | None = None,
 ) -> VIState:
-    """Variational state started from hard k-means labels (k-means++ seeding, 10 Lloyd iterations)."""
-    X = feats.X
-    k = min(truncation, feats.n)
+    """Variational state started from hard k-means labels (k-means++ seeding, 10 Lloyd iterations)
+    on ``sample`` (m, D) rows in the frame of ``feats`` (default: all of ``feats.X``); with a sample
+    (data out of core) every point is then labelled chunk by chunk."""
+    X = feats.X if sample is None else sample
+    k = min(truncation, X.shape[0])
     centres = lloyd(X, kmeans_plusplus(X, k, generator, n_local_trials=1), 10)
     centres = broadcast(centres)  # a distributed fit starts every rank from rank 0's centres
-    labels = nearest_center(X, centres)
+    if sample is None:
+        labels = nearest_center(X, centres)
+    else:
+        labels = map_chunks(lambda x: nearest_center(x, centres), feats)
     G = scatter_statistics(feats, labels, truncation)
     st = VIState(feats, family, alpha, None, None, None, None)  # type: ignore[arg-type]
     m_step(st, G)
