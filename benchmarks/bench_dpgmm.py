@@ -43,8 +43,11 @@ def run_ours(X, y, inference: str, seed: int, max_iter: int, **kw) -> dict:
         out.update(metrics.evaluate(y, m.labels_))
     sizes = np.bincount(m.labels_)
     out["K_big"] = int((sizes >= 0.005 * len(X)).sum())  # clusters holding >= 0.5% of the points
+    out["K_raw"] = max(m.posterior_k_raw_, key=m.posterior_k_raw_.get) if m.posterior_k_raw_ else 0
+    out["small"] = m.small_clusters_["sizes"].tolist()
     if inference == "splitmerge":
         out["posterior_k"] = {k: round(v, 3) for k, v in sorted(m.posterior_k_.items())}
+        out["alpha"] = m.alpha_mean_
     return out
 
 
@@ -67,7 +70,8 @@ def run_sklearn(X, y, k_max: int, seed: int, max_iter: int) -> dict:
 
 
 def fmt(r: dict) -> str:
-    keys = ["route", "seed", "time_s", "K", "K_big", "acc", "nmi", "ari", "posterior_k"]
+    keys = ["route", "seed", "time_s", "K", "K_raw", "K_big", "acc", "nmi", "ari", "posterior_k", "alpha",
+            "small"]
     parts = []
     for k in keys:
         if k in r:
@@ -81,12 +85,20 @@ def load_npz(name: str):
     return d["X"].astype(np.float32), d["y"].astype(np.int64)
 
 
+IMBALANCE = ((8, 0.10), (2, 0.05), (5, 0.20), (9, 0.30))  # (class, share of its points kept)
+
+
 def imbalanced_mnist(seed: int = 0):
     """DeepDPM's imbalanced MNIST: classes 8, 2, 5, 9 kept at 10%, 5%, 20%, 30%."""
-    X, y = load_npz("mnist70k_ae_umap10.npz")
+    return imbalanced(*load_npz("mnist70k_ae_umap10.npz"), seed=seed)
+
+
+def imbalanced(X: np.ndarray, y: np.ndarray, seed: int = 0):
+    """The imbalanced subset rule (``IMBALANCE``), the points of each listed class drawn without
+    replacement with a fixed seed (0 in every benchmark), the other classes kept whole."""
     rng = np.random.default_rng(seed)
     keep = np.ones(len(y), bool)
-    for c, frac in ((8, 0.10), (2, 0.05), (5, 0.20), (9, 0.30)):
+    for c, frac in IMBALANCE:
         idx = np.flatnonzero(y == c)
         drop = rng.choice(idx, size=len(idx) - int(round(frac * len(idx))), replace=False)
         keep[drop] = False
@@ -129,6 +141,51 @@ def island_merge_ratios(max_iter: int) -> None:
               f"{float(dist[nb]):.2f}): log merge Hastings ratio {float(r[0]):.1f}", flush=True)
 
 
+ISSUE15_TARGETS = {  # data: (NMI >=, K rule, DeepDPM's table)
+    "mnist": (0.93, "K = 10 in >= 4 of 5 seeds", "NMI .94, ACC .98, K 10.0"),
+    "usps": (0.87, "K in 9..11", "NMI .88, ACC .89, K 9.2"),
+    "mnist-imb": (0.94, "", "NMI .95, ACC .98"),
+    "usps-imb": (0.89, "", "NMI .90, ACC .94"),
+}
+
+
+def issue15_rows():
+    """The four data sets of issue 15: MNIST / USPS UMAP-10 and their imbalanced subsets (seed 0)."""
+    mnist, usps = load_npz("mnist70k_ae_umap10.npz"), load_npz("usps9298_ae_umap10.npz")
+    return {"mnist": mnist, "usps": usps, "mnist-imb": imbalanced(*mnist), "usps-imb": imbalanced(*usps)}
+
+
+def issue15_verdict(name: str, rows: list[dict]) -> str:
+    nmi_min, k_rule, _ = ISSUE15_TARGETS[name]
+    ks = [r["K"] for r in rows]
+    nmi = float(np.mean([r["nmi"] for r in rows]))
+    ok = [f"NMI {nmi:.4f} {'>=' if nmi >= nmi_min else '<'} {nmi_min}"]
+    if name == "mnist":
+        ok.append(f"K=10 in {sum(k == 10 for k in ks)}/{len(ks)} seeds")
+    elif name == "usps":
+        ok.append(f"K in 9..11 in {sum(9 <= k <= 11 for k in ks)}/{len(ks)} seeds")
+    return "; ".join(ok)
+
+
+def run_issue15(args, seeds: list[int]) -> None:
+    """Every route with the estimator's defaults on every row (only max_iter per route, alike on
+    every row); per seed NMI / ACC / K / time, then a summary against the issue's targets."""
+    routes = [r for r in args.routes.split(",")]
+    iters = {"splitmerge": args.max_iter, "vi": args.vi_max_iter, "deep": args.deep_max_iter or 100}
+    for name, (X, y) in issue15_rows().items():
+        print(f"\n## issue 15: {name} N={len(X)} (DeepDPM: {ISSUE15_TARGETS[name][2]})", flush=True)
+        for route in routes:
+            rs = seeds if route != "deep" or name not in ("mnist", "mnist-imb") else seeds[: args.deep_seeds]
+            rows = []
+            for s in rs:
+                rows.append(run_ours(X, y, route, s, iters[route]))
+                print(fmt(rows[-1]), flush=True)
+            print(f"  summary {name} {route}: NMI {np.mean([r['nmi'] for r in rows]):.4f} ACC "
+                  f"{np.mean([r['acc'] for r in rows]):.4f} K {[r['K'] for r in rows]} "
+                  f"time {np.mean([r['time_s'] for r in rows]):.1f}s | {issue15_verdict(name, rows)}",
+                  flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", default="synth,mnist,usps,imbalanced,faithful,galaxies,big")
@@ -143,6 +200,8 @@ def main() -> None:
     ap.add_argument("--big-n", type=int, default=1_000_000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--psi-scale", type=float, default=1.0, help="DPGMM psi_scale on MNIST/USPS")
+    ap.add_argument("--routes", default="splitmerge,deep,vi", help="issue15: the routes to run")
+    ap.add_argument("--deep-seeds", type=int, default=5, help="issue15: deep-route seeds on the MNIST rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     only = set(args.only.split(","))
@@ -153,6 +212,9 @@ def main() -> None:
         f" | torch {torch.__version__} | threads {torch.get_num_threads()} | cores {os.cpu_count()}"
     )
     print(f"# args: {vars(args)}")
+
+    if "issue15" in only:  # not in the default --only
+        run_issue15(args, seeds)
 
     if "synth" in only:
         X, y = synthetic(args.synth_n, 10, 10, seed=0)
@@ -227,7 +289,7 @@ def main() -> None:
         import pandas as pd
 
         X = pd.read_csv(DATA / "tabular" / "MASS_galaxies.csv")[["dat"]].to_numpy() / 1000.0
-        print("\n## galaxies N=82 (velocity / 1000 km/s), alpha=1, 2000 sweeps, burn-in 500")
+        print("\n## galaxies N=82 (velocity / 1000 km/s), default priors, 2000 sweeps, burn-in 500")
         for s in seeds[:3]:
             print(fmt(run_ours(X, None, "splitmerge", s, 2000, burn_in=500)), flush=True)
 

@@ -15,7 +15,7 @@ from bayesclust.estimators.dpgmm import DPGMM
 from bayesclust.inference import splitmerge as sm
 from bayesclust.inference import streaming
 from bayesclust.models import gaussian
-from bayesclust.models.dp import dp_mixture_model, mix_weights
+from bayesclust.models.dp import dp_mixture_model, log_crp_alpha_marginal, mix_weights, sample_concentration
 from bayesclust.models.priors import NIW
 from tests.conftest import shared_file
 
@@ -40,12 +40,16 @@ def _partitions(items):
         yield [[first]] + p
 
 
-def _exact_posterior_k(Xs: torch.Tensor, prior: NIW, alpha: float) -> dict[int, float]:
-    """p(K | X) by enumerating every partition: CRP prior x product of NIW marginal likelihoods."""
+def _exact_posterior_k(Xs: torch.Tensor, prior: NIW, alpha: float | tuple[float, float]) -> dict[int, float]:
+    """p(K | X) by enumerating every partition: CRP prior x product of NIW marginal likelihoods;
+    ``alpha`` a (shape, rate) pair: the CRP prior with alpha ~ Gamma integrated out on a grid."""
     lps, ks = [], []
     for part in _partitions(list(range(Xs.shape[0]))):
         sizes = torch.tensor([len(b) for b in part], dtype=torch.float64)
-        lp = float(sm.log_crp(sizes, alpha))
+        if isinstance(alpha, tuple):
+            lp = log_crp_alpha_marginal(sizes, *alpha)
+        else:
+            lp = float(sm.log_crp(sizes, alpha))
         for b in part:
             x = Xs[b]
             lp += float(
@@ -81,6 +85,8 @@ def test_sampler_posterior_over_k_matches_exact_enumeration():
     X = dp_mixture_model(None, alpha=1.0, prior=prior, truncation=10, n=6).detach().numpy()
     m = DPGMM(
         weight_concentration_prior=1.0,
+        concentration_prior=None,
+        min_cluster_size=1,
         dtype="float64",
         random_state=1,
         max_iter=SWEEPS,
@@ -100,6 +106,91 @@ def test_sampler_posterior_over_k_matches_exact_enumeration():
     # inverse of the split ratio, split-then-merge in one sweep) TV was 0.14-0.19 with 3000 sweeps
     assert tv < TV_BOUND, (ref, m.posterior_k_)
     assert abs(sum(m.posterior_k_.values()) - 1.0) < 1e-9
+
+
+def _posterior_alpha_mean(post_k: dict[int, float], n: int, a: float, b: float) -> float:
+    """E[alpha | X] = sum_K p(K | X) E[alpha | K, N] under Gamma(a, b), on a log-alpha grid."""
+    la = torch.linspace(-12.0, 8.0, 4000, dtype=torch.float64)
+    al = la.exp()
+    out = 0.0
+    for k, pk in post_k.items():
+        lw = (a - 1) * la - b * al + k * la + torch.lgamma(al) - torch.lgamma(al + n) + la
+        w = torch.softmax(lw, 0)
+        out += pk * float((w * al).sum())
+    return out
+
+
+def test_gamma_hyperprior_on_alpha_matches_exact_enumeration():
+    # the joint posterior over partitions and alpha ~ Gamma(1, 1): alpha integrated on a grid
+    pyro.set_rng_seed(1)
+    one = torch.tensor
+    prior = NIW(
+        torch.zeros(1, dtype=torch.float64), one(0.5, dtype=torch.float64), one(3.0, dtype=torch.float64),
+        torch.eye(1, dtype=torch.float64),
+    )
+    X = dp_mixture_model(None, alpha=1.0, prior=prior, truncation=10, n=6).detach().numpy()
+    m = DPGMM(
+        concentration_prior=(1.0, 1.0), min_cluster_size=1, dtype="float64", random_state=1,
+        max_iter=SWEEPS, burn_in=100, split_delay=0, reset_every=0, n_merge_neighbors=5, store_labels=0,
+    ).fit(X)
+    Xs = m._standardise(torch.as_tensor(X, dtype=torch.float64))
+    p = m.prior_
+    ref = _exact_posterior_k(Xs, NIW(p["m"], p["kappa"], p["nu"], p["psi"]), (1.0, 1.0))
+    support = set(ref) | set(m.posterior_k_)
+    tv = 0.5 * sum(abs(ref.get(k, 0.0) - m.posterior_k_.get(k, 0.0)) for k in support)
+    assert tv < TV_BOUND, (ref, m.posterior_k_)
+    assert m.alpha_trace_.shape == (SWEEPS,) and np.all(m.alpha_trace_ > 0)
+    exact_mean = _posterior_alpha_mean(ref, 6, 1.0, 1.0)
+    assert abs(m.alpha_mean_ - exact_mean) < 0.15 * exact_mean, (m.alpha_mean_, exact_mean)
+
+
+def test_escobar_west_draws_match_the_conditional_of_alpha():
+    # p(alpha | K, N) ∝ Gamma(alpha; a, b) alpha^K Gamma(alpha) / Gamma(alpha + N): compare the mean
+    rng = np.random.default_rng(0)
+    a, b, k, n = 2.0, 0.5, 4, 50
+    alpha, draws = 1.0, []
+    for _ in range(20000):
+        alpha = sample_concentration(alpha, k, n, a, b, rng)
+        draws.append(alpha)
+    exact = _posterior_alpha_mean({k: 1.0}, n, a, b)
+    assert abs(np.mean(draws[1000:]) - exact) < 0.03 * exact
+
+
+def test_min_cluster_size_counts_reassigns_and_reports():
+    rng = np.random.default_rng(0)
+    X = np.r_[rng.normal(0, 1, (300, 2)), rng.normal(8, 1, (300, 2)), rng.normal([30, 30], 0.1, (3, 2))]
+    for inference in ("splitmerge", "vi"):
+        raw = DPGMM(inference=inference, min_cluster_size=1, random_state=0, max_iter=40).fit(X)
+        m = DPGMM(inference=inference, min_cluster_size=0.01, random_state=0, max_iter=40).fit(X)
+        assert m.min_size_threshold_ == 7  # ceil(0.01 * 603)
+        small = m.small_clusters_["sizes"]
+        assert m.n_components_ == raw.n_components_ - len(small) == len(np.unique(m.labels_))
+        assert 3 in small.tolist() and np.all(small < 7)
+        assert np.allclose(m.small_clusters_["means"][small.tolist().index(3)], [30, 30], atol=0.5)
+        assert f"{len(small)} cluster(s) below min_cluster_size (7 points)" in m.fit_summary_
+        assert np.array_equal(m.predict(X), m.labels_)
+        assert max(m.posterior_k_) < max(m.posterior_k_raw_)
+        assert raw.small_clusters_["sizes"].size == 0 and raw.posterior_k_ == raw.posterior_k_raw_
+    same = DPGMM(min_cluster_size=3, random_state=0, max_iter=40).fit(X)
+    raw = DPGMM(min_cluster_size=1, random_state=0, max_iter=40).fit(X)
+    assert same.n_components_ == raw.n_components_  # the 3-point cluster holds exactly 3
+    assert np.array_equal(same.labels_, raw.labels_)
+
+
+def test_wishart_scale_prior_runs_and_reports_its_posterior_mean():
+    X, _ = _blobs(n=400, k=3, d=2)
+    fixed = DPGMM(random_state=0, max_iter=40).fit(X)
+    m = DPGMM(scale_prior="wishart", random_state=0, max_iter=40).fit(X)
+    assert m.n_components_ == 3
+    assert not np.allclose(m.covariance_prior_, fixed.covariance_prior_)
+    assert np.all(np.linalg.eigvalsh(m.covariance_prior_) > 0)
+
+
+def test_min_cluster_size_default_is_a_share_of_n():
+    X, _ = _blobs(n=2500, k=3, d=2)
+    m = DPGMM(random_state=0, max_iter=30).fit(X)
+    assert m.min_size_threshold_ == 3  # ceil(0.001 * 2500)
+    assert DPGMM(random_state=0, max_iter=5).fit(X[:50]).min_size_threshold_ == 1
 
 
 def _niw_2d(kappa: float) -> NIW:
@@ -329,6 +420,20 @@ def test_error_messages():
         DPGMM(covariance_prior=-np.eye(2), max_iter=2).fit(X)
     with pytest.raises(NotFittedError, match="not fitted yet"):
         DPGMM().predict(X)
+    msg = r"min_cluster_size must be an int >= 1 or a float in \(0, 1\), got 0"
+    with pytest.raises(ValueError, match=msg):
+        DPGMM(min_cluster_size=0).fit(X)
+    with pytest.raises(ValueError, match=r"a float in \(0, 1\) \(a share of N\), got 1.5"):
+        DPGMM(min_cluster_size=1.5).fit(X)
+    with pytest.raises(TypeError, match="min_cluster_size must be an int >= 1 or a float in .* got str"):
+        DPGMM(min_cluster_size="1%").fit(X)
+    msg = r"concentration_prior must be None \(alpha fixed\) or a \(shape, rate\)"
+    with pytest.raises(ValueError, match=msg):
+        DPGMM(concentration_prior=(1.0, 0.0)).fit(X)
+    with pytest.raises(ValueError, match="pair of positive numbers .* got 2.0"):
+        DPGMM(concentration_prior=2.0).fit(X)
+    with pytest.raises(ValueError, match="scale_prior='gamma' is not supported"):
+        DPGMM(scale_prior="gamma").fit(X)
     m = DPGMM(max_iter=5, random_state=0).fit(X)
     with pytest.raises(ValueError, match="same features as in fit"):
         m.predict(np.zeros((3, 5)))
@@ -343,6 +448,13 @@ def test_deep_variant_splits_and_predicts_with_the_net(tmp_path):
     assert np.array_equal(m.predict(X), m.labels_)  # predict uses the clustering net
     m.save(tmp_path / "deep.pt")
     assert np.array_equal(DPGMM.load(tmp_path / "deep.pt").predict(X), m.labels_)
+    # the counting rule on the deep route: the smaller unit is not counted, its points and predict
+    # go to the remaining unit (the head drops the uncounted unit), and it is reported
+    one = DPGMM(inference="deep", random_state=0, max_iter=15, min_cluster_size=0.6).fit(X)
+    sizes = np.bincount(m.labels_)
+    assert one.n_components_ == 1 and one.posterior_k_raw_ == {2: 1.0}
+    assert one.small_clusters_["sizes"].tolist() == [sizes.min()]
+    assert np.all(one.predict(X) == 0) and np.all(one.labels_ == 0)
 
 
 def test_deep_map_params_survive_cancelled_float32_statistics():

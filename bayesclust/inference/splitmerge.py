@@ -39,7 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models.dp import sample_concentration
 from ..models.family import ConjugateFamily
+from ..models.priors import WishartScalePrior
 from . import distributed
 from .streaming import Features, is_reducing, reduce_statistics, scatter_statistics
 
@@ -76,6 +78,9 @@ def log_crp(n: torch.Tensor, alpha: float) -> torch.Tensor:
 # ---------------------------------------------------------------------------- state
 @dataclass
 class SamplerConfig:
+    """Sampler settings. ``alpha`` is the current DP concentration: with ``alpha_prior = (a, b)`` it is
+    resampled from p(alpha | K, N) under Gamma(a, b) (rate b) at the start of every sweep."""
+
     alpha: float
     family: ConjugateFamily  # its prior in float64, in the (standardised) frame of X
     split_delay: int = 5
@@ -84,6 +89,8 @@ class SamplerConfig:
     store_labels: int = 0  # how many post-burn-in label draws to keep (0: none)
     reset_every: int = 10  # sub-clusters are re-drawn every this many sweeps of a cluster (0: never)
     exact_max: int = 10  # clusters of <= this many points: exact sub-cluster terms (2^N labellings)
+    alpha_prior: tuple[float, float] | None = None  # Gamma(shape, rate) hyperprior on alpha (None: fixed)
+    scale_prior: WishartScalePrior | None = None  # hyperprior on the NIW scale psi0 (None: fixed)
 
 
 @dataclass
@@ -112,6 +119,10 @@ class SamplerState:
     draws_means: list[torch.Tensor] = field(default_factory=list)
     draws_labels: list[torch.Tensor] = field(default_factory=list)
     params: tuple[torch.Tensor, torch.Tensor] | None = None
+    alpha_trace: list[float] = field(default_factory=list)  # alpha used in each sweep
+    size_trace: list[np.ndarray] = field(default_factory=list)  # cluster sizes (K_s,) after each sweep
+    psi_sum: torch.Tensor | None = None  # sum of the post-burn-in psi0 draws (scale_prior)
+    psi_count: int = 0
 
     @property
     def k(self) -> int:
@@ -257,10 +268,16 @@ def reset_subclusters(
     chol = torch.where((info == 0)[:, None, None], chol, torch.eye(d, dtype=cov.dtype))
     eps = torch.randn(Gc.shape[0], d, 1, generator=st.gen, dtype=cov.dtype)
     normal = (chol @ eps).squeeze(-1)
-    X = st.feats.X
-    flag = clusters.to(X.device)[st.z]
-    proj = ((X - mean.to(X)[st.z]) * normal.to(X)[st.z]).sum(1)
-    st.zsub = torch.where(flag, (proj > 0).long(), st.zsub)
+    feats = st.feats
+    X0 = feats.X  # device and dtype (the data itself may be out of core)
+    flag = clusters.to(X0.device)[st.z]
+    mean, normal = mean.to(X0), normal.to(X0)
+    zsub = torch.empty_like(st.zsub)
+    for sl in feats.slices():  # chunk by chunk: no (N, D) temporary
+        z = st.z[sl]
+        proj = ((feats.rows(sl) - mean[z]) * normal[z]).sum(1)
+        zsub[sl] = torch.where(flag[sl], (proj > 0).long(), st.zsub[sl])
+    st.zsub = zsub
 
 
 def _labellings(m: int) -> torch.Tensor:
@@ -299,7 +316,7 @@ def _padded_features(st: SamplerState, groups: list[torch.Tensor]) -> tuple[torc
     m = max(int(g.numel()) for g in groups)
     phi = torch.zeros(len(groups), m, st.feats.q, dtype=torch.float64)
     allidx = torch.cat(groups)
-    f = st.feats.feature_fn(st.feats.X[allidx]).double().cpu()
+    f = st.feats.feature_fn(st.feats.gather(allidx)).double().cpu()
     start = 0
     for i, g in enumerate(groups):  # loop over small clusters (few, each <= exact_max points)
         phi[i, : g.numel()] = f[start : start + g.numel()]
@@ -500,7 +517,11 @@ def propose_merges(st: SamplerState, cfg: SamplerConfig, frozen: torch.Tensor, G
 
 
 def sweep(st: SamplerState, cfg: SamplerConfig, iteration: int) -> float:
-    """One full sweep (steps 1-4); returns the collapsed joint log p(X, z) after it."""
+    """One full sweep (steps 0-4); returns the collapsed joint log p(X, z) after it. Step 0 (with
+    ``cfg.alpha_prior``): alpha ~ p(alpha | K, N); the sub-labels, whose conditional depends on alpha,
+    are redrawn after it (steps 2 and the exact sub-cluster draw), so (alpha, zbar) is a Gibbs block."""
+    update_concentration(st, cfg)
+    update_scale(st, cfg, iteration)
     sample_labels(st, cfg)
     k = st.k
     q = st.G.shape[1]
@@ -532,6 +553,7 @@ def sweep(st: SamplerState, cfg: SamplerConfig, iteration: int) -> float:
     joint = joint_log_prob(st, cfg)
     st.k_trace.append(st.k)
     st.joint_trace.append(joint)
+    st.size_trace.append(cluster_statistics(st.G)[:, -1].round().numpy())
     if iteration >= cfg.burn_in:
         log_pi, mu = st.params
         st.draws_weights.append(torch.exp(log_pi).cpu())
@@ -542,6 +564,30 @@ def sweep(st: SamplerState, cfg: SamplerConfig, iteration: int) -> float:
     if iteration <= cfg.burn_in or joint >= st.best_joint:
         st.best_joint, st.best_z, st.best_sweep, st.best_k = joint, st.z.clone(), iteration, st.k
     return joint
+
+
+def update_concentration(st: SamplerState, cfg: SamplerConfig) -> None:
+    """Escobar & West's auxiliary-variable draw of alpha given the current K and N (when
+    ``cfg.alpha_prior`` is set), recorded in ``st.alpha_trace``."""
+    if cfg.alpha_prior is not None:
+        n = float(st.G[:, -1].sum())
+        cfg.alpha = sample_concentration(cfg.alpha, st.k, n, *cfg.alpha_prior, st.np_rng)
+    st.alpha_trace.append(cfg.alpha)
+
+
+def update_scale(st: SamplerState, cfg: SamplerConfig, iteration: int) -> None:
+    """With ``cfg.scale_prior``: draw every cluster's covariance from its NIW posterior given the
+    labels, then psi0 from its Wishart conditional given them (a data-augmentation Gibbs step on
+    (z, psi0)); the family's prior is updated in place, and post-burn-in draws are summed."""
+    if cfg.scale_prior is None:
+        return
+    niw = cfg.family.niw
+    sigma = cfg.family.posterior(cluster_statistics(st.G)).sample(None)[1]
+    prec = torch.linalg.inv(sigma)
+    niw.psi0 = cfg.scale_prior.sample(prec, float(niw.nu0), st.np_rng).to(niw.psi0)
+    if iteration >= cfg.burn_in:
+        st.psi_sum = niw.psi0.clone() if st.psi_sum is None else st.psi_sum + niw.psi0
+        st.psi_count += 1
 
 
 def best_labels(st: SamplerState) -> tuple[torch.Tensor, int]:

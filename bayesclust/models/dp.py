@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .priors import NIW
@@ -68,3 +69,30 @@ def student_t_logpdf(Xs: torch.Tensor, post: dict[str, torch.Tensor]) -> torch.T
     sol = torch.linalg.solve_triangular(chol, diff, upper=False)
     maha = (sol * sol).sum(1).T  # (n, K)
     return const - 0.5 * (df + d) * torch.log1p(maha / df)
+
+
+def sample_concentration(
+    alpha: float, k: int, n: float, shape: float, rate: float, rng: np.random.Generator
+) -> float:
+    """One draw of the DP concentration from p(alpha | K, N) under a Gamma(shape, rate) prior
+    (Escobar & West 1995, Sec. 6): ``eta ~ Beta(alpha + 1, N)``, then alpha from the two-component
+    Gamma mixture ``pi Gamma(a + K, b - log eta) + (1 - pi) Gamma(a + K - 1, b - log eta)`` with
+    ``pi / (1 - pi) = (a + K - 1) / (N (b - log eta))``. The partition enters only through K and N."""
+    eta = max(float(rng.beta(alpha + 1.0, max(n, 1e-12))), 1e-300)
+    r = rate - math.log(eta)
+    odds = (shape + k - 1.0) / (max(n, 1e-12) * r)
+    a_post = shape + k if rng.random() < odds / (1.0 + odds) else shape + k - 1.0
+    return float(max(rng.gamma(max(a_post, 1e-12), 1.0 / r), 1e-300))
+
+
+def log_crp_alpha_marginal(sizes: torch.Tensor, shape: float, rate: float, grid: int = 4000) -> float:
+    """log p(partition) with alpha ~ Gamma(shape, rate) integrated out numerically on a log-alpha
+    grid (for tests and checks on tiny problems): ``int Gamma(alpha) alpha^K Gamma(alpha) /
+    Gamma(alpha + N) prod_k Gamma(n_k) d alpha``; ``sizes`` (K,) float64."""
+    la = torch.linspace(-12.0, 8.0, grid, dtype=torch.float64)
+    a = la.exp()
+    k, n = sizes.numel(), sizes.sum()
+    log_prior = shape * math.log(rate) - math.lgamma(shape) + (shape - 1) * la - rate * a
+    log_crp = k * la + torch.lgamma(a) - torch.lgamma(a + n) + torch.lgamma(sizes).sum()
+    f = log_prior + log_crp + la  # d alpha = alpha d log alpha
+    return float(torch.logsumexp(f, 0) + math.log(float(la[1] - la[0])))

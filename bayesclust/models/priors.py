@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .._validation import check_scalar
@@ -170,8 +171,8 @@ class NIW:
         batch = self.psi0.shape[:-2]
         dtype, dev = self.psi0.dtype, self.psi0.device
         # Lambda ~ W(nu, psi^-1): Lambda = L A A^T L^T with L L^T = psi^-1 (Bartlett).
-        psi_inv = torch.cholesky_inverse(torch.linalg.cholesky(self.psi0))
-        psi_inv_chol = torch.linalg.cholesky(psi_inv)
+        psi_inv = torch.cholesky_inverse(_cholesky_psd(self.psi0))
+        psi_inv_chol = _cholesky_psd(psi_inv)
         nu = self.nu0.expand(batch) if self.nu0.ndim < len(batch) else self.nu0
         j = torch.arange(d, dtype=dtype, device=dev)
         conc = (nu.unsqueeze(-1) - j) / 2.0
@@ -197,6 +198,19 @@ def _gamma(conc: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return torch._standard_gamma(conc.detach().cpu()).to(conc.device)
+
+
+def _cholesky_psd(a: torch.Tensor) -> torch.Tensor:
+    """Cholesky factors of symmetric matrices (..., D, D); a matrix that rounding left slightly
+    indefinite (a posterior scale of a very thin cluster from float32 statistics) is first projected
+    onto the positive definite cone (eigenvalues floored at 1e-12 of its largest)."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    if not bool((info != 0).any()):
+        return chol
+    ev, vec = torch.linalg.eigh(0.5 * (a + a.transpose(-1, -2)))
+    floor = (ev.abs().amax(-1, keepdim=True) * 1e-12).clamp(min=1e-300)
+    fixed = (vec * ev.clamp(min=floor).unsqueeze(-2)) @ vec.transpose(-1, -2)
+    return torch.linalg.cholesky(0.5 * (fixed + fixed.transpose(-1, -2)))
 
 
 def _logdet_psd(a: torch.Tensor) -> torch.Tensor:
@@ -257,3 +271,43 @@ def gamma_shape(nu0: float, d: int, covariance_type: str) -> float:
             f"{d + 1 - 2 / d:.3g} for a proper prior on the shared precision; got {nu0:g}."
         )
     return shape
+
+
+def sample_wishart(df: float, scale: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """One draw W ~ Wishart(df, scale) (E[W] = df * scale), scale (D, D) float64, by the Bartlett
+    decomposition with a NumPy generator."""
+    d = scale.shape[-1]
+    chol = torch.linalg.cholesky(scale.double())
+    a = np.tril(rng.standard_normal((d, d)), -1)
+    a[np.diag_indices(d)] = np.sqrt(rng.chisquare(df - np.arange(d)))
+    la = chol @ torch.from_numpy(a)
+    return la @ la.T
+
+
+@dataclass
+class WishartScalePrior:
+    """Hyperprior on the NIW scale: ``psi0 ~ Wishart(df, mean / df)`` (so E[psi0] = ``mean`` (D, D)).
+
+    Given cluster covariances Sigma_k ~ IW(nu0, psi0), k = 1..K, the conditional is conjugate:
+    ``psi0 | Sigma ~ Wishart(df + K nu0, (df mean^-1 + sum_k Sigma_k^-1)^-1)``; the NIW mean term
+    N(mu_k | m0, Sigma_k / kappa0) does not involve psi0.
+    """
+
+    df: float
+    mean: torch.Tensor
+
+    def __post_init__(self) -> None:
+        d = self.mean.shape[-1]
+        if not self.df > d - 1:
+            raise ValueError(f"the Wishart hyperprior on psi0 needs df > D - 1 = {d - 1}, got {self.df}.")
+
+    def conditional(self, precisions: torch.Tensor, nu0: float) -> tuple[float, torch.Tensor]:
+        """(df, scale) of p(psi0 | Sigma_1..K) from the precisions Sigma_k^-1 (K, D, D)."""
+        inv = torch.linalg.inv(self.mean.double()) * self.df + precisions.double().sum(0)
+        scale = torch.linalg.inv(inv)
+        return self.df + precisions.shape[0] * float(nu0), 0.5 * (scale + scale.T)
+
+    def sample(self, precisions: torch.Tensor, nu0: float, rng: np.random.Generator) -> torch.Tensor:
+        """One draw of psi0 (D, D) from its conditional."""
+        df, scale = self.conditional(precisions, nu0)
+        return sample_wishart(df, scale, rng)
