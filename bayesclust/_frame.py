@@ -39,6 +39,10 @@ class Frame:
             out[start : start + _CHUNK] = ((block - shift) / self.scale).to(dtype)
         return out
 
+    def inverse(self, Xw: torch.Tensor) -> torch.Tensor:
+        """Working-frame rows (N, ...) back in the user's units, float64."""
+        return Xw.double() * self.scale + self.shift.to(Xw.device)
+
     @property
     def log_scale(self) -> float:
         return math.log(self.scale)
@@ -49,13 +53,25 @@ def _positive(scale: float) -> float:
 
 
 def standard_frame(X: torch.Tensor) -> Frame:
-    """Per-feature mean and one scalar scale, sqrt(mean_j var_j), of X (N, D) (1 for constant data)."""
-    Xd = X.double()
-    mean = Xd.mean(0)
-    var = Xd.var(0, unbiased=False).mean() if X.shape[0] > 1 else torch.zeros((), dtype=torch.float64)
-    frame = Frame(mean.cpu(), _positive(float(var.sqrt())))
+    """Per-feature mean and one scalar scale, sqrt(mean_j var_j), of X (N, D) (1 for constant data);
+    two passes in float64 blocks (no float64 copy of X)."""
+    total = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
+    for start in range(0, X.shape[0], _CHUNK):
+        total += X[start : start + _CHUNK].double().sum(0)
+    mean = total / max(X.shape[0], 1)
+    sq = torch.zeros_like(total)
+    for start in range(0, X.shape[0], _CHUNK):
+        sq += ((X[start : start + _CHUNK].double() - mean) ** 2).sum(0)
+    frame = frame_from_moments(mean, sq / max(X.shape[0], 1))
     _warn_if_float32_lost_digits(X, frame)
     return frame
+
+
+def frame_from_moments(mean: torch.Tensor, var: torch.Tensor) -> Frame:
+    """The standard frame of data with per-feature mean (D,) and variance (D,) (e.g. summed over
+    processes or chunks): shift = mean, scale = sqrt(mean_j var_j)."""
+    scale = float(var.double().clamp(min=0).mean().sqrt()) if var.numel() else 1.0
+    return Frame(mean.double().cpu(), _positive(scale))
 
 
 def unit_range_frame(X: torch.Tensor) -> Frame:
@@ -81,3 +97,34 @@ def _warn_if_float32_lost_digits(X: torch.Tensor, frame: Frame) -> None:
             UserWarning,
             stacklevel=4,
         )
+
+
+@dataclass(frozen=True)
+class InputMap:
+    """A neural head's input map: ``kind`` "standard" / "unit_range" (the :class:`Frame` ``frame``
+    on the flattened rows), "l2" (the standard frame, then each row divided by its L2 norm: cosine
+    geometry) or "none" (X as given; answers then depend on X's units)."""
+
+    kind: str
+    frame: Frame
+
+    @classmethod
+    def fit(cls, kind: str, X: torch.Tensor) -> InputMap:
+        """The map of ``kind`` for X (N, ...) (features are the flattened trailing dimensions)."""
+        flat = X.reshape(X.shape[0], -1)
+        if kind in ("standard", "l2"):
+            return cls(kind, standard_frame(flat))
+        if kind == "unit_range":
+            return cls(kind, unit_range_frame(flat))
+        if kind == "none":
+            return cls(kind, Frame(torch.zeros((), dtype=torch.float64), 1.0))
+        raise ValueError(f"unknown input map {kind!r}; choose 'standard', 'unit_range', 'l2' or 'none'.")
+
+    def apply(self, X: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """X (N, ...) mapped, in ``dtype`` (the affine part computed in float64 blocks)."""
+        if self.kind == "none":
+            return X.to(dtype)
+        flat = self.frame.apply(X.reshape(X.shape[0], -1), dtype)
+        if self.kind == "l2":
+            flat = torch.nn.functional.normalize(flat, dim=1)
+        return flat.reshape(X.shape)

@@ -157,7 +157,7 @@ def pointwise_log_likelihood(
 
 
 def gmm_inference_data(result: Any, X: Any, covariance_type: str | None = None, num_samples: int = 1000,
-                       generator: torch.Generator | None = None):
+                       generator: torch.Generator | None = None, frame: Any = None):
     """``InferenceData`` of a Bayesian GMM fit: a :class:`~bayesclust.inference.nuts.NUTSResult` or
     :class:`~bayesclust.inference.svi.SVIResult`.
 
@@ -165,6 +165,9 @@ def gmm_inference_data(result: Any, X: Any, covariance_type: str | None = None, 
     ``num_samples`` draws of the mean-field guide as one chain, or the single MAP point), sample_stats
     (``diverging``; all False for SVI), observed_data (``X``) and log_likelihood (``X``: pointwise
     ``log p(x_n | theta)`` per draw, for ``az.loo`` / ``az.waic``).
+
+    ``frame`` (a :class:`bayesclust._frame.Frame`): the result was fitted on ``(X - shift) / scale``;
+    the draws and log-likelihoods are reported in X's units.
     """
     from .inference.nuts import NUTSResult
     from .inference.svi import SVIResult
@@ -189,12 +192,23 @@ def gmm_inference_data(result: Any, X: Any, covariance_type: str | None = None, 
     else:
         raise TypeError(f"result must be a NUTSResult or SVIResult, got {type(result).__name__}.")
     ref = draws["means"]
-    X = torch.as_tensor(X).to(dtype=ref.dtype, device=ref.device)
+    X = torch.as_tensor(X)
     if X.ndim != 2 or X.shape[1] != ref.shape[-1]:
         raise ValueError(f"X must be (N, D) with D = {ref.shape[-1]} features, got shape {tuple(X.shape)}.")
+    Xw, jac = X.to(dtype=ref.dtype, device=ref.device), 0.0
+    if frame is not None:  # the log-likelihood in the fit's frame, less the log-Jacobian of the map
+        Xw, jac = frame.apply(X.to(ref.device), ref.dtype), X.shape[1] * frame.log_scale
     C, S = ref.shape[:2]
     flat = {k: v.reshape(C * S, *v.shape[2:]) for k, v in draws.items()}
-    loglik = pointwise_log_likelihood(X, flat["weights"], flat["means"], flat["precisions"], covariance_type)
+    loglik = pointwise_log_likelihood(Xw, flat["weights"], flat["means"], flat["precisions"], covariance_type)
+    loglik = loglik - jac
+    if frame is not None:
+        from .models.gaussian import affine_draws
+
+        draws = affine_draws({k: v.double() for k, v in draws.items()}, frame.shift, frame.scale)
+        X = X.double()
+    else:
+        X = X.to(dtype=ref.dtype, device=ref.device)
     return build_inference_data(
         {k: draws[k] for k in ("weights", "means", "covariances")},
         sample_stats={"diverging": diverging},
@@ -257,3 +271,43 @@ def coclustering_matrix(draws: list[torch.Tensor], labels: torch.Tensor) -> np.n
         z = z.cpu()
         acc += (z[:, None] == z[None, :]).double()
     return (acc / len(draws)).numpy()
+
+
+# ---------------------------------------------------------------------------- counting rule (issue 15)
+def check_min_cluster_size(value: Any) -> int | float:
+    """``min_cluster_size``: an int >= 1 (points) or a float in (0, 1) (a share of N); else a clear error."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            "min_cluster_size must be an int >= 1 or a float in (0, 1), got "
+            f"{type(value).__name__} ({value!r})."
+        )
+    if isinstance(value, numbers.Integral):
+        if value < 1:
+            raise ValueError(f"min_cluster_size must be an int >= 1 or a float in (0, 1), got {value}.")
+        return int(value)
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(
+            f"min_cluster_size must be an int >= 1 or a float in (0, 1) (a share of N), got {value!r}."
+        )
+    return float(value)
+
+
+def size_threshold(min_cluster_size: int | float, n: float) -> int:
+    """Points a cluster needs to be counted: the int itself, or ceil(share * N), at least 1."""
+    if isinstance(min_cluster_size, float):
+        return max(1, int(np.ceil(min_cluster_size * n - 1e-9)))
+    return max(1, int(min_cluster_size))
+
+
+def counted_k(sizes: list[np.ndarray], threshold: int) -> np.ndarray:
+    """Per draw, the number of clusters holding at least ``threshold`` points; ``sizes`` one (K_s,)
+    array of cluster sizes per draw."""
+    return np.array([int((np.asarray(s) >= threshold - 1e-9).sum()) for s in sizes], dtype=np.int64)
+
+
+def k_distribution(ks: np.ndarray) -> dict[int, float]:
+    """{K: share of the draws} of per-draw cluster counts (S,)."""
+    vals, counts = np.unique(np.asarray(ks), return_counts=True)
+    return {int(k): float(c / counts.sum()) for k, c in zip(vals, counts)}

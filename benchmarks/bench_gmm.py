@@ -80,7 +80,7 @@ def run_case(X: np.ndarray, k: int, iters: int, dtype: str, repeats: int) -> dic
             ours = bc.GaussianMixture(
                 k, covariance_type="full", prior=None, tol=0, max_iter=iters, init=means,
                 weights_init=weights, covariances_init=covs, dtype=dtype, device="cpu",
-                reg_covar=REG,
+                reg_covar=REG / float(X.var(0).mean()),  # ours is relative to the mean feature variance
             )
             t0 = time.perf_counter()
             ours.fit(Xd)

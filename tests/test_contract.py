@@ -278,6 +278,21 @@ def test_sklearn_cases_cover_every_tabular_estimator_and_route():
     }
 
 
+@pytest.mark.parametrize("cls", [bc.DTIKMeans, bc.DTIGMM])
+def test_image_estimators_declare_image_input_to_scikit_learn(cls):
+    """The DTI estimators take images only: their tags say so, and scikit-learn then skips its (N, D)
+    checks with that reason instead of failing them (the contract here runs on images)."""
+    from sklearn.exceptions import SkipTestWarning
+    from sklearn.utils import get_tags
+
+    tags = get_tags(cls(3))
+    assert not tags.input_tags.two_d_array and tags.input_tags.three_d_array
+    assert get_tags(bc.EntropyClustering(3)).input_tags.two_d_array  # tables and images
+    with pytest.warns(SkipTestWarning, match=f"Can't test estimator {cls.__name__} which requires input"):
+        results = estimator_checks.check_estimator(cls(3), on_fail=None)
+    assert not [r for r in results if r["status"] == "failed"]
+
+
 # ------------------------------------------------------------------------------------------ fitted attributes
 def test_n_components_(fitted):
     est, _ = fitted

@@ -91,6 +91,60 @@ def test_checkpoint_and_resume(tmp_path):
     assert len(res.history) == 6
 
 
+class _Pair:  # not a dataclass: a checkpoint holding it cannot be loaded safely
+    def __init__(self, a):
+        self.a = a
+
+
+def test_checkpoint_with_a_dataclass_state_resumes(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Params:
+        w: torch.Tensor
+        n: int
+
+    def step(state, it):
+        state["p"] = Params(state["p"].w + 1.0, state["p"].n + 1)
+        return float(state["p"].w.sum())
+
+    path = tmp_path / "ck.pt"
+    Engine(device="cpu", max_iter=3, tol=0, checkpoint_path=path, checkpoint_every=1).run(
+        [Step("s", step)], {"p": Params(torch.zeros(2), 0)})
+    state = {"p": Params(torch.zeros(2), 0)}
+    eng = Engine(device="cpu", max_iter=5, tol=0, checkpoint_path=path, resume=True)
+    res = eng.run([Step("s", step)], state)
+    assert isinstance(state["p"], Params) and state["p"].n == 5 and res.n_iter == 5
+    assert torch.equal(state["p"].w, torch.full((2,), 5.0))
+
+
+def test_checkpoint_crafted_to_run_code_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    ran = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (ran.write_text, ("pwned",))
+
+    path = tmp_path / "ck.pt"
+    torch.save({"iteration": 1, "state": {"x": Evil()}, "history": [], "step_history": {},
+                "generator": torch.Generator().get_state()}, path, pickle_module=pickle)
+    eng = Engine(device="cpu", max_iter=2, tol=0, checkpoint_path=path, resume=True)
+    with pytest.raises(ValueError, match="is not a checkpoint this engine can resume from safely"):
+        eng.run([Step("s", lambda st, it: 0.0)], {"x": torch.zeros(1)})
+    assert not ran.exists()
+
+
+def test_checkpoint_of_a_plain_object_is_refused_with_the_file_named(tmp_path):
+    path = tmp_path / "ck.pt"
+    Engine(device="cpu", max_iter=1, tol=0, checkpoint_path=path).run(
+        [Step("s", lambda st, it: 0.0)], {"obj": _Pair(1)})
+    eng = Engine(device="cpu", max_iter=2, tol=0, checkpoint_path=path, resume=True)
+    with pytest.raises(ValueError, match=f"{path.name} is not a checkpoint .* pass resume=False"):
+        eng.run([Step("s", lambda st, it: 0.0)], {"obj": _Pair(1)})
+
+
 def test_batches_cover_all_indices_and_are_seeded():
     a = Engine(device="cpu", random_state=0)
     b = Engine(device="cpu", random_state=0)

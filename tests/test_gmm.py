@@ -43,8 +43,10 @@ def test_ml_em_matches_sklearn_from_identical_init(cov_type):
     means, w, cov = _init(X, 3, cov_type)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # our reg_covar is relative to the mean feature variance (unit invariance); scikit-learn's absolute
         sk = sk_mixture.GaussianMixture(3, covariance_type=cov_type, tol=0, max_iter=25, means_init=means,
-                                        weights_init=w, precisions_init=cov).fit(X)
+                                        weights_init=w, precisions_init=cov,
+                                        reg_covar=1e-6 * X.var(0).mean()).fit(X)
         ours = bc.GaussianMixture(3, covariance_type=cov_type, prior=None, tol=0, max_iter=25, init=means,
                                   weights_init=w, covariances_init=cov, dtype="float64").fit(X)
     assert ours.score(X) == pytest.approx(sk.score(X), rel=1e-6)

@@ -41,6 +41,61 @@ def test_dpgmm_labels_do_not_depend_on_units(route, unit):
     np.testing.assert_allclose(UNITS[unit](base.means_), other.means_, rtol=1e-5)
 
 
+GMM_ROUTES = {
+    "em-full": {}, "em-tied": {"covariance_type": "tied"}, "em-diag": {"covariance_type": "diag"},
+    "em-spherical": {"covariance_type": "spherical"}, "em-ml": {"prior": None},
+    "svi": {"inference": "svi", "max_iter": 20},
+    "nuts": {"inference": "nuts", "num_samples": 10, "warmup_steps": 10, "num_chains": 1,
+             "covariance_type": "diag"},
+}
+
+
+@pytest.mark.parametrize("unit", list(UNITS))
+@pytest.mark.parametrize("route", list(GMM_ROUTES))
+def test_gmm_labels_do_not_depend_on_units(route, unit):
+    X = _blobs()
+    kw = {"random_state": 0, **GMM_ROUTES[route]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = bc.GaussianMixture(3, **kw).fit(X)
+        other = bc.GaussianMixture(3, **kw).fit(UNITS[unit](X))
+    np.testing.assert_array_equal(base.labels_, other.labels_)
+    np.testing.assert_array_equal(base.predict(X), other.predict(UNITS[unit](X)))
+    np.testing.assert_allclose(UNITS[unit](base.means_), other.means_, rtol=1e-4)
+    a = 1e-8 if unit == "x 1e-8" else 1e8 if unit == "x 1e8" else 1.0
+    np.testing.assert_allclose(other.covariances_, base.covariances_ * a**2, rtol=1e-3)
+    d_log = X.shape[1] * np.log(a)  # p_a(a x) = p(x) / a^D
+    np.testing.assert_allclose(other.score_samples(UNITS[unit](X)), base.score_samples(X) - d_log,
+                               rtol=1e-4, atol=1e-4)
+    if route == "nuts":
+        got, ref = other.posterior_samples_["means"], UNITS[unit](base.posterior_samples_["means"])
+        np.testing.assert_allclose(got, ref, rtol=1e-3)
+
+
+def test_gmm_partial_fit_does_not_depend_on_units():
+    X = _blobs(300)
+    a, b = bc.GaussianMixture(3, random_state=0), bc.GaussianMixture(3, random_state=0)
+    for part in np.array_split(X, 3):
+        a.partial_fit(part)
+        b.partial_fit(part * 1e-8)
+    np.testing.assert_array_equal(a.predict(X), b.predict(X * 1e-8))
+    np.testing.assert_allclose(b.means_, a.means_ * 1e-8, rtol=1e-4)
+    assert b.lower_bound_ == pytest.approx(a.lower_bound_ + 2 * np.log(1e8), rel=1e-5)
+
+
+def test_gmm_given_init_and_priors_are_read_in_the_users_units():
+    X = _blobs()
+    means = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 9.0]])
+    kw = {"max_iter": 5, "covariance_prior": 2.0, "mean_prior": np.ones(2), "weights_init": np.full(3, 1 / 3),
+          "covariances_init": np.stack([np.eye(2)] * 3), "dtype": "float64"}
+    base = bc.GaussianMixture(3, init=means, **kw).fit(X)
+    kw_s = {**kw, "covariance_prior": 2.0 * 1e-16, "mean_prior": np.ones(2) * 1e-8,
+            "covariances_init": kw["covariances_init"] * 1e-16}
+    other = bc.GaussianMixture(3, init=means * 1e-8, **kw_s).fit(X * 1e-8)
+    np.testing.assert_allclose(other.means_, base.means_ * 1e-8, rtol=1e-6)
+    np.testing.assert_allclose(other.precisions_, base.precisions_ * 1e16, rtol=1e-6)
+
+
 @pytest.mark.parametrize("unit", list(UNITS))
 @pytest.mark.parametrize("cls", [bc.DTIKMeans, bc.DTIGMM])
 def test_dti_labels_do_not_depend_on_units(cls, unit):
@@ -156,3 +211,15 @@ def test_parameters_set_but_unused_are_warned_about_or_refused():
         warnings.simplefilter("error", UserWarning)  # defaults never warn
         bc.GaussianMixture(3, random_state=0).fit(X)
         bc.DPGMM(max_iter=3, random_state=0).fit(X)
+
+
+def test_gmm_warm_start_judges_convergence_across_calls():
+    X = _blobs(300)
+    m = bc.GaussianMixture(3, random_state=0, warm_start=True, tol=1e-3, max_iter=200).fit(X)
+    assert m.converged_ and m.n_iter_ > 1
+    first = m.lower_bound_
+    m.fit(X)  # continues from a converged fit: the first iteration changes the objective by < tol
+    assert m.converged_ and m.n_iter_ == 1
+    assert m.lower_bound_ == pytest.approx(first, abs=1e-3)
+    cold = bc.GaussianMixture(3, random_state=0, tol=1e-3, max_iter=200).fit(X)
+    assert cold.n_iter_ > 1

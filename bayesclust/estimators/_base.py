@@ -138,6 +138,8 @@ class BaseEstimator:
 
         tags = Tags(estimator_type="clusterer", target_tags=TargetTags(required=False))
         tags.non_deterministic = getattr(self, "_non_deterministic", False)
+        if getattr(self, "_images_only", False):  # (N, H, W) / (N, C, H, W) input, never (N, D)
+            tags.input_tags.two_d_array, tags.input_tags.three_d_array = False, True
         return tags
 
     # ------------------------------------------------------------------ persistence

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .._device import make_generator, resolve_device, resolve_dtype, resolve_seed
+from .._frame import Frame, frame_from_moments, standard_frame
 from .._validation import (
     check_array,
     check_is_fitted,
@@ -56,7 +57,10 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
     covariance_prior : the Wishart scale psi0 (D, D), a (D,) diagonal or a float times identity;
         default ``diag(var(X))`` so that the prior mean of each covariance is the data variance.
     tol : convergence threshold on the change of the per-sample objective (0 runs all iterations).
-    reg_covar : added to covariance diagonals for numerical stability.
+    reg_covar : added to covariance diagonals for numerical stability, relative to the data's scale:
+        the fit adds ``reg_covar * s**2`` in X's units, ``s**2`` the mean per-feature variance
+        (scikit-learn adds ``reg_covar`` itself; the two agree for standardised data). So the clusters
+        do not depend on X's units.
     max_iter : EM iterations (or SVI steps for "svi").
     n_init : initialisations; the best objective is kept.
     init : "kmeans" (k-means++ then Lloyd), "kmeans++", "random", "random_from_data", or
@@ -153,11 +157,13 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         check_positive_int(self.warmup_steps, "warmup_steps", minimum=0)
         check_positive_int(self.num_chains, "num_chains")
 
-    def _map_prior(self, X: torch.Tensor) -> gaussian.MAPPrior | None:
-        """The prior on the data X (N, D) in the frame the EM runs in."""
+    def _map_prior(self, X: torch.Tensor, frame: Frame | None = None) -> gaussian.MAPPrior | None:
+        """The prior on the working-frame data X (N, D) (or a stand-in with its moments); a given
+        ``mean_prior`` / ``covariance_prior`` (in X's units) is moved into ``frame`` (default: none)."""
         if self.prior is None:
             return None
         d = X.shape[1]
+        frame = frame or Frame(torch.zeros(d, dtype=torch.float64), 1.0)
         nu0 = self.degrees_of_freedom_prior
         if nu0 is not None:
             check_scalar(nu0, "degrees_of_freedom_prior", low=d - 1, low_inclusive=False)
@@ -165,21 +171,23 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
                 gamma_shape(float(nu0), d, "spherical")  # raises when the shared-precision prior is improper
         m0 = None
         if self.mean_prior is not None:
-            m0 = check_array(self.mean_prior, name="mean_prior", ndim=1, device=X.device, dtype=X.dtype)
+            m0 = check_array(self.mean_prior, name="mean_prior", ndim=1, device=X.device, dtype=torch.float64)
             if m0.shape[0] != d:
                 raise ValueError(f"mean_prior has {m0.shape[0]} entries but X has {d} features.")
+            m0 = frame.apply(m0[None], X.dtype)[0]
         psi0 = None
         if self.covariance_prior is not None:
-            psi0 = self._covariance_prior_matrix(d, X)
+            psi0 = (self._covariance_prior_matrix(d, X.device) / frame.scale**2).to(X.dtype)
         niw = NIW.from_data(X, kappa0=float(self.mean_precision_prior), nu0=nu0, m0=m0, psi0=psi0)
         return gaussian.MAPPrior(float(self.weight_concentration_prior), niw)
 
-    def _covariance_prior_matrix(self, d: int, X: torch.Tensor) -> torch.Tensor:
+    def _covariance_prior_matrix(self, d: int, device: torch.device) -> torch.Tensor:
+        """``covariance_prior`` as a (D, D) float64 matrix in X's units."""
         cp = self.covariance_prior
         if isinstance(cp, int | float) and not isinstance(cp, bool):
             check_scalar(cp, "covariance_prior", low=0, low_inclusive=False)
-            return float(cp) * torch.eye(d, dtype=X.dtype, device=X.device)
-        arr = check_array(cp, name="covariance_prior", ndim=(1, 2), device=X.device, dtype=X.dtype)
+            return float(cp) * torch.eye(d, dtype=torch.float64, device=device)
+        arr = check_array(cp, name="covariance_prior", ndim=(1, 2), device=device, dtype=torch.float64)
         if arr.ndim == 1:
             if arr.shape[0] != d or bool((arr <= 0).any()):
                 raise ValueError(f"covariance_prior as a vector must have {d} positive entries.")
@@ -192,37 +200,34 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
 
     # ------------------------------------------------------------------ fit template hooks
     def _prepare(self, X: Any) -> SimpleNamespace:
-        """Validated data, centred (float32 second moments then lose no digits to a large mean), the
-        family with its prior in the centred frame, and the feature cache shared by the restarts."""
+        """Validated data, its working frame (``Frame``: per-feature mean, one scalar scale, applied in
+        float64 before the cast, so answers do not depend on X's units), the family with its prior in
+        that frame, and the feature cache shared by the restarts. ``data.X`` is X as given (float32
+        or float64), ``data.Xc`` the working-frame data in the fit dtype."""
         # a memmap is read chunk by chunk on the EM route; the other routes load it (it is an array)
         if streaming.is_chunk_source(X) and not (self.inference != "em" and isinstance(X, np.ndarray)):
             return self._prepare_source(X)
         device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
-        Xt = check_array(X, device=device, dtype=dtype, min_samples=max(2, self.n_components))
-        moments = self._moment_data(Xt)  # Xt, or its global moments in a distributed fit
-        shift = moments.double().mean(0).to(dtype)
-        Xc = Xt - shift
-        prior = self._map_prior(moments)
-        niw = None if prior is None else prior.niw
-        if niw is not None:
-            niw = NIW(niw.m0 - shift, niw.kappa0, niw.nu0, niw.psi0)
-        family = gaussian.GaussianFamily(
-            self.covariance_type, niw, float(self.weight_concentration_prior), float(self.reg_covar)
-        )
+        Xin = check_array(X, device=device, dtype="input", min_samples=max(2, self.n_components))
+        frame = self._data_frame(Xin)
+        Xc = frame.apply(Xin, dtype)
+        moments = Xc if not streaming.is_reducing() else streaming.moment_proxy(
+            *streaming.global_moments(Xc)[1:], dtype)  # the global mean and variance in a distributed fit
+        prior = self._map_prior(moments, frame)
+        family = self._family(prior)
         feats = Features(Xc, family.feature_map, int(self.chunk_size))
         warm = bool(self.warm_start and hasattr(self, "means_"))
-        data = SimpleNamespace(X=Xt, Xc=Xc, shift=shift, prior=prior, family=family, feats=feats, warm=warm)
-        data.n_total = distributed.global_count(Xt.shape[0])
+        data = SimpleNamespace(X=Xin, Xc=Xc, frame=frame, prior=prior, family=family, feats=feats, warm=warm)
+        data.n_total = distributed.global_count(Xin.shape[0])
         return data
 
-
-    def _moment_data(self, Xt: torch.Tensor) -> torch.Tensor:
-        """What the data-dependent defaults (shift, prior) are computed from: Xt (n, D) itself in one
-        process, a (2, D) stand-in with the global mean and variance in a distributed fit."""
+    @staticmethod
+    def _data_frame(X: torch.Tensor) -> Frame:
+        """The standard frame of X (n, D); over every process in a distributed fit."""
         if not streaming.is_reducing():
-            return Xt
-        _, mean, var = streaming.global_moments(Xt)
-        return streaming.moment_proxy(mean, var, Xt.dtype)
+            return standard_frame(X)
+        _, mean, var = streaming.global_moments(X)
+        return frame_from_moments(mean, var)
 
     def _prepare_source(self, X: Any) -> SimpleNamespace:
         """Out-of-core data: moments and every E-step read the source chunk by chunk (memory bounded
@@ -239,38 +244,38 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         def check(a: Any, **kw: Any) -> torch.Tensor:
             return check_array(a, n_features=source.d, **kw)
 
-        n, mean, var = streaming.source_moments(source, device, dtype, chunk, check)
+        n, mean, var = streaming.source_moments(source, device, torch.float64, chunk, check)
         if n < max(2, self.n_components):
             raise ValueError(
                 f"X has {n} sample(s) but at least {max(2, self.n_components)} are needed "
                 f"(one per component); pass more data or fewer components."
             )
-        shift = mean.to(dtype)
-        prior = self._map_prior(streaming.moment_proxy(mean, var, dtype))
-        family = self._centred_family(prior, shift)
+        frame = frame_from_moments(mean, var)
+        zero = torch.zeros_like(mean)
+        prior = self._map_prior(streaming.moment_proxy(zero, var / frame.scale**2, dtype), frame)
+        family = self._family(prior)
         if source.n <= _INIT_SAMPLE:
             sample = source.rows(0, source.n)
         else:
             rng = np.random.default_rng(self._seed)
             sample = source.take(np.sort(rng.choice(source.n, _INIT_SAMPLE, replace=False)))
-        Xs = check_array(sample, device=device, dtype=dtype)
-        Xc = Xs - shift
+        Xs = check_array(sample, device=device, dtype="input")
+        Xc = frame.apply(Xs, dtype)
+        scale = torch.tensor(frame.scale, dtype=torch.float64, device=device)
         return SimpleNamespace(
-            X=Xs, Xc=Xc, shift=shift, prior=prior, family=family, n_total=n,
-            feats=SourceFeatures(source, family.feature_map, shift, chunk),
+            X=Xs, Xc=Xc, frame=frame, prior=prior, family=family, n_total=n,
+            feats=SourceFeatures(source, family.feature_map, frame.shift.to(device), chunk,
+                                 scale=scale, dtype=dtype),
             init_feats=Features(Xc, family.feature_map, chunk),
             warm=bool(self.warm_start and hasattr(self, "means_")),
         )
 
-    def _centred_family(
-        self, prior: gaussian.MAPPrior | None, shift: torch.Tensor
-    ) -> gaussian.GaussianFamily:
-        """The Gaussian family with ``prior`` moved to the frame centred at ``shift`` (D,)."""
-        niw = None if prior is None else prior.niw
-        if niw is not None:
-            niw = NIW(niw.m0 - shift, niw.kappa0, niw.nu0, niw.psi0)
+    def _family(self, prior: gaussian.MAPPrior | None) -> gaussian.GaussianFamily:
+        """The Gaussian family with ``prior`` (working frame); ``reg_covar`` is added in that frame,
+        i.e. relative to the data's mean feature variance."""
         return gaussian.GaussianFamily(
-            self.covariance_type, niw, float(self.weight_concentration_prior), float(self.reg_covar)
+            self.covariance_type, None if prior is None else prior.niw,
+            float(self.weight_concentration_prior), float(self.reg_covar),
         )
 
     # ------------------------------------------------------------------ online EM
@@ -303,10 +308,9 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         G_run = (online.stats * online.n_seen).to(device=A.device, dtype=A.dtype)
         online.params = online.family.m_step(G_run, online.params)
         self._online = online
-        self._store(online.params, online.shift)
-        self.shift_ = online.shift.cpu().numpy()
+        self._store(online.params, online.frame)
         self.n_features_in_, self.n_components_ = int(feats.d), int(self.n_components)
-        self.lower_bound_ = loglik / feats.n
+        self.lower_bound_ = loglik / feats.n - feats.d * online.frame.log_scale
         self.n_iter_, self.converged_ = online.t, False
         earlier = getattr(self, "history_", []) if online.t > 1 else []
         self.history_ = [*earlier, self.lower_bound_]
@@ -321,16 +325,17 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         fitted = hasattr(self, "means_")
         data = self._prepare(X)
         if fitted and data.X.shape[1] == np.shape(self.means_)[1]:
-            params = self._params(data.shift)
+            params = self._params(data.frame, data.Xc)
         else:
             params = self._initial_params(data, make_generator(self._seed, "cpu"))
-        online = SimpleNamespace(shift=data.shift, family=data.family, params=params, stats=None)
+        online = SimpleNamespace(frame=data.frame, family=data.family, params=params, stats=None)
+        online.device, online.dtype = data.Xc.device, data.Xc.dtype
         online.t, online.n_seen = 0, 0
         return online, data.feats
 
     def _online_features(self, X: Any, online: SimpleNamespace) -> Features:
-        """Features of a later batch, centred at the first batch's shift."""
-        device, dtype = online.shift.device, online.shift.dtype
+        """Features of a later batch, in the first batch's working frame."""
+        device, dtype, frame = online.device, online.dtype, online.frame
         chunk = int(self.chunk_size)
         if streaming.is_chunk_source(X):
             source = ChunkSource(X)
@@ -339,21 +344,26 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
                     f"X has {source.d} features, but GaussianMixture is expecting {self.n_features_in_} "
                     "features as input."
                 )
-            return SourceFeatures(source, online.family.feature_map, online.shift, chunk)
-        Xt = check_array(X, device=device, dtype=dtype, n_features=self.n_features_in_)
-        return Features(Xt - online.shift, online.family.feature_map, chunk)
+            scale = torch.tensor(frame.scale, dtype=torch.float64, device=device)
+            return SourceFeatures(source, online.family.feature_map, frame.shift.to(device), chunk,
+                                  scale=scale, dtype=dtype)
+        Xt = check_array(X, device=device, dtype="input", n_features=self.n_features_in_)
+        return Features(frame.apply(Xt, dtype), online.family.feature_map, chunk)
 
     def _n_restarts(self, data: SimpleNamespace) -> int:
         return 1 if data.warm or not isinstance(self.init, str) else int(self.n_init)
 
     def _start(self, data: SimpleNamespace, seed: int | None) -> Run:
+        previous = None  # a warm start judges convergence against the previous call's objective
+        if data.warm and np.isfinite(getattr(self, "lower_bound_", -np.inf)):
+            previous = float(self.lower_bound_) + data.X.shape[1] * data.frame.log_scale  # working frame
         engine = Engine(
-            device=data.X.device, dtype=data.X.dtype, random_state=seed, max_iter=self.max_iter,
+            device=data.Xc.device, dtype=data.Xc.dtype, random_state=seed, max_iter=self.max_iter,
             tol=self.tol, maximize=True, verbose=self.verbose,
-            callbacks=self.callbacks, desc="GaussianMixture EM",
+            callbacks=self.callbacks, desc="GaussianMixture EM", previous_objective=previous,
         )
         if data.warm:
-            params0 = self._params(data.shift)
+            params0 = self._params(data.frame, data.Xc)
         else:
             params0 = self._initial_params(data, engine.generator)
         step = em.em_step(data.family, data.feats, n_total=getattr(data, "n_total", None))
@@ -364,13 +374,15 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         return float(history[-1]) if history else -np.inf  # interrupted before one iteration
 
     def _finish(self, data: SimpleNamespace, run: Run) -> None:
-        self.shift_ = data.shift.cpu().numpy()
-        self._store(run.state["params"], data.shift)
+        params = run.state["params"]
+        self._store(params, data.frame)
+        d = data.X.shape[1]
+        self.history_ = [h - d * data.frame.log_scale for h in self.history_]  # per point, X's units
         self.lower_bound_ = self.history_[-1] if self.history_ else -np.inf
-        self.n_features_in_ = data.X.shape[1]
+        self.n_features_in_ = d
         self.n_components_ = int(self.n_components)
         if self.inference != "em":
-            self._X_fit = data.X.detach().cpu()
+            self._X_fit = data.X.detach().double().cpu()
             # the EM warm start's run; n_iter_ / converged_ / history_ then describe the route's run
             self.em_n_iter_, self.em_converged_ = self.n_iter_, self.converged_
             self.em_history_ = self.history_
@@ -382,20 +394,30 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
                 stacklevel=3,
             )
         elif self.inference == "svi":
-            self._fit_svi(data.X, data.prior)
+            params = self._fit_svi(data, params)
         elif self.inference == "nuts":
-            self._fit_nuts(data.X, data.prior)
-        A, c = data.family.log_prob_coefficients(self._params(data.shift))
+            params = self._fit_nuts(data, params)
+        A, c = data.family.log_prob_coefficients(params)
         self.labels_ = em.argmax_chunks(data.feats, A, c).cpu().numpy()
 
-    def _params(self, shift: torch.Tensor) -> gaussian.GMMParams:
-        """The fitted parameters as tensors in the centred frame of ``shift``."""
-        kw = {"device": shift.device, "dtype": shift.dtype}
-        return gaussian.GMMParams(
-            torch.as_tensor(self.weights_, **kw),
-            torch.as_tensor(self.means_, **kw) - shift,
-            torch.as_tensor(self.covariances_, **kw),
-        )
+    @property
+    def _fit_frame(self) -> Frame:
+        """The working frame of the fit: ``shift_`` (D,) and ``scale_`` (1 for files from before it)."""
+        return Frame(torch.as_tensor(self.shift_, dtype=torch.float64), float(getattr(self, "scale_", 1.0)))
+
+    def _params(self, frame: Frame, like: torch.Tensor) -> gaussian.GMMParams:
+        """The fitted parameters in ``frame``, on ``like``'s device and in its dtype: the working-frame
+        parameters themselves when ``frame`` is the fit's (``means_`` in float32 may have lost digits
+        to a large offset), else the attributes mapped in float64."""
+        saved = getattr(self, "_working", None)
+        if saved is not None and torch.equal(frame.shift, self._fit_frame.shift) and \
+                frame.scale == self._fit_frame.scale:
+            return gaussian.GMMParams(*(t.to(device=like.device, dtype=like.dtype) for t in saved))
+        user = gaussian.GMMParams(*(torch.as_tensor(a, dtype=torch.float64) for a in
+                                    (self.weights_, self.means_, self.covariances_)))
+        w = gaussian.affine_params(user, -frame.shift / frame.scale, 1.0 / frame.scale)
+        return gaussian.GMMParams(*(t.to(device=like.device, dtype=like.dtype) for t in
+                                    (w.weights, w.means, w.covariances)))
 
     def _initial_params(self, data: SimpleNamespace, gen: torch.Generator) -> gaussian.GMMParams:
         """Parameters from the ``init`` responsibilities (or given means / weights / covariances)."""
@@ -403,12 +425,12 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         n, d = Xc.shape
         chunk = int(self.chunk_size)
         if not isinstance(self.init, str):
-            means = check_array(self.init, name="init", device=Xc.device, dtype=Xc.dtype)
+            means = check_array(self.init, name="init", device=Xc.device, dtype=torch.float64)
             if tuple(means.shape) != (k, d):
                 raise ValueError(f"init means must have shape ({k}, {d}), got {tuple(means.shape)}.")
-            means = means - data.shift
+            means = data.frame.apply(means, Xc.dtype)
             if self.weights_init is not None or self.covariances_init is not None:
-                return self._given_params(means, Xc)
+                return self._given_params(means, Xc, data.frame.scale)
             resp = torch.nn.functional.one_hot(kmeans.nearest_center(Xc, means, chunk), k).to(Xc.dtype)
         elif self.init == "random":
             resp = torch.rand(n, k, generator=gen, dtype=torch.float64).to(Xc)
@@ -430,7 +452,10 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         init_feats = getattr(data, "init_feats", data.feats)  # out of core: the sample Xc's features
         return data.family.m_step(em.statistics_from_resp(init_feats, resp), unit)
 
-    def _given_params(self, means_c: torch.Tensor, Xc: torch.Tensor) -> gaussian.GMMParams:
+    def _given_params(
+        self, means_c: torch.Tensor, Xc: torch.Tensor, scale: float = 1.0
+    ) -> gaussian.GMMParams:
+        """Given weights / covariances (X's units) with means already in the working frame."""
         k, d = means_c.shape
         kw = {"device": Xc.device, "dtype": Xc.dtype}
         if self.weights_init is None:
@@ -443,29 +468,44 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             cov = gaussian.identity_covariances(self.covariance_type, k, d, Xc)
         else:
             expected = gaussian.covariance_shape(self.covariance_type, k, d)
-            cov = check_array(self.covariances_init, name="covariances_init", ndim=len(expected), **kw)
+            cov = check_array(self.covariances_init, name="covariances_init", ndim=len(expected),
+                              device=Xc.device, dtype=torch.float64)
             if tuple(cov.shape) != expected:
                 raise ValueError(
                     f"covariances_init must have shape {expected} for covariance_type="
                     f"{self.covariance_type!r}, got {tuple(cov.shape)}."
                 )
+            cov = (cov / scale**2).to(Xc.dtype)
         return gaussian.GMMParams(w, means_c, cov)
 
-    def _store(self, params: gaussian.GMMParams, shift: torch.Tensor) -> None:
-        self.weights_ = params.weights.detach().cpu().numpy()
-        self.means_ = (params.means + shift).detach().cpu().numpy()
-        self.covariances_ = params.covariances.detach().cpu().numpy()
-        prec_chol = gaussian.precisions_cholesky(params.covariances, self.covariance_type)
-        self.precisions_cholesky_ = prec_chol.detach().cpu().numpy()
+    def _store(self, params: gaussian.GMMParams, frame: Frame) -> None:
+        """Working-frame parameters as the fitted attributes in X's units (mapped in float64, stored
+        in the fit dtype), with ``shift_`` / ``scale_`` of the frame."""
+        out = params.means.dtype
+        self._working = tuple(t.detach().cpu().clone() for t in params_tuple(params))
+        p64 = gaussian.GMMParams(*(t.detach().cpu().double() for t in
+                                   (params.weights, params.means, params.covariances)))
+        user = gaussian.affine_params(p64, frame.shift, frame.scale)
+
+        def numpy(t: torch.Tensor) -> np.ndarray:
+            return t.to(out).numpy()
+
+        self.weights_, self.means_ = numpy(user.weights), numpy(user.means)
+        self.covariances_ = numpy(user.covariances)
+        prec_chol = gaussian.precisions_cholesky(p64.covariances, self.covariance_type) / frame.scale
+        self.precisions_cholesky_ = numpy(prec_chol)
         if self.covariance_type in ("full", "tied"):
-            self.precisions_ = (prec_chol @ prec_chol.transpose(-1, -2)).detach().cpu().numpy()
+            self.precisions_ = numpy(prec_chol @ prec_chol.transpose(-1, -2))
         else:
-            self.precisions_ = (prec_chol * prec_chol).detach().cpu().numpy()
+            self.precisions_ = numpy(prec_chol * prec_chol)
+        self.shift_, self.scale_ = frame.shift.numpy(), float(frame.scale)
 
     # ------------------------------------------------------------------ svi / nuts routes
-    def _fit_svi(self, X: torch.Tensor, prior: gaussian.MAPPrior) -> None:
+    def _fit_svi(self, data: SimpleNamespace, params: gaussian.GMMParams) -> gaussian.GMMParams:
+        """SVI in the working frame from the EM point ``params``; returns its point estimate."""
         from ..inference.svi import fit_svi
 
+        X, prior = data.Xc, data.prior
         engine = Engine(
             device=X.device, dtype=X.dtype, random_state=self._seed, max_iter=self.max_iter,
             tol=0.0, maximize=False, verbose=self.verbose, callbacks=self.callbacks,
@@ -473,34 +513,43 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         )
         gmm_prior = GMMPrior.from_niw(prior.alpha, prior.niw)
         result = fit_svi(
-            X, self.n_components, self.covariance_type, gmm_prior, self._init_dict(X), engine,
+            X, self.n_components, self.covariance_type, gmm_prior, _init_dict(params), engine,
             guide=self.svi_guide, lr=float(self.learning_rate), batch_size=self.batch_size,
         )
-        self._svi_result = result
-        self._store_route(result.weights, result.means, result.covariances)
+        self._svi_result = result  # in the working frame; to_inference_data maps its draws
+        point = gaussian.GMMParams(result.weights, result.means, result.covariances)
+        self._store_route(point, data.frame)
         self._set_run_attributes(result.fit)  # n_iter_ / converged_ / history_: the SVI epochs
+        self.history_ = [h + X.shape[1] * data.frame.log_scale for h in self.history_]  # -ELBO, X's units
+        return gaussian.GMMParams(*(t.detach().to(X) for t in params_tuple(point)))
 
-    def _fit_nuts(self, X: torch.Tensor, prior: gaussian.MAPPrior) -> None:
+    def _fit_nuts(self, data: SimpleNamespace, params: gaussian.GMMParams) -> gaussian.GMMParams:
+        """NUTS (float64) in the working frame from the EM point; returns the posterior mean."""
         from ..inference.nuts import fit_nuts
 
+        X, prior = data.Xc.double(), data.prior
         gmm_prior = GMMPrior.from_niw(prior.alpha, prior.niw, torch.float64)
         result = fit_nuts(
-            X.double(), self.n_components, self.covariance_type, gmm_prior,
-            {k: v.double() for k, v in self._init_dict(X).items()},
+            X, self.n_components, self.covariance_type, gmm_prior,
+            {k: v.double() for k, v in _init_dict(params).items()},
             num_samples=int(self.num_samples), warmup_steps=int(self.warmup_steps),
             num_chains=int(self.num_chains), random_state=self._seed,
         )
-        self._nuts_result = result
+        self._nuts_result = result  # in the working frame
         s = result.samples
-        self._store_route(
+        point = gaussian.GMMParams(
             s["weights"].mean((0, 1)), s["means"].mean((0, 1)), _posterior_mean_cov(s, self.covariance_type)
         )
-        self.posterior_samples_ = {k: v.detach().cpu().numpy() for k, v in s.items()}
+        self._store_route(point, data.frame)
+        user = gaussian.affine_draws({k: v.detach().cpu() for k, v in s.items()}, data.frame.shift,
+                                     data.frame.scale)
+        self.posterior_samples_ = {k: v.numpy() for k, v in user.items()}
         self.relabel_fraction_ = float(result.relabelled_fraction)
         self.divergences_ = int(torch.as_tensor(result.divergences).sum())
-        self._set_nuts_attributes(X, s)
+        self._set_nuts_attributes(X, s, data.frame)
+        return gaussian.GMMParams(*(t.to(data.Xc) for t in (point.weights, point.means, point.covariances)))
 
-    def _set_nuts_attributes(self, X: torch.Tensor, samples: dict[str, torch.Tensor]) -> None:
+    def _set_nuts_attributes(self, X: torch.Tensor, samples: dict[str, torch.Tensor], frame: Frame) -> None:
         """NUTS run attributes: ``n_iter_`` draws per chain, ``history_`` the mean log-likelihood per
         point of each draw (averaged over chains), ``converged_`` max split R-hat of weights and
         means below 1.1 (``rhat_`` holds that maximum; NaN, and ``converged_`` False, with < 4 draws)."""
@@ -510,31 +559,18 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         feats = Features(X.double(), family.feature_map, int(self.chunk_size))
         cov = _draw_covariances(samples, self.covariance_type)
         loglik = draw_log_likelihoods(family, feats, samples["weights"], samples["means"], cov)
-        self.history_ = (loglik.mean(0) / X.shape[0]).tolist()
+        self.history_ = (loglik.mean(0) / X.shape[0] - X.shape[1] * frame.log_scale).tolist()
         self.n_iter_ = int(loglik.shape[1])
         # split R-hat needs at least 4 draws a chain; with fewer, convergence is not assessed
         self.rhat_ = max_split_rhat(samples, ("weights", "means")) if self.n_iter_ >= 4 else float("nan")
         self.converged_ = bool(self.rhat_ < 1.1)
 
-    def _init_dict(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        kw = {"device": X.device, "dtype": X.dtype}
-        return {
-            "weights": torch.as_tensor(self.weights_, **kw),
-            "means": torch.as_tensor(self.means_, **kw),
-            "covariances": torch.as_tensor(self.covariances_, **kw),
-        }
-
-    def _store_route(self, weights, means, covariances) -> None:
+    def _store_route(self, point: gaussian.GMMParams, frame: Frame) -> None:
+        """The route's working-frame point estimate as the fitted attributes; the EM means kept."""
         self.em_means_ = self.means_
-        shift = torch.as_tensor(self.shift_)
-        self._store(
-            gaussian.GMMParams(
-                torch.as_tensor(weights).detach().cpu().to(shift.dtype),
-                torch.as_tensor(means).detach().cpu().to(shift.dtype) - shift,
-                torch.as_tensor(covariances).detach().cpu().to(shift.dtype),
-            ),
-            shift,
-        )
+        dtype = torch.as_tensor(self.means_).dtype
+        self._store(gaussian.GMMParams(*(torch.as_tensor(t).detach().cpu().to(dtype) for t in
+                                         (point.weights, point.means, point.covariances))), frame)
 
     # ------------------------------------------------------------------ persistence
     def _extra_state(self) -> dict[str, Any]:
@@ -542,6 +578,8 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         the SVI point and mean-field guide parameters, the NUTS run's diagnostics (its draws are
         ``posterior_samples_``)."""
         out: dict[str, Any] = {}
+        if getattr(self, "_working", None) is not None:
+            out["working"] = list(self._working)
         if getattr(self, "_X_fit", None) is not None:
             out["X_fit"] = self._X_fit
         svi = getattr(self, "_svi_result", None)
@@ -560,6 +598,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             keys = ("divergences", "permutations", "n_relabelled", "relabelled_fraction", "covariance_type",
                     "reference_means", "accept_prob")
             out["nuts"] = {k: getattr(nuts, k) for k in keys}
+            out["nuts_samples"] = dict(nuts.samples)  # the working frame's draws, exactly
         return out
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
@@ -567,6 +606,11 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         from .._persist import require_attributes, require_keys
 
         require_attributes(self, ("weights_", "means_", "covariances_", "shift_", "n_components_"))
+        working = extra.get("working")
+        if working is not None:
+            if len(working) != 3 or not all(isinstance(t, torch.Tensor) for t in working):
+                raise ValueError("extra state 'working' must hold the three working-frame parameter tensors.")
+            self._working = tuple(working)
         route = self.inference
         if route == "em" or not hasattr(self, "em_means_"):  # EM, or the route's stage did not run
             return
@@ -576,7 +620,12 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             from ..inference.nuts import NUTSResult
 
             require_attributes(self, ("posterior_samples_",))
-            samples = {k: torch.as_tensor(v) for k, v in self.posterior_samples_.items()}
+            samples = extra.get("nuts_samples")
+            if samples is None:  # a file from before the working frame: posterior_samples_ mapped back
+                frame = self._fit_frame
+                samples = gaussian.affine_draws(
+                    {k: torch.as_tensor(v) for k, v in self.posterior_samples_.items()},
+                    -frame.shift / frame.scale, 1.0 / frame.scale)
             self._nuts_result = NUTSResult(samples=samples, **extra["nuts"])
         else:
             from ..inference.svi import SVIResult
@@ -600,7 +649,8 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
                 "to_inference_data() needs a posterior: fit with inference='nuts' or "
                 "inference='svi' (EM gives a point estimate only)."
             )
-        return gmm_inference_data(result, torch.as_tensor(self._X_fit), self.covariance_type)
+        return gmm_inference_data(result, torch.as_tensor(self._X_fit), self.covariance_type,
+                                  frame=self._fit_frame)
 
     # ------------------------------------------------------------------ prediction
     def _weighted_log_prob(self, X: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -610,11 +660,13 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         # the block (float32 matmuls round differently by block size), and log-densities keep digits
         device, dtype = resolve_device(self.device), torch.float64
         Xt = check_array(X, device=device, dtype=dtype, n_features=self.n_features_in_)
-        shift = torch.as_tensor(self.shift_, device=device, dtype=dtype)
+        frame = self._fit_frame
         family = gaussian.GaussianFamily(self.covariance_type)
-        A, c = family.log_prob_coefficients(self._params(shift))
-        feats = Features(Xt - shift, family.feature_map, int(self.chunk_size), cache_bytes=0)
-        return em.log_resp_chunks(feats, A, c)
+        A, c = family.log_prob_coefficients(self._params(frame, Xt))
+        feats = Features(frame.apply(Xt, dtype), family.feature_map, int(self.chunk_size), cache_bytes=0)
+        logits, ll = em.log_resp_chunks(feats, A, c)
+        jac = Xt.shape[1] * frame.log_scale  # densities in X's units
+        return logits - jac, ll - jac
 
     def _log_scores(self, X: Any) -> torch.Tensor:
         return self._weighted_log_prob(X)[0]
@@ -641,6 +693,16 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             xs.append(rng.multivariate_normal(self.means_[k], cov, size=m) if m else np.empty((0, d)))
             ys.append(np.full(m, k))
         return np.vstack(xs), np.concatenate(ys)
+
+
+def params_tuple(params: gaussian.GMMParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weights, means, covariances)."""
+    return params.weights, params.means, params.covariances
+
+
+def _init_dict(params: gaussian.GMMParams) -> dict[str, torch.Tensor]:
+    """The starting point of SVI / NUTS: the EM parameters (working frame) by site name."""
+    return {"weights": params.weights, "means": params.means, "covariances": params.covariances}
 
 
 def _draw_covariances(samples: dict[str, torch.Tensor], cov_type: str) -> torch.Tensor:

@@ -10,7 +10,9 @@ checkpoint / resume, non-finite checks and keeping the best state on ``KeyboardI
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import pickle
 import signal
 import threading
 import warnings
@@ -24,6 +26,8 @@ import torch
 
 from .._device import make_generator, resolve_device, resolve_dtype, seed_everything
 from . import distributed
+
+_DATACLASS = "__dataclass_fields__"  # snapshot() key of a dataclass saved as its fields
 
 try:  # scikit-learn users filter its ConvergenceWarning; ours is one where scikit-learn is installed
     from sklearn.exceptions import ConvergenceWarning as _BaseConvergenceWarning
@@ -86,6 +90,8 @@ class Engine:
     callbacks : callables ``cb(engine, iteration, objective, state)``; returning ``True`` stops.
     checkpoint_path, checkpoint_every : write the state every n iterations; ``resume=True``
         continues from an existing checkpoint.
+    previous_objective : the objective before the first iteration (a warm start continuing an earlier
+        fit: its last objective), so convergence is judged across calls as in scikit-learn.
     keep_best : restore the best state seen when the run is interrupted; ``True`` (every key of the
         state, copied at each new best), ``False``, or a sequence of keys to copy and restore (leave
         out large scratch buffers: an (N, K) pseudo-label buffer at N = 1e6, K = 1e3 is 4 GB).
@@ -107,6 +113,7 @@ class Engine:
         resume: bool = False,
         keep_best: bool | Sequence[str] = True,
         check_convergence_after: int = 1,
+        previous_objective: float | None = None,
         warn_not_converged: bool = True,
         desc: str = "fit",
     ) -> None:
@@ -135,6 +142,7 @@ class Engine:
             keep_best = tuple(keep_best)
         self.keep_best = keep_best
         self.check_convergence_after = check_convergence_after
+        self.previous_objective = previous_objective
         self.warn_not_converged = warn_not_converged
         self.desc = desc
 
@@ -185,7 +193,7 @@ class Engine:
         best_snapshot = None
         grad_mode = torch.is_grad_enabled()  # restored whatever happens (an interrupt inside a step)
         bar = self._progress(start_iter)
-        prev = result.history[-1] if result.history else None
+        prev = result.history[-1] if result.history else self.previous_objective
         iteration = start_iter
         try:
             for iteration in range(start_iter, end_iter):
@@ -321,8 +329,18 @@ class Engine:
         tmp.replace(self.checkpoint_path)
 
     def _load_checkpoint(self, state: dict[str, Any]) -> tuple[int, FitResult]:
-        blob = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        restore(state, blob["state"])
+        """The checkpoint's iteration and result, its state loaded into ``state``. The file is read
+        with ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists and dicts only), so
+        opening it runs no code; anything else is a ValueError naming the file."""
+        try:
+            blob = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+            restore(state, blob["state"])
+        except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(
+                f"{self.checkpoint_path} is not a checkpoint this engine can resume from safely "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}); it was "
+                "not executed. Delete it, or pass resume=False to start afresh."
+            ) from err
         self.generator.set_state(blob["generator"])
         res = FitResult(history=list(blob["history"]), step_history=blob["step_history"])
         res.n_iter = blob["iteration"]
@@ -358,6 +376,11 @@ def snapshot(state: dict[str, Any]) -> dict[str, Any]:
             out[key] = value.detach().clone()
         elif hasattr(value, "state_dict") and callable(value.state_dict):
             out[key] = copy.deepcopy(value.state_dict())
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            # fields as a plain dict: the checkpoint then loads with weights_only=True; restore()
+            # rebuilds the dataclass from the live state's type, never from the file
+            out[key] = {_DATACLASS: {f.name: copy.deepcopy(getattr(value, f.name))
+                                     for f in dataclasses.fields(value)}}
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -371,5 +394,10 @@ def restore(state: dict[str, Any], snap: dict[str, Any]) -> None:
             state[key] = value.to(current.device)
         elif current is not None and hasattr(current, "load_state_dict"):
             current.load_state_dict(value)
+        elif isinstance(value, dict) and set(value) == {_DATACLASS}:
+            if not (dataclasses.is_dataclass(current) and not isinstance(current, type)):
+                raise TypeError(f"state entry {key!r} was saved from a dataclass, but the state holds "
+                                f"{type(current).__name__}.")
+            state[key] = type(current)(**value[_DATACLASS])
         else:
             state[key] = value

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,6 +70,26 @@ class GMMParams:
 
     def clone(self) -> GMMParams:
         return GMMParams(self.weights.clone(), self.means.clone(), self.covariances.clone())
+
+
+def affine_params(params: GMMParams, shift: torch.Tensor, scale: float) -> GMMParams:
+    """The parameters of ``scale * x + shift`` (shift (D,)) for parameters of x: means
+    ``scale * mu + shift``, covariances ``scale**2 * Sigma`` (every covariance type)."""
+    shift = shift.to(device=params.means.device, dtype=params.means.dtype)
+    return GMMParams(params.weights, params.means * scale + shift, params.covariances * scale**2)
+
+
+def affine_draws(draws: dict[str, Any], shift: torch.Tensor, scale: float) -> dict[str, Any]:
+    """:func:`affine_params` on posterior draws: "means" (..., K, D), "covariances" and "precisions"
+    (any leading dimensions); other entries (weights) are unchanged."""
+    out = dict(draws)
+    if "means" in out:
+        out["means"] = out["means"] * scale + shift.to(device=out["means"].device, dtype=out["means"].dtype)
+    if "covariances" in out:
+        out["covariances"] = out["covariances"] * scale**2
+    if "precisions" in out:
+        out["precisions"] = out["precisions"] / scale**2
+    return out
 
 
 @dataclass
