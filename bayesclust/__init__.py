@@ -7,7 +7,7 @@ from . import datasets, losses, metrics, plotting, uncertainty
 from ._device import resolve_device
 from ._validation import NotFittedError
 from .compare import Comparison, compare
-from .estimators import DPGMM, DTIGMM, DTIKMeans, EntropyClustering, GaussianMixture
+from .estimators import DPGMM, DTIGMM, ContrastiveClustering, DTIKMeans, EntropyClustering, GaussianMixture
 from .inference.engine import ConvergenceWarning, Engine, NonFiniteError, Step
 
 __version__ = "0.1.0"
@@ -20,6 +20,7 @@ __all__ = [
     "DTIKMeans",
     "Engine",
     "EntropyClustering",
+    "ContrastiveClustering",
     "GaussianMixture",
     "NonFiniteError",
     "NotFittedError",

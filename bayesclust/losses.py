@@ -35,6 +35,9 @@ __all__ = [
     "fairness",
     "log_mean_prediction",
     "mi_loss",
+    "multi_view_swapped_loss",
+    "nt_xent",
+    "prototype_logits",
     "renyi_entropy",
     "reverse_cross_entropy",
     "self_augmentation_loss",
@@ -223,6 +226,43 @@ def swapped_prediction_loss(
     """
     (z1, z2), (q1, q2) = logits, codes
     return 0.5 * (cross_entropy(z2, q1) + cross_entropy(z1, q2))
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    r"""SimCLR's NT-Xent (Chen et al. 2020, eq. 1) over a batch of B positive pairs ``(z1_i, z2_i)``.
+
+    ``z1``, ``z2`` (B, F) are L2-normalised here; with ``s_ij`` the cosine similarity of the 2B
+    embeddings, each one's loss is :math:`-\log \frac{e^{s_{ip}/\tau}}{\sum_{j \ne i} e^{s_{ij}/\tau}}`
+    with p its positive and the other 2B - 2 embeddings of the batch the negatives; the mean over 2B.
+    """
+    if z1.shape != z2.shape or z1.ndim != 2:
+        raise ValueError(f"nt_xent needs two (B, F) batches of the same shape, got {tuple(z1.shape)} "
+                         f"and {tuple(z2.shape)}.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    b = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
+    positive = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    return F.cross_entropy(sim, positive)
+
+
+def prototype_logits(z: torch.Tensor, prototypes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """SwAV's scores: cosine similarities of embeddings ``z`` (B, F) to ``prototypes`` (K, F), both
+    L2-normalised, divided by ``temperature``; (B, K) logits."""
+    return F.normalize(z, dim=1) @ F.normalize(prototypes, dim=1).T / temperature
+
+
+def multi_view_swapped_loss(logits: list[torch.Tensor], codes: list[torch.Tensor]) -> torch.Tensor:
+    r"""SwAV's swapped prediction over V views (Caron et al. 2020, eq. 1 with multi-crop): each view
+    with codes (the global views, ``len(codes)`` of them, first in ``logits``) is predicted by
+    every other view; the mean of :math:`H(q_s, \sigma(z_t))` over those (s, t) pairs."""
+    if not codes or len(logits) < 2 or len(codes) > len(logits):
+        raise ValueError(f"swapped prediction needs >= 2 views and 1..{len(logits)} coded views, got "
+                         f"{len(logits)} views and {len(codes)} codes.")
+    terms = [cross_entropy(z, q) for s, q in enumerate(codes) for t, z in enumerate(logits) if t != s]
+    return torch.stack(terms).mean()
 
 
 # ---------------------------------------------------------------------------- the registry
