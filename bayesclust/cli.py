@@ -369,6 +369,8 @@ def _demo_mnist(out: Path, quick: bool, seed: int, quiet: bool, device: str | No
         "Entropy head (MLP, MI)": bc.EntropyClustering(
             10, head="mlp", loss="mi", max_iter=25 if quick else 30
         ),
+        # the defaults for feature vectors: k-means start, MI + nearest-neighbour consistency
+        "Entropy head (linear, defaults)": bc.EntropyClustering(10),
     }
     seeds = (seed, seed + 1) if quick else (seed, seed + 1, seed + 2)
     comp = compare(_on_device(ests, device), Z, y, seeds=seeds, progress=not quiet)

@@ -35,6 +35,7 @@ def _short_names() -> dict[str, Callable[[int], Any]]:
         "dpgmm-vi": lambda k: bc.DPGMM(inference="vi"),
         "entropy": lambda k: bc.EntropyClustering(k, head="mlp", loss="mi", max_iter=30),
         "entropy-linear": lambda k: bc.EntropyClustering(k, head="linear", loss="mi", max_iter=30),
+        "entropy-embeddings": lambda k: bc.EntropyClustering(k),
         "dti-kmeans": lambda k: bc.DTIKMeans(k, transforms=("affine",), n_epochs=5),
         "dti-gmm": lambda k: bc.DTIGMM(k, transforms=("affine",), n_epochs=5),
     }
@@ -49,6 +50,7 @@ SHORT_NAMES = (
     "dpgmm-vi",
     "entropy",
     "entropy-linear",
+    "entropy-embeddings",
     "dti-kmeans",
     "dti-gmm",
 )

@@ -1,4 +1,5 @@
-"""Data loaders: IDX (MNIST-like), USPS (HDF5 / LIBSVM), CSV / NPY / NPZ tables, embedded defaults.
+"""Data loaders: IDX (MNIST-like), USPS (HDF5 / LIBSVM), CSV / NPY / NPZ tables, embedded defaults,
+and features you already have (``load_features``: .npy / .npz / .pt / HDF5).
 
 Every loader returns numpy arrays ``(X, y)`` (``y`` is ``None`` for unlabelled data), or a
 :class:`Dataset` with column names and a description when ``return_X_y=False``.
@@ -31,6 +32,7 @@ __all__ = [
     "DATA_ENV",
     "Dataset",
     "load_embeddings",
+    "load_features",
     "load_faithful",
     "load_galaxies",
     "load_idx",
@@ -663,6 +665,8 @@ def load_embeddings(
 ) -> tuple[np.ndarray, np.ndarray | None] | Dataset:
     """Autoencoder + UMAP 10-D features clustered in the DeepDPM paper (not embedded).
 
+    For features of your own (``.npy`` / ``.npz`` / ``.pt`` / HDF5) use :func:`load_features`.
+
     Parameters
     ----------
     name : ``"mnist"`` (``mnist70k_ae_umap10.npz``, 70,000 = train then test) or ``"usps"``
@@ -691,3 +695,170 @@ def load_embeddings(
         raise ValueError(f"{file}: X has shape {X.shape} and y {y.shape}; expected (N, D) and (N,).")
     return _result(X, y, return_X_y, description=f"DeepDPM {name} AE+UMAP features, {X.shape}.",
                    extra={"files": [str(file)]})
+
+
+# --------------------------------------------------------------------------------------------
+# features users already have: .npy / .npz / .pt / HDF5
+# --------------------------------------------------------------------------------------------
+
+_FEATURE_SUFFIXES = {".npy": "npy", ".npz": "npz", ".pt": "pt", ".pth": "pt", ".h5": "h5", ".hdf5": "h5",
+                     ".hdf": "h5"}
+
+
+def _feature_format(file: Path) -> str:
+    fmt = _FEATURE_SUFFIXES.get(file.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{file}: unsupported extension {file.suffix!r}; load_features reads "
+                         f"{', '.join(sorted(_FEATURE_SUFFIXES))} files.")
+    return fmt
+
+
+def _read_torch(file: Path) -> dict[str, Any] | Any:
+    import torch
+
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise ValueError(f"{file}: torch.load(weights_only=True) failed ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); save a tensor or a dict "
+                         "of tensors with torch.save.") from exc
+    if torch.is_tensor(obj):
+        return obj.detach().cpu().numpy()
+    if isinstance(obj, dict):
+        return {str(k): (v.detach().cpu().numpy() if torch.is_tensor(v) else v) for k, v in obj.items()}
+    raise ValueError(f"{file}: holds a {type(obj).__name__}; expected a tensor or a dict of tensors.")
+
+
+def _read_h5(file: Path, keys: Sequence[str | None]) -> dict[str, Any]:
+    """The named datasets of an HDF5 file (or, for a None key, its only top-level dataset)."""
+    try:
+        import h5py
+    except ImportError as exc:
+        raise ImportError(f"Reading {file} needs h5py: pip install h5py.") from exc
+    with h5py.File(file, "r") as f:
+        names: list[str] = []
+        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        out: dict[str, Any] = {"__names__": names}
+        for key in keys:
+            if key is not None and key in names:
+                out[key] = f[key][()]
+        if len(names) == 1:
+            out[names[0]] = f[names[0]][()]
+    return out
+
+
+def _read_feature_file(file: Path, keys: Sequence[str | None]) -> dict[str, Any] | np.ndarray:
+    """A bare array (npy, tensor) or a mapping name -> array (npz, dict of tensors, HDF5)."""
+    fmt = _feature_format(file)
+    if fmt == "npy":
+        try:
+            return np.load(file, allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"{file}: not a numeric NPY array ({exc}).") from exc
+    if fmt == "npz":
+        try:
+            with np.load(file, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except ValueError as exc:
+            raise ValueError(f"{file}: not a readable NPZ file of numeric arrays ({exc}).") from exc
+    if fmt == "pt":
+        return _read_torch(file)
+    return _read_h5(file, keys)
+
+
+def _pick(content: dict[str, Any] | np.ndarray, key: str | None, default: str, file: Path,
+          what: str, required: bool = True) -> Any:
+    """``content[key]``; with key None the ``default`` entry, else the only entry (or None if optional)."""
+    if not isinstance(content, dict):
+        if key is not None:
+            raise ValueError(f"{file}: holds a single array, so there is no key {key!r} for {what}.")
+        return content if required else None
+    names = content.get("__names__", [k for k in content if k != "__names__"])
+    if key is not None:
+        if key not in content:
+            raise ValueError(f"{file}: no array {key!r} for {what}; it holds {sorted(names)}.")
+        return content[key]
+    if default in content:
+        return content[default]
+    if not required:
+        return None
+    if len(names) == 1 and names[0] in content:
+        return content[names[0]]
+    raise ValueError(f"{file}: no array {default!r} for {what} and {len(names)} arrays to choose from "
+                     f"({sorted(names)}); name one with the key parameter.")
+
+
+def _as_numeric(a: Any, file: Path | str, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:
+        raise ValueError(f"{file}: {what} is not an array ({type(a).__name__}).") from exc
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{file}: non-numeric dtype {arr.dtype} for {what}; save numbers only.")
+    return arr
+
+
+def _as_labels(a: Any, file: Path | str, n: int) -> np.ndarray:
+    y = _as_numeric(a, file, "the labels")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"{file}: the labels have shape {y.shape}; expected (N,).")
+    if y.shape[0] != n:
+        raise ValueError(f"{file}: {y.shape[0]} labels for {n} feature rows; pass one label per row.")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y) & (y == np.round(y))):
+        raise ValueError(f"{file}: the labels are not all integers; pass integer class ids.")
+    return y.astype(np.int64)
+
+
+def _resolve(path: str | os.PathLike, what: str) -> Path:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"{what} file {str(file)!r} does not exist (or is not a file).")
+    return file
+
+
+def load_features(
+    path: str | os.PathLike,
+    labels: str | os.PathLike | np.ndarray | Sequence[int] | None = None,
+    *,
+    key: str | None = None,
+    label_key: str | None = None,
+    return_X_y: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None] | Dataset:
+    """Features you already have (e.g. embeddings from a pretrained network), labels optional.
+
+    Parameters
+    ----------
+    path : ``.npy`` (one array), ``.npz``, ``.pt`` / ``.pth`` (``torch.save`` of a tensor or a dict of
+        tensors, read with ``torch.load(weights_only=True)``) or ``.h5`` / ``.hdf5`` (needs h5py).
+    labels : ``None`` (labels from the same file if it holds them), an array (N,), or a separate file
+        in one of the formats above.
+    key : the features' array name (npz / dict / HDF5 dataset path); default ``"X"``, else the file's
+        only array.
+    label_key : the labels' array name; default ``"y"`` (optional in the features file), else a label
+        file's only array.
+
+    Returns
+    -------
+    X : (N, D) float32; y : (N,) int64 or ``None``. Any problem (missing file or key, shapes,
+    non-numeric data, label count) raises FileNotFoundError / ValueError naming the file.
+    """
+    file = _resolve(path, "features")
+    content = _read_feature_file(file, (key or "X", label_key or "y"))
+    X = _as_numeric(_pick(content, key, "X", file, "the features"), file, "the features")
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"{file}: the features have shape {X.shape}; expected (N, D) with N >= 1 "
+                         "(reshape to one row per sample).")
+    if labels is None:
+        raw = _pick(content, label_key, "y", file, "the labels", required=False)
+        where: Path | str = file
+    elif isinstance(labels, str | os.PathLike):
+        where = _resolve(labels, "labels")
+        raw = _pick(_read_feature_file(where, (label_key or "y",)), label_key, "y", where, "the labels")
+    else:
+        raw, where = labels, f"{file} (labels array)"
+    y = None if raw is None else _as_labels(raw, where, X.shape[0])
+    files = [str(file)] + ([str(where)] if isinstance(where, Path) and where != file else [])
+    return _result(X.astype(np.float32), y, return_X_y, description=f"features from {file}, {X.shape}.",
+                   extra={"files": files})

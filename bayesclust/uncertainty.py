@@ -449,6 +449,14 @@ def _linear_layer(model: Any) -> tuple[np.ndarray, np.ndarray]:
         )
     W = linear[0].weight.detach().cpu().double().numpy()
     b = linear[0].bias.detach().cpu().double().numpy() if linear[0].bias is not None else np.zeros(W.shape[0])
+    kind = getattr(model, "preprocess_", "none")
+    if kind == "l2":
+        raise TypeError("linear_margins needs boundaries that are linear in X; preprocess='l2' makes them "
+                        "cones (each row is L2-normalised). Fit with preprocess='standard' to draw them.")
+    if kind != "none":  # the head sees (x - shift) / scale: the same boundaries in X's units
+        shift = np.broadcast_to(np.asarray(model.input_shift_, dtype=np.float64), (W.shape[1],))
+        W = W / float(model.input_scale_)
+        b = b - W @ shift
     return W, b
 
 

@@ -384,6 +384,9 @@ def _fit_one(a: argparse.Namespace, X: np.ndarray, y: np.ndarray, loss: str, see
         aug_weight=a.aug_weight, augmentation=a.augmentation, vat_eps=a.vat_eps, vat_knn=a.vat_knn,
         em_iter=a.em_iter, label_predictions=a.label_predictions, n_init=a.n_init,
         init_epochs=a.init_epochs, fairness=a.fairness, random_state=seed, callbacks=callbacks,
+        # the recipes' frame: pixels in [0, 1] (MNIST and USPS as loaded), which the unit-range map
+        # leaves exactly unchanged; random head initialisation as when the recipes were measured
+        preprocess="unit_range", init="random",
     )
     pred = m.fit_predict(Xfit)
     if a.confusion:

@@ -62,7 +62,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=["mnist", "usps"], default="mnist")
     ap.add_argument("--n", type=int, default=None, help="use the first n images (default all)")
-    ap.add_argument("--epochs", type=int, default=20, help="passes over the data when --max-iter is not set")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="passes over the data when --max-iter is not set (default: the estimator's "
+                         "rule, clip(20 epochs, 3000, 10000) steps)")
     ap.add_argument("--max-iter", type=int, default=None, help="Adam steps (overrides --epochs)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float, default=1e-3,
@@ -70,6 +72,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--transforms", default="affine,morpho,tps")
     ap.add_argument("--encoder-width", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-init", default="1", help="n_init of each fit ('auto': the estimator's rule)")
     ap.add_argument("--runs", type=int, default=1,
                     help="DTI K-means runs with seeds seed..seed+runs-1: prints each, the mean +- std and "
                          "the lowest-loss run (what n_init=runs keeps)")
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     common = dict(max_iter=args.max_iter, n_epochs=args.epochs, batch_size=args.batch_size,
                   learning_rate=args.learning_rate, encoder_width=args.encoder_width, device="cpu",
-                  random_state=args.seed)
+                  random_state=args.seed, n_init=args.n_init if args.n_init == "auto" else int(args.n_init))
     if not args.skip_kmeans:
         model = _dti_kmeans_runs(args, X, y, common)
         if args.figure:

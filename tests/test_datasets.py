@@ -20,6 +20,7 @@ from bayesclust.datasets import (
     Dataset,
     load_embeddings,
     load_faithful,
+    load_features,
     load_galaxies,
     load_idx,
     load_iris,
@@ -527,6 +528,98 @@ def test_embeddings_lookup_and_errors(tmp_path, monkeypatch):
     np.savez(tmp_path / "bad.npz", X=np.zeros((2, 10)))
     with pytest.raises(ValueError, match=r"expected arrays 'X' and 'y'"):
         load_embeddings("mnist", path=tmp_path / "bad.npz")
+
+
+# ------------------------------------------------------------------------------------ load_features
+
+
+def _features(n: int = 6, d: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, d)), rng.integers(0, 3, n)
+
+
+def test_load_features_formats(tmp_path):
+    import h5py
+    import torch
+
+    X, y = _features()
+    np.save(tmp_path / "f.npy", X)
+    np.save(tmp_path / "labels.npy", y.astype(np.float64))
+    np.savez(tmp_path / "xy.npz", X=X, y=y)
+    np.savez(tmp_path / "emb.npz", feats=X)
+    torch.save(torch.tensor(X), tmp_path / "t.pt")
+    torch.save({"features": torch.tensor(X), "targets": torch.tensor(y)}, tmp_path / "d.pth")
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["emb/train"] = X
+        f["lab"] = y
+    cases = [
+        (dict(path=tmp_path / "f.npy"), False),
+        (dict(path=tmp_path / "f.npy", labels=tmp_path / "labels.npy"), True),
+        (dict(path=tmp_path / "xy.npz"), True),
+        (dict(path=tmp_path / "emb.npz", labels=list(y)), True),  # the only array; labels as a list
+        (dict(path=str(tmp_path / "t.pt"), labels=y), True),
+        (dict(path=tmp_path / "d.pth", key="features", label_key="targets"), True),
+        (dict(path=tmp_path / "f.h5", key="emb/train", label_key="lab"), True),
+        (dict(path=tmp_path / "f.h5", key="emb/train", labels=tmp_path / "xy.npz"), True),
+    ]
+    for kw, labelled in cases:
+        Xl, yl = load_features(**kw)
+        assert Xl.dtype == np.float32 and Xl.shape == X.shape and np.allclose(Xl, X, atol=1e-6), kw
+        if labelled:
+            assert yl.dtype == np.int64 and np.array_equal(yl, y), kw
+        else:
+            assert yl is None
+    d = load_features(tmp_path / "xy.npz", return_X_y=False)
+    assert isinstance(d, Dataset) and d.extra["files"] == [str(tmp_path / "xy.npz")]
+    assert "load_features" in ds.__all__
+
+
+def test_load_features_errors(tmp_path):
+    import h5py
+    import torch
+
+    X, y = _features()
+    np.save(tmp_path / "f.npy", X)
+    np.save(tmp_path / "x3.npy", X.reshape(6, 2, 2))
+    np.save(tmp_path / "y5.npy", y[:5])
+    np.save(tmp_path / "yfrac.npy", y + 0.5)
+    np.savez(tmp_path / "two.npz", a=X, b=X)
+    np.savez(tmp_path / "xy.npz", X=X, y=y[:4])
+    np.save(tmp_path / "str.npy", np.array([["a", "b"], ["c", "d"]]))
+    torch.save([torch.tensor(X)], tmp_path / "list.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    (tmp_path / "f.csv").write_text("1,2\n")
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["X"] = np.array([b"a", b"b"]).reshape(2, 1)
+        f["y"] = np.arange(2)
+    f_npy = str(tmp_path / "f.npy")
+    cases = [
+        (FileNotFoundError, r"features file .*nope\.npy' does not exist", dict(path=tmp_path / "nope.npy")),
+        (FileNotFoundError, r"labels file .*nolab\.npy' does not exist",
+         dict(path=f_npy, labels=tmp_path / "nolab.npy")),
+        (ValueError, r"f\.csv: unsupported extension '\.csv'", dict(path=tmp_path / "f.csv")),
+        (ValueError, r"x3\.npy: the features have shape \(6, 2, 2\); expected \(N, D\)",
+         dict(path=tmp_path / "x3.npy")),
+        (ValueError, r"y5\.npy: 5 labels for 6 feature rows", dict(path=f_npy, labels=tmp_path / "y5.npy")),
+        (ValueError, r"yfrac\.npy: the labels are not all integers",
+         dict(path=f_npy, labels=tmp_path / "yfrac.npy")),
+        (ValueError, r"labels array\): the labels have shape \(6, 2\)", dict(path=f_npy, labels=X[:, :2])),
+        (ValueError, r"two\.npz: no array 'X' for the features and 2 arrays .*\['a', 'b'\]",
+         dict(path=tmp_path / "two.npz")),
+        (ValueError, r"two\.npz: no array 'c' for the features; it holds \['a', 'b'\]",
+         dict(path=tmp_path / "two.npz", key="c")),
+        (ValueError, r"xy\.npz: no array 'lab' for the labels",
+         dict(path=tmp_path / "xy.npz", label_key="lab")),
+        (ValueError, r"xy\.npz: 4 labels for 6 feature rows", dict(path=tmp_path / "xy.npz")),
+        (ValueError, r"f\.npy: holds a single array, so there is no key 'X'", dict(path=f_npy, key="X")),
+        (ValueError, r"str\.npy: non-numeric dtype <U1 for the features", dict(path=tmp_path / "str.npy")),
+        (ValueError, r"s\.h5: non-numeric dtype \|S1 for the features", dict(path=tmp_path / "s.h5")),
+        (ValueError, r"list\.pt: holds a list; expected a tensor or a dict", dict(path=tmp_path / "list.pt")),
+        (ValueError, r"junk\.pt: torch\.load\(weights_only=True\) failed", dict(path=tmp_path / "junk.pt")),
+    ]
+    for exc, pattern, kw in cases:
+        with pytest.raises(exc, match=pattern):
+            load_features(**kw)
 
 
 # ------------------------------------------------------------------------------------ real data

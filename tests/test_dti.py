@@ -78,7 +78,7 @@ def test_fit_predict_matches_and_save_load_roundtrip(glyphs, tmp_path):
                   feature_dim=16, head_hidden=8, device="cpu", random_state=3)
     labels = m.fit_predict(X)
     np.testing.assert_array_equal(labels, m.labels_)
-    assert m.curriculum_ == [7, 13] and len(m.history_) == 20
+    assert m.curriculum_ == [2, 4] and len(m.history_) == 20  # stages of 10% of the run
     rec = m.reconstruct(X[:5])
     assert rec.shape == (5, 1, 20, 20) and m.reconstruct(X[:5], "all").shape == (5, 3, 1, 20, 20)
     m.save(tmp_path / "dti.pt")
@@ -223,6 +223,30 @@ def test_identity_gmm_counts_only_prototypes_sigmas_and_weights(glyphs):
     g = DTIGMM(3, transforms="identity", max_iter=5, encoder_width=8, feature_dim=8, head_hidden=8,
                random_state=0).fit(X)
     assert g._n_parameters() == 2 * 3 * 20 * 20 + 3  # the encoder is never used without a module
+
+
+def test_default_run_plan_scales_with_the_data():
+    """Run length, curriculum, reassignment period and restarts follow N, K and the image size;
+    every explicit parameter wins (no fit: the plan only)."""
+    from bayesclust.inference import dti_steps as steps
+
+    usps_test = (2007, 1, 16, 16)
+    it, starts, every, n_init = DTIKMeans(10)._plan(usps_test, 10, 64, 3)
+    assert it == steps.MIN_STEPS == 3000 and starts == [300, 600, 900] and every == 32
+    assert n_init == steps.default_n_init(3000, 10, 256, 64) and 2 <= n_init <= steps.MAX_AUTO_RESTARTS
+    mnist_test = DTIKMeans(10)._plan((10000, 1, 28, 28), 10, 64, 3)
+    assert mnist_test[0] == 20 * 157 and mnist_test[3] < n_init  # bigger images: fewer runs fit
+    assert DTIKMeans(10)._plan((70000, 1, 28, 28), 10, 64, 3)[0] == steps.MAX_STEPS
+    assert DTIKMeans(100)._plan(usps_test, 100, 64, 1)[2] == math.ceil(100 * 100 / 64)  # 100 K images
+    # explicit values win; a run length given by the user means one run unless n_init says otherwise
+    assert DTIKMeans(10, max_iter=50)._plan(usps_test, 10, 64, 3) == (50, [5, 10, 15], 32, 1)
+    assert steps.default_curriculum(1000, 5) == [100, 200, 300, 400, 500]
+    assert steps.default_curriculum(1000, 10)[-1] == 500  # all modules on for the second half
+    assert DTIKMeans(10, n_epochs=2)._plan(usps_test, 10, 64, 1)[::3] == (64, 1)
+    plan = DTIKMeans(10, max_iter=40, n_init=2, curriculum=[5], reassign_every=7)._plan(usps_test, 10, 64, 1)
+    assert plan == (40, [5], 7, 2)
+    with pytest.raises(ValueError, match="n_epochs must be"):
+        DTIKMeans(2, n_epochs=0).fit(np.zeros((10, 8, 8)))
 
 
 def test_errors():

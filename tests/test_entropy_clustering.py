@@ -9,6 +9,10 @@ import torch
 from bayesclust.estimators.entropy import EntropyClustering
 from bayesclust.metrics import accuracy, evaluate
 
+# the settings these mechanism tests were written for: the head on X as given, PyTorch's
+# initialisation, no neighbour view (the defaults for feature vectors: tests/test_feature_defaults.py)
+LEGACY = {"preprocess": "none", "init": "random", "aug_weight": 0.0}
+
 
 def _two_bands(n=200, seed=0):
     rng = np.random.default_rng(seed)
@@ -31,6 +35,9 @@ def test_thesis_linear_example_beats_kmeans():
     m = EntropyClustering(
         2, loss="mi", n_init=10, max_iter=100, random_state=0, batch_size=None, learning_rate=0.05,
         weight_decay=1e-3,
+        # the seed's setting: the head on X as given (its learning rate and weight decay are set for
+        # these units), random initialisation, no neighbour view
+        preprocess="none", init="random", aug_weight=0.0,
     )
     assert accuracy(y, km) < 0.8
     assert accuracy(y, m.fit_predict(X)) >= 0.95
@@ -176,7 +183,7 @@ def test_label_predictions_from_the_epoch(loss):
     solves on, and clusters as well."""
     X, y = _two_bands(200)
     kw = dict(head="linear", loss=loss, max_iter=15, batch_size=50, random_state=0, learning_rate=0.05,
-              lam=2.0)
+              lam=2.0, **LEGACY)
     for warmup in (0, 2):
         fresh = EntropyClustering(2, label_predictions="fresh", warmup=warmup, **kw).fit(X)
         epoch = EntropyClustering(2, label_predictions="epoch", warmup=warmup, **kw).fit(X)
@@ -221,7 +228,8 @@ def test_vat_knn_radius_follows_local_density():
     ent.vat_view = spy
     try:
         m = EntropyClustering(2, head="mlp", hidden=8, loss="mi", aug_weight=1.0, augmentation="vat",
-                              vat_eps=0.25, vat_knn=3, max_iter=1, batch_size=None, random_state=0)
+                              vat_eps=0.25, vat_knn=3, max_iter=1, batch_size=None, random_state=0,
+                              preprocess="none")  # the radius in X's units
         m.fit(X)
     finally:
         ent.vat_view = orig
@@ -376,7 +384,7 @@ def test_a_registered_loss_trains_without_other_edits(monkeypatch):
     entry = L.ClusteringLoss(L.CLUSTERING_LOSSES["ce"].batch_loss, "em_reverse")
     monkeypatch.setitem(L.CLUSTERING_LOSSES, "ce_reverse", entry)
     X, y = _two_bands(100)
-    kw = dict(max_iter=15, warmup=0, batch_size=50, random_state=0, learning_rate=0.05, lam=2.0)
+    kw = dict(max_iter=15, warmup=0, batch_size=50, random_state=0, learning_rate=0.05, lam=2.0, **LEGACY)
     m = EntropyClustering(2, loss="ce_reverse", **kw).fit(X)
     assert accuracy(y, m.labels_) >= 0.9 and len(m.history_) == 15
     ce = EntropyClustering(2, loss="ce", **kw).fit(X)

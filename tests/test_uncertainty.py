@@ -205,7 +205,9 @@ def test_posterior_predictive_errors():
 def linear_two():
     rng = np.random.default_rng(5)
     X = np.vstack([rng.normal([0, 0], 0.5, (40, 2)), rng.normal([4, 2], 0.5, (40, 2))])
-    return bc.EntropyClustering(2, head="linear", max_iter=20, random_state=0).fit(X), X
+    # the head on X as given, so the tests read its weights directly (the mapped case:
+    # tests/test_feature_defaults.py::test_linear_margins_are_reported_in_the_users_units)
+    return bc.EntropyClustering(2, head="linear", max_iter=20, random_state=0, preprocess="none").fit(X), X
 
 
 def test_linear_margin_is_the_smallest_distance_to_the_boundary(linear_two):

@@ -7,9 +7,16 @@ an image; the networks and losses are in :mod:`bayesclust.models.dti`.
 Training (:mod:`bayesclust.inference.dti_steps` through the
 :class:`~bayesclust.inference.engine.Engine`): one iteration is one Adam step on a mini-batch; the
 modules are switched on one by one (the curriculum, in iterations) and starved clusters are
-reassigned every ``reassign_every`` iterations. ``max_iter=None`` runs ``n_epochs`` passes over
-the data, i.e. ``n_epochs * ceil(N / batch_size)`` iterations (at least 500), split in equal
-curriculum stages: prototypes alone, then each module added in the order of ``transforms``.
+reassigned every ``reassign_every`` iterations.
+
+Defaults that scale with the data (each explicit parameter wins; the rules and their constants are
+in :mod:`bayesclust.inference.dti_steps`): one run is ``clip(20 * ceil(N / batch_size), 3000,
+10000)`` Adam steps (``n_epochs`` given: ``n_epochs * ceil(N / batch_size)``); the curriculum
+trains the prototypes alone for the first 10% of the run and adds one module (in the order of
+``transforms``) every further 10%, so that all modules train together for most of the run;
+reassignment is checked every epoch or every ``100 K`` images if that is longer; ``n_init="auto"``
+runs as many restarts (1 to 3, the lowest-loss one kept) as fit a fixed budget of
+``steps * K * C*H*W * batch_size / 64`` (one run when ``max_iter`` or ``n_epochs`` is given).
 Measured accuracy and run times on MNIST and USPS: ``benchmarks/RESULTS.md``.
 """
 
@@ -24,9 +31,18 @@ import numpy as np
 import torch
 
 from .._device import resolve_device, resolve_dtype
-from .._frame import Frame, unit_range_frame
+from .._frame import Frame
 from .._validation import check_array, check_positive_int, check_scalar
-from ..inference.dti_steps import full_loss, make_schedule, per_cluster
+from ..inference import distributed
+from ..inference.dti_steps import (
+    default_curriculum,
+    default_n_init,
+    default_reassign_every,
+    default_steps,
+    full_loss,
+    make_schedule,
+    per_cluster,
+)
 from ..inference.engine import Engine
 from ..inference.kmeans import kmeans_plusplus
 from ..models.dti import DTINetwork
@@ -48,6 +64,7 @@ class _FitData:
     starts: list[int]
     reassign_every: int
     frame: Frame
+    n_init: int
 
 
 def _transform_names(transforms: Any) -> list[str]:
@@ -77,6 +94,7 @@ def _kmeanspp_images(X: torch.Tensor, k: int, generator: torch.Generator) -> tor
 class _DTIBase(ClusterEstimator):
     _gmm = False
     _non_deterministic = True
+    _images_only = True  # scikit-learn tags: 3-D input; its (N, D) checks do not apply
 
     _renamed_params = {"lr": "learning_rate"}
 
@@ -88,8 +106,8 @@ class _DTIBase(ClusterEstimator):
         curriculum: Sequence[int] | None = None,
         init: str | Any = "kmeans++",
         max_iter: int | None = None,
-        n_epochs: int = 20,
-        n_init: int = 1,
+        n_epochs: int | None = None,
+        n_init: int | str = "auto",
         batch_size: int = 64,
         learning_rate: float = 1e-3,
         encoder_width: int = 16,
@@ -123,13 +141,13 @@ class _DTIBase(ClusterEstimator):
     def _check_params(self) -> None:
         check_positive_int(self.n_components, "n_components")
         names = _transform_names(self.transforms)
-        for name in ("batch_size", "n_epochs", "n_init", "encoder_width", "feature_dim", "head_hidden",
-                     "chunk_size"):
+        for name in ("batch_size", "encoder_width", "feature_dim", "head_hidden", "chunk_size"):
             check_positive_int(getattr(self, name), name)
-        if self.max_iter is not None:
-            check_positive_int(self.max_iter, "max_iter")
-        if self.reassign_every is not None:
-            check_positive_int(self.reassign_every, "reassign_every")
+        for name in ("max_iter", "n_epochs", "reassign_every"):
+            if getattr(self, name) is not None:
+                check_positive_int(getattr(self, name), name)
+        if not (isinstance(self.n_init, str) and self.n_init == "auto"):
+            check_positive_int(self.n_init, "n_init")
         if self.curriculum is not None:
             starts = [int(s) for s in self.curriculum]
             if len(starts) != len(names):
@@ -160,22 +178,40 @@ class _DTIBase(ClusterEstimator):
         raw = self._as_images(X, device=device, dtype="input", min_samples=k)
         # the network fits x_w = (x - min) / (max - min): answers do not depend on the units (data
         # already in [0, 1], for which the defaults are set, is unchanged); computed in float64
-        frame = unit_range_frame(raw)
+        frame = distributed.global_input_map("unit_range", raw).frame  # every rank's min and range
         Xt = frame.apply(raw, dtype)
-        n = Xt.shape[0]
         names = _transform_names(self.transforms)
-        if self.max_iter is None:
-            max_iter = max(500, int(self.n_epochs) * math.ceil(n / bs))
-        else:
-            max_iter = int(self.max_iter)
-        if self.curriculum is None:
-            starts = [round((i + 1) * max_iter / (len(names) + 1)) for i in range(len(names))]
-        else:
-            starts = [int(s) for s in self.curriculum]
-        every = max(1, math.ceil(n / bs)) if self.reassign_every is None else int(self.reassign_every)
+        max_iter, starts, every, n_init = self._plan(Xt.shape, k, bs, len(names))
         self._restart_losses: list[float] = []
         ndim = X.ndim if torch.is_tensor(X) else int(np.ndim(X))
-        return _FitData(Xt, ndim, names, max_iter, starts, every, frame)
+        return _FitData(Xt, ndim, names, max_iter, starts, every, frame, n_init)
+
+    def _plan(
+        self, shape: tuple[int, ...], k: int, bs: int, n_modules: int
+    ) -> tuple[int, list[int], int, int]:
+        """Run length, curriculum, reassignment period and number of runs for images ``shape``
+        (N, C, H, W): the explicit parameters, else the rules of :mod:`~bayesclust.inference.dti_steps`."""
+        n, pixels = shape[0], int(np.prod(shape[1:]))
+        if self.max_iter is not None:
+            max_iter = int(self.max_iter)
+        elif self.n_epochs is not None:
+            max_iter = int(self.n_epochs) * math.ceil(n / bs)
+        else:
+            max_iter = default_steps(n, bs)
+        starts = (default_curriculum(max_iter, n_modules) if self.curriculum is None
+                  else [int(s) for s in self.curriculum])
+        every = (default_reassign_every(n, k, bs) if self.reassign_every is None
+                 else int(self.reassign_every))
+        if not (isinstance(self.n_init, str) and self.n_init == "auto"):
+            n_init = int(self.n_init)
+        elif self.max_iter is None and self.n_epochs is None:
+            n_init = default_n_init(max_iter, k, pixels, bs)
+        else:
+            n_init = 1  # a run length fixed by the user: one run unless n_init says otherwise
+        return max_iter, starts, every, n_init
+
+    def _n_restarts(self, data: _FitData) -> int:
+        return data.n_init
 
     # ------------------------------------------------------------------ one restart
     def _init_prototypes(self, X: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -329,18 +365,23 @@ _PARAMETERS_DOC = """
     n_components : number of clusters K.
     transforms : modules applied in this order, from ``"colour"``, ``"affine"``, ``"projective"``,
         ``"tps"``, ``"morpho"``; ``"identity"`` (or ``()``) gives plain mini-batch K-means.
-    curriculum : start iteration of each module; default equal stages over ``max_iter``.
+    curriculum : start iteration of each module; default ``round((i + 1) * 0.1 * run length)`` for
+        module i (stages of ``0.5 / M`` of the run with more than 5 modules).
     init : ``"kmeans++"`` (D^2 seeding on at most 5000 images), ``"random"`` (random images) or
         prototypes (K, H, W) / (K, C, H, W).
-    max_iter : Adam steps (one mini-batch each); ``None`` -> ``max(500, n_epochs * ceil(N / batch_size))``.
+    max_iter : Adam steps per run (one mini-batch each); ``None`` -> ``n_epochs * ceil(N / batch_size)``,
+        or with ``n_epochs=None`` too ``clip(20 * ceil(N / batch_size), 3000, 10000)``.
     n_epochs, batch_size, learning_rate : data passes when ``max_iter`` is None, mini-batch size,
         Adam step size (``lr`` is a deprecated alias).
     n_init : training runs from seeds ``random_state + i``; the lowest full-data loss is kept.
+        ``"auto"``: 1 to 3 runs, as many as fit the budget of
+        :func:`~bayesclust.inference.dti_steps.default_n_init`; 1 when ``max_iter`` or ``n_epochs`` is set.
     encoder_width, feature_dim, head_hidden : CNN width (multiple of 8), feature size, head hidden size.
     tps_grid, morpho_kernel : TPS control grid side, morphological window side (odd).
     empty_threshold, reassign_every, reassign_noise : a cluster with fewer than
         ``empty_threshold / K`` of the assignments over the last ``reassign_every`` iterations
-        (default one epoch) becomes a copy of the largest plus noise of this std.
+        (default one epoch, at least ``100 K`` images) becomes a copy of the largest plus noise of
+        this std.
     chunk_size : images per chunk in predict and in the full-data loss.
     device, dtype, random_state, verbose, callbacks : see :class:`~bayesclust.inference.engine.Engine`.
 """

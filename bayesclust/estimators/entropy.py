@@ -12,26 +12,33 @@ import torch
 from torch import nn
 
 from .. import losses as L
-from .._device import resolve_seed
+from .._device import make_generator, resolve_device, resolve_dtype, resolve_seed
+from .._frame import Frame, InputMap
 from .._validation import check_array, check_option, check_positive_int, check_scalar
 from ..inference import discriminative as D
-from ..inference import distributed
+from ..inference import distributed, kmeans
 from ..inference.engine import Engine
-from ..inference.neighbors import kth_neighbor_distance
-from ..models.heads import build_head
+from ..inference.neighbors import kth_neighbor_distance, nearest_neighbors
+from ..models.heads import build_head, nearest_centroid_init
 from ._base import DEPRECATED, ClusterEstimator, ProbabilisticMixin, Run
 
 __all__ = ["EntropyClustering"]
 
 
 
+PREPROCESS = ("auto", "standard", "unit_range", "l2", "none")
+AUGMENTATIONS = ("auto", "random", "vat", "vat+random", "neighbors")
+
+
 @dataclass
 class _FitData:
-    """What every restart shares: inputs (N, ...), the training config, VAT radii (N,) or None."""
+    """What every restart shares: inputs (N, ...) in the working frame, the training config, VAT
+    radii (N,) or None, nearest-neighbour indices (N, k) or None."""
 
     x: torch.Tensor
     cfg: D.TrainConfig
     radius: torch.Tensor | None
+    neighbors: torch.Tensor | None = None
 
 
 class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
@@ -48,7 +55,8 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
         ``"ce"`` (collision EM labels, standard CE), ``"sela"`` (Sinkhorn hard labels, power
         ``sela_lambda``); ``"swav"`` uses per-batch Sinkhorn codes of one augmented view as targets for
         the other.
-    lam : fairness weight. renyi_order : Renyi order. aug_weight : weight of the self-augmentation KL.
+    lam : fairness weight. renyi_order : Renyi order. aug_weight : weight of the self-augmentation KL;
+        ``"auto"``: 1 with the neighbour view, 0 (no second view) otherwise.
     fairness : the fairness term that ``"mi"``, ``"renyi"`` and the warm-up train with:
         ``"entropy"`` (``-H(mean sigma)``; with ``lam=1`` the MI loss is ``-I(X; C)``), ``"kl_uniform"``
         (``KL(mean sigma || u)``, the same minimiser) or ``"kl_reverse"`` (the zero-avoiding
@@ -56,7 +64,22 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
         emptying is pushed back; it is the fairness the EM pseudo-label step already uses).
     augmentation : the second view for that KL: ``"random"`` (Gaussian noise; random affine + noise
         for images), ``"vat"`` (virtual adversarial direction of radius ``vat_eps``, IMSAT; the
-        prediction on the clean input is its fixed target) or ``"vat+random"`` (the sum of both KLs).
+        prediction on the clean input is its fixed target), ``"vat+random"`` (the sum of both KLs) or
+        ``"neighbors"`` (one of the ``n_neighbors`` nearest rows, found once by exact search in the
+        working frame, with SCAN's consistency ``-log <sigma(x), sigma(x')>`` instead of the KL).
+        ``"auto"``: ``"neighbors"`` for feature vectors (N, D), ``"random"`` for images.
+    preprocess : the map from X's units to the head's input, fitted on the training data and applied
+        to every later input: ``"standard"`` (each feature centred, all divided by one scale, the root
+        mean feature variance: Euclidean geometry kept), ``"unit_range"`` (the data's minimum and range
+        onto [0, 1]; identity for pixels already there), ``"l2"`` (standard, then each row L2-normalised:
+        cosine geometry, e.g. self-supervised embeddings) or ``"none"`` (X as given: answers then
+        depend on X's units). ``"auto"``: ``"standard"`` for (N, D), ``"unit_range"`` for images.
+        Computed in float64 before the cast to ``dtype``.
+    init : ``"kmeans"``: the linear head starts as the nearest-centroid classifier of k-means++ /
+        Lloyd on the mapped data (seeded per restart); ``"random"``: PyTorch's initialisation;
+        ``"auto"``: for ``head="linear"`` on feature vectors the first restart starts from k-means and
+        the others (``n_init > 1``) at random, so the restart kept by mutual information may leave the
+        k-means partition; random otherwise.
     vat_knn : if set, the VAT radius of each x_i is ``vat_eps`` times the distance to its
         ``vat_knn``-th nearest neighbour (IMSAT: ``vat_eps=0.25, vat_knn=10``), computed once by
         exact search at the start of ``fit``; the radius then follows the local density of the data.
@@ -86,6 +109,7 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
     ----------
     module_ : the trained head. labels_ : (N,) clusters of the training data. n_components_ : K.
     n_features_in_ (D, or C * H * W for images), input_shape_ (the trailing shape of X in fit),
+    preprocess_, input_shift_, input_scale_ (the input map: ``(X - input_shift_) / input_scale_``),
     n_iter_ (epochs), converged_, history_ (mean batch loss per epoch).
     """
 
@@ -102,10 +126,13 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
         lam: float = 1.0,
         fairness: str = "entropy",
         renyi_order: float = 2.0,
-        aug_weight: float = 0.0,
-        augmentation: str = "random",
+        aug_weight: float | str = "auto",
+        augmentation: str = "auto",
         vat_eps: float = 1.0,
         vat_knn: int | None = None,
+        n_neighbors: int = 10,
+        preprocess: str = "auto",
+        init: str = "auto",
         em_iter: int = 20,
         label_predictions: str = "auto",
         warmup: int = 0,
@@ -137,8 +164,18 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
         check_option(self.loss, "loss", tuple(L.CLUSTERING_LOSSES))
         check_scalar(self.lam, "lam", low=0.0)
         check_scalar(self.renyi_order, "renyi_order", low=0.0, low_inclusive=False)
-        check_scalar(self.aug_weight, "aug_weight", low=0.0)
-        check_option(self.augmentation, "augmentation", ("random", "vat", "vat+random"))
+        if not (isinstance(self.aug_weight, str) and self.aug_weight == "auto"):
+            check_scalar(self.aug_weight, "aug_weight", low=0.0)
+        check_option(self.augmentation, "augmentation", AUGMENTATIONS)
+        check_positive_int(self.n_neighbors, "n_neighbors")
+        check_option(self.preprocess, "preprocess", PREPROCESS)
+        check_option(self.init, "init", ("auto", "kmeans", "random"))
+        if self.init == "kmeans" and (self.head != "linear" or self.normalize_prototypes):
+            raise ValueError(
+                "init='kmeans' sets a linear head to the k-means nearest-centroid classifier; it needs "
+                f"head='linear' and normalize_prototypes=False (got head={self.head!r}, "
+                f"normalize_prototypes={self.normalize_prototypes}). Use init='random' or 'auto'."
+            )
         check_option(self.fairness, "fairness", L.FAIRNESS_KINDS)
         check_scalar(self.vat_eps, "vat_eps", low=0.0, low_inclusive=False)
         check_scalar(self.learning_rate, "learning_rate", low=0.0, low_inclusive=False)
@@ -157,13 +194,19 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
         check_scalar(self.sela_lambda, "sela_lambda", low=0.0, low_inclusive=False)
         check_scalar(self.swav_epsilon, "swav_epsilon", low=0.0, low_inclusive=False)
 
-    def _train_config(self) -> D.TrainConfig:
+    def _train_config(self, features: bool) -> D.TrainConfig:
         weights = L.LossWeights(float(self.lam), float(self.renyi_order), self.fairness)
+        augmentation = self.augmentation
+        if augmentation == "auto":  # nearest neighbours for feature vectors, random affine views for images
+            augmentation = "neighbors" if features else "random"
+        aug_weight = self.aug_weight
+        if isinstance(aug_weight, str):  # "auto": the neighbour consistency on, other views off
+            aug_weight = 1.0 if augmentation == "neighbors" else 0.0
         return D.TrainConfig(
             loss=self.loss,
             weights=weights,
-            aug_weight=float(self.aug_weight),
-            augmentation=self.augmentation,
+            aug_weight=float(aug_weight),
+            augmentation=augmentation,
             vat_eps=float(self.vat_eps),
             em_iter=int(self.em_iter),
             label_predictions=self.label_predictions,
@@ -173,19 +216,52 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
             batch_size=None if self.batch_size is None else int(self.batch_size),
         )
 
-    def _prepare(self, X: Any) -> _FitData:
-        raw = check_array(
-            X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, min_samples=self.n_components
-        )
+    def _prepare(self, X: Any, imap: InputMap | None = None) -> _FitData:
+        """X validated and mapped by ``imap`` (default: the map of ``preprocess`` fitted on X)."""
+        raw = check_array(X, ndim=(2, 3, 4), device=self.device, dtype="input",
+                          min_samples=self.n_components)
         distributed.check_equal_shards(raw.shape[0])
         self.input_shape_ = tuple(int(v) for v in raw.shape[1:])  # (D,), (H, W) or (C, H, W)
         self.n_features_in_ = math.prod(self.input_shape_)
-        x = raw.unsqueeze(1) if raw.ndim == 3 else raw
-        cfg = self._train_config()
-        radius = None
+        features = raw.ndim == 2
+        kind = self.preprocess if self.preprocess != "auto" else ("standard" if features else "unit_range")
+        if imap is None:  # from every rank's rows in a distributed fit
+            imap = distributed.global_input_map(kind, raw)
+        self.preprocess_ = imap.kind
+        self.input_shift_, self.input_scale_ = imap.frame.shift.numpy(), imap.frame.scale
+        x = imap.apply(raw, resolve_dtype(self.dtype))
+        x = x.unsqueeze(1) if x.ndim == 3 else x
+        cfg = self._train_config(features)
+        self._n_started = 0  # restarts started so far (init="auto": the first one from k-means)
+        radius = neighbors = None
         if self.vat_knn is not None and "vat" in cfg.augmentation and cfg.aug_weight > 0:
             radius = cfg.vat_eps * kth_neighbor_distance(x, self.vat_knn)
-        return _FitData(x, cfg, radius)
+        if cfg.augmentation == "neighbors" and cfg.aug_weight > 0:
+            neighbors = nearest_neighbors(x, min(int(self.n_neighbors), x.shape[0] - 1))[1]
+        return _FitData(x, cfg, radius, neighbors)
+
+    @property
+    def _input_map(self) -> InputMap:
+        """The fit's input map (X as given for models saved without one)."""
+        shift = torch.as_tensor(getattr(self, "input_shift_", 0.0), dtype=torch.float64)
+        scale = float(getattr(self, "input_scale_", 1.0))
+        return InputMap(getattr(self, "preprocess_", "none"), Frame(shift, scale))
+
+    def _kmeans_init(self, module: torch.nn.Module, x: torch.Tensor, seed: int | None) -> None:
+        """``init="kmeans"`` (or "auto": the first restart of a linear head on feature vectors): the
+        head starts as the nearest-centroid classifier of k-means++ / Lloyd on the working-frame data,
+        at the temperature of the clusters' mean squared distance per dimension."""
+        first = getattr(self, "_n_started", 0) == 0
+        self._n_started = getattr(self, "_n_started", 0) + 1
+        use = self.init == "kmeans" or (
+            self.init == "auto" and first and self.head == "linear" and not self.normalize_prototypes
+            and x.ndim == 2)
+        if not use:
+            return
+        gen = make_generator(seed, x.device)
+        centers, t = kmeans.kmeans(x, int(self.n_components), gen)
+        nearest_centroid_init(module, centers, max(t, 1e-12))
+        distributed.broadcast_module(module)  # rank 0's k-means head on every rank
 
 
     def partial_fit(self, X: Any, y: Any = None) -> EntropyClustering:
@@ -202,7 +278,8 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
                 self._check_X(X)
         else:
             self._check_X(X)
-        data = self._prepare(X)
+        # later batches (and batches after a fit) are mapped as the first one was
+        data = self._prepare(X, self._input_map if hasattr(self, "module_") else None)
         if online is None:
             online = self._online_start(data)
         t = int(online.result.n_iter) if online.result is not None else 0
@@ -211,7 +288,8 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
             max_iter=t + 1, tol=0.0, maximize=False, keep_best=False, warn_not_converged=False,
             desc=f"EntropyClustering({self.loss}).partial_fit",
         )
-        schedule = D.build_schedule(engine, data.x, int(self.n_components), data.cfg, data.radius)
+        schedule = D.build_schedule(engine, data.x, int(self.n_components), data.cfg, data.radius,
+                                    data.neighbors)
         online.result = engine.run(schedule, D.initial_state(online.module, online.opt), result=online.result)
         self._online = online
         self.module_ = online.module
@@ -253,8 +331,9 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
             self.head, tuple(data.x.shape[1:]), k, hidden=self.hidden,
             normalize_prototypes=self.normalize_prototypes,
         ).to(engine.device, engine.dtype)
+        self._kmeans_init(module, data.x, seed)
         opt = torch.optim.Adam(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-        schedule = D.build_schedule(engine, data.x, k, data.cfg, data.radius)
+        schedule = D.build_schedule(engine, data.x, k, data.cfg, data.radius, data.neighbors)
         return Run(engine, schedule, D.initial_state(module, opt))
 
     def _after_stage(self, run: Run) -> None:
@@ -274,10 +353,10 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
 
     # ------------------------------------------------------------------ predict
     def _check_X(self, X: Any) -> torch.Tensor:
+        """X validated and mapped into the fit's working frame, (N, ...) (images (N, C, H, W))."""
         self._check_fitted()
-        x = check_array(
-            X, ndim=(2, 3, 4), device=self.device, dtype=self.dtype, n_features=self.input_shape_
-        )
+        x = check_array(X, ndim=(2, 3, 4), device=self.device, dtype="input", n_features=self.input_shape_)
+        x = self._input_map.apply(x, resolve_dtype(self.dtype))
         return x.unsqueeze(1) if x.ndim == 3 else x
 
     def _log_scores(self, X: Any) -> torch.Tensor:
@@ -297,7 +376,6 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         """Rebuild ``module_`` with ``build_head`` from the parameters (a user-given ``head`` is the
         module given to ``load``) and load the saved weights into it."""
-        from .._device import resolve_device, resolve_dtype
         from .._persist import require_attributes, require_keys
 
         require_keys(extra, ("module",), "extra state")

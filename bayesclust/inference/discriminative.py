@@ -43,6 +43,7 @@ __all__ = [
     "build_schedule",
     "initial_state",
     "mutual_information",
+    "neighbor_loss",
     "predict_logits",
     "prediction_buffer",
     "prediction_source",
@@ -153,6 +154,7 @@ class _Context:
     loss: L.ClusteringLoss
     solver: _Solver | None
     radius: torch.Tensor | None  # (N,) per-sample VAT radius, or None for cfg.vat_eps
+    neighbors: torch.Tensor | None  # (N, k) indices of each row's nearest neighbours, or None
     generator: torch.Generator
     keep_epoch: bool  # keep the epoch's clean-view predictions for the next pseudo-label step
     dtype: torch.dtype
@@ -176,7 +178,8 @@ def augmentation_loss(
     generator: torch.Generator,
 ) -> torch.Tensor:
     """``aug_weight`` x the symmetric KL between the batch's logits ``z`` (B, K) and those of its
-    second view(s) of ``xb`` (B, ...): VAT of radius ``eps`` (scalar or (B,)) and / or random."""
+    second view(s) of ``xb`` (B, ...): VAT of radius ``eps`` (scalar or (B,)) and / or random (the
+    neighbour view is :func:`neighbor_loss`)."""
     out = z.new_zeros(())
     if cfg.aug_weight == 0.0:
         return out
@@ -188,6 +191,18 @@ def augmentation_loss(
     if "random" in cfg.augmentation:
         out = out + L.self_augmentation_loss(z, module(augment(xb, generator)))
     return cfg.aug_weight * out
+
+
+def neighbor_loss(module: nn.Module, z: torch.Tensor, idx: torch.Tensor, ctx: _Context) -> torch.Tensor:
+    """``aug_weight`` x SCAN's consistency ``-log <sigma(z_i), sigma(z_j)>`` (Van Gansbeke et al. 2020,
+    eq. 2: the collision cross-entropy of the two predictions), j a random one of the nearest
+    neighbours of each row i of the batch ``idx`` (B,), ``z`` (B, K) its logits."""
+    if ctx.neighbors is None or ctx.cfg.aug_weight == 0.0:
+        return z.new_zeros(())
+    nb = ctx.neighbors[idx]  # (B, k)
+    pick = torch.randint(nb.shape[1], (nb.shape[0],), generator=ctx.generator, device=ctx.generator.device)
+    zj = module(ctx.x[nb[torch.arange(nb.shape[0], device=nb.device), pick.to(nb.device)]])
+    return ctx.cfg.aug_weight * L.collision_cross_entropy(z, zj.log_softmax(-1), log_target=True)
 
 
 def _two_view_loss(module: nn.Module, xb: torch.Tensor, ctx: _Context) -> torch.Tensor:
@@ -213,7 +228,8 @@ def batch_loss(state: dict[str, Any], idx: torch.Tensor, ctx: _Context) -> torch
         targets = None if state["y"] is None else state["y"][idx]
         base = ctx.loss.batch_loss(z, targets, ctx.cfg.weights)
     eps = ctx.cfg.vat_eps if ctx.radius is None else ctx.radius[idx]
-    return base + augmentation_loss(module, z, xb, eps, ctx.cfg, ctx.generator)
+    views = augmentation_loss(module, z, xb, eps, ctx.cfg, ctx.generator)
+    return base + views + neighbor_loss(module, z, idx, ctx)
 
 
 def pseudo_label_step(state: dict[str, Any], iteration: int, ctx: _Context) -> None:
@@ -248,6 +264,7 @@ def build_schedule(
     n_components: int,
     cfg: TrainConfig,
     radius: torch.Tensor | None = None,
+    neighbors: torch.Tensor | None = None,
 ) -> list[Step]:
     """The steps of one restart on ``x`` (N, ...): ``"pseudo_labels"`` (whole-data solvers, from
     epoch ``cfg.warmup`` on) then ``"neural"`` (one epoch, the objective: mean batch loss)."""
@@ -260,8 +277,8 @@ def build_schedule(
         )
     solver = LABEL_SOLVERS.get(name) if name is not None else None
     keep = solver is not None and prediction_source(cfg.label_predictions, x.shape[0]) == "epoch"
-    ctx = _Context(x, n_components, cfg, loss, solver, radius, engine.generator, keep, engine.dtype,
-                   engine.device)
+    ctx = _Context(x, n_components, cfg, loss, solver, radius, neighbors, engine.generator, keep,
+                   engine.dtype, engine.device)
     steps = []
     if solver is not None:
         steps.append(Step("pseudo_labels", partial(pseudo_label_step, ctx=ctx), start=int(cfg.warmup)))

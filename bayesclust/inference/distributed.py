@@ -24,17 +24,21 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+from .._frame import Frame, InputMap, frame_from_moments
 from . import streaming
 
 __all__ = [
+    "all_reduce_max",
     "all_reduce_sum",
     "average_gradients",
     "broadcast",
+    "broadcast_module",
     "check_equal_shards",
     "fit_context",
     "init_from_env",
     "shard_rows",
     "global_count",
+    "global_input_map",
     "is_distributed",
     "is_main",
     "rank",
@@ -104,6 +108,29 @@ def all_reduce_sum(total: torch.Tensor) -> torch.Tensor:
     return buf.to(total.device)
 
 
+def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum of ``value`` over every rank (``value`` itself in one process)."""
+    if not is_distributed():
+        return value
+    buf = value.detach().to(_comm_device(), copy=True).contiguous()
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return buf.to(value.device)
+
+
+def global_input_map(kind: str, X: torch.Tensor) -> InputMap:
+    """:class:`InputMap` of ``kind`` from the moments (or minimum and range) of every rank's rows of
+    X (n, ...), so that every rank maps its shard alike; X's own map in one process."""
+    if not is_distributed() or kind == "none":
+        return InputMap.fit(kind, X)
+    flat = X.reshape(X.shape[0], -1)
+    if kind == "unit_range":
+        ext = all_reduce_max(torch.stack([-flat.min(), flat.max()]).double())
+        lo, hi = -float(ext[0]), float(ext[1])
+        return InputMap(kind, Frame(torch.tensor(lo, dtype=torch.float64), hi - lo if hi > lo else 1.0))
+    _, mean, var = streaming.global_moments(flat)
+    return InputMap(kind, frame_from_moments(mean, var))
+
+
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Rank ``src``'s value of ``tensor`` on every rank (same shape and dtype on every rank)."""
     if not is_distributed():
@@ -144,6 +171,17 @@ def average_gradients(params: Iterable[torch.Tensor]) -> None:
     for g in grads:  # the module's parameter tensors, not the data
         g.copy_(flat[start : start + g.numel()].view_as(g))
         start += g.numel()
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers of ``module`` into every rank's (in place), as
+    DistributedDataParallel does when it wraps a module: ranks whose initialisation read their own
+    shard start from the same network. Does nothing when no reduction is installed."""
+    if not streaming.is_reducing() or not is_distributed():
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            t.copy_(broadcast(t))
 
 
 def check_equal_shards(n: int) -> None:

@@ -66,3 +66,22 @@ def lloyd(X: torch.Tensor, C: torch.Tensor, n_iter: int, chunk_size: int = 65536
             return new
         C = new
     return C
+
+
+def kmeans(
+    X: torch.Tensor, k: int, generator: torch.Generator, n_iter: int = 100, chunk_size: int = 65536,
+    n_init: int = 10,
+) -> tuple[torch.Tensor, float]:
+    """k-means++ then Lloyd on X (N, D), the best of ``n_init`` seedings (lowest inertia, as
+    scikit-learn's ``KMeans(n_init=10)``): centres (k, D) and the mean squared distance of a row to
+    its centre per dimension, ``inertia / (N D)``."""
+    best: tuple[torch.Tensor, float] | None = None
+    for _ in range(max(1, int(n_init))):
+        C = lloyd(X, kmeans_plusplus(X, k, generator, chunk_size), n_iter, chunk_size)
+        labels = nearest_center(X, C, chunk_size)
+        sq = sum(float(((X[s : s + chunk_size] - C[labels[s : s + chunk_size]]) ** 2).sum())
+                 for s in range(0, X.shape[0], chunk_size))
+        if best is None or sq < best[1]:
+            best = (C, sq)
+    assert best is not None
+    return best[0], best[1] / (X.shape[0] * X.shape[1])

@@ -8,7 +8,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["PrototypeHead", "augment", "build_head", "frozen_batchnorm_stats", "vat_view"]
+__all__ = [
+    "PrototypeHead", "augment", "build_head", "frozen_batchnorm_stats", "nearest_centroid_init", "vat_view",
+]
 
 
 class PrototypeHead(nn.Module):
@@ -21,6 +23,24 @@ class PrototypeHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * nn.functional.normalize(x, dim=1) @ nn.functional.normalize(self.weight, dim=1).T
+
+
+def nearest_centroid_init(module: nn.Module, centers: torch.Tensor, temperature: float) -> nn.Module:
+    """Set a ``"linear"`` head (its last layer an ``nn.Linear``) to the nearest-centroid classifier of
+    ``centers`` (K, D): logits ``-|x - c_k|^2 / (2 T)`` up to a per-row constant, i.e. weight
+    ``c_k / T`` and bias ``-|c_k|^2 / (2 T)``; its softmax is the posterior of an isotropic Gaussian
+    mixture with equal weights and variance ``T`` per dimension. Returns ``module``."""
+    last = module[-1] if isinstance(module, nn.Sequential) else None
+    if not isinstance(last, nn.Linear) or tuple(last.weight.shape) != tuple(centers.shape):
+        raise ValueError(
+            "init='kmeans' sets a linear head (an nn.Linear last layer of shape (K, D)); use "
+            "head='linear' without normalize_prototypes, or init='random'."
+        )
+    c = centers.to(last.weight)
+    with torch.no_grad():
+        last.weight.copy_(c / temperature)
+        last.bias.copy_(-(c * c).sum(1) / (2.0 * temperature))
+    return module
 
 
 def build_head(
