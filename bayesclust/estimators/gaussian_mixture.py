@@ -209,10 +209,14 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             return self._prepare_source(X)
         device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
         Xin = check_array(X, device=device, dtype="input", min_samples=max(2, self.n_components))
-        frame = self._data_frame(Xin)
-        Xc = frame.apply(Xin, dtype)
-        moments = Xc if not streaming.is_reducing() else streaming.moment_proxy(
-            *streaming.global_moments(Xc)[1:], dtype)  # the global mean and variance in a distributed fit
+        if streaming.is_reducing():  # one pass of global moments gives the frame and the prior's data
+            _, mean, var = streaming.global_moments(Xin)
+            frame = frame_from_moments(mean, var)
+            Xc = frame.apply(Xin, dtype)
+            moments = _working_moments(var, frame, dtype)
+        else:
+            frame = standard_frame(Xin)
+            Xc = moments = frame.apply(Xin, dtype)
         prior = self._map_prior(moments, frame)
         family = self._family(prior)
         feats = Features(Xc, family.feature_map, int(self.chunk_size))
@@ -220,14 +224,6 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         data = SimpleNamespace(X=Xin, Xc=Xc, frame=frame, prior=prior, family=family, feats=feats, warm=warm)
         data.n_total = distributed.global_count(Xin.shape[0])
         return data
-
-    @staticmethod
-    def _data_frame(X: torch.Tensor) -> Frame:
-        """The standard frame of X (n, D); over every process in a distributed fit."""
-        if not streaming.is_reducing():
-            return standard_frame(X)
-        _, mean, var = streaming.global_moments(X)
-        return frame_from_moments(mean, var)
 
     def _prepare_source(self, X: Any) -> SimpleNamespace:
         """Out-of-core data: moments and every E-step read the source chunk by chunk (memory bounded
@@ -251,8 +247,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
                 f"(one per component); pass more data or fewer components."
             )
         frame = frame_from_moments(mean, var)
-        zero = torch.zeros_like(mean)
-        prior = self._map_prior(streaming.moment_proxy(zero, var / frame.scale**2, dtype), frame)
+        prior = self._map_prior(_working_moments(var, frame, dtype), frame)
         family = self._family(prior)
         if source.n <= _INIT_SAMPLE:
             sample = source.rows(0, source.n)
@@ -693,6 +688,12 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             xs.append(rng.multivariate_normal(self.means_[k], cov, size=m) if m else np.empty((0, d)))
             ys.append(np.full(m, k))
         return np.vstack(xs), np.concatenate(ys)
+
+
+def _working_moments(var: torch.Tensor, frame: Frame, dtype: torch.dtype) -> torch.Tensor:
+    """A (2, D) stand-in for data of variance ``var`` (D,) (X's units) in the working ``frame``
+    (mean 0 there, since the frame's shift is the data mean), for the data-dependent prior."""
+    return streaming.moment_proxy(torch.zeros_like(var), var / frame.scale**2, dtype)
 
 
 def params_tuple(params: gaussian.GMMParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
