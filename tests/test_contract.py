@@ -75,6 +75,8 @@ _DTI = {
     "transforms": ("affine",), "max_iter": 8, "batch_size": 30, "encoder_width": 8, "feature_dim": 8,
     "head_hidden": 8, "device": "cpu", "random_state": 0,
 }
+_CONTRASTIVE = {"max_iter": 2, "batch_size": 30, "embedding_dim": 16, "projection_dim": 8, "hidden": 16,
+                "random_state": 0}
 _ENTROPY = {"max_iter": 3, "batch_size": 45, "warmup": 1, "random_state": 0}
 ENTROPY_LOSSES = ("mi", "renyi", "collision", "sela", "swav", "ce", "rce")
 
@@ -116,6 +118,11 @@ CASES: list[Case] = [
     ),
     Case("DTIKMeans", lambda: bc.DTIKMeans(K, **_DTI), _images, images=True),
     Case("DTIGMM", lambda: bc.DTIGMM(K, **_DTI), _images, images=True),
+    *(
+        Case(f"ContrastiveClustering-{method}",
+             lambda method=method: bc.ContrastiveClustering(K, method, **_CONTRASTIVE), _images, images=True)
+        for method in ("swav", "clot")
+    ),
     *(
         Case(
             f"EntropyClustering-linear-{loss}",
@@ -278,7 +285,7 @@ def test_sklearn_cases_cover_every_tabular_estimator_and_route():
     }
 
 
-@pytest.mark.parametrize("cls", [bc.DTIKMeans, bc.DTIGMM])
+@pytest.mark.parametrize("cls", [bc.DTIKMeans, bc.DTIGMM, bc.ContrastiveClustering])
 def test_image_estimators_declare_image_input_to_scikit_learn(cls):
     """The DTI estimators take images only: their tags say so, and scikit-learn then skips its (N, D)
     checks with that reason instead of failing them (the contract here runs on images)."""
