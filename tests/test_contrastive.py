@@ -208,12 +208,25 @@ def test_swav_multi_crop_uses_the_local_views():
     ({"queue_length": -1}, "queue_length must be >= 0"),
     ({"jitter": 1.5}, "jitter must be in \\[0, 1\\)"),
     ({"pseudo_labels": "soft"}, "pseudo_labels='soft' is not supported; choose one of \\['ot', 'argmax'\\]"),
+    ({"width": 0}, "width must be >= 1"),
 ])
 def test_contrastive_clustering_refuses_bad_settings(kw, match):
     import bayesclust as bc
 
     with pytest.raises(ValueError, match=match):
         bc.ContrastiveClustering(3, **{**SMALL, **kw}).fit(_glyphs()[0])
+
+
+def test_cnn_width_sets_the_backbone_channels_and_round_trips(tmp_path):
+    import bayesclust as bc
+
+    X, _ = _glyphs(30)
+    est = bc.ContrastiveClustering(3, "clot", width=4, **{**SMALL, "max_iter": 1}).fit(X)
+    convs = [m for m in est.module_.backbone if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 8, 16, 16]
+    est.save(tmp_path / "m.bc")
+    back = bc.ContrastiveClustering.load(tmp_path / "m.bc")
+    np.testing.assert_allclose(back.predict_proba(X), est.predict_proba(X), atol=1e-6)
 
 
 def test_contrastive_clustering_needs_images():

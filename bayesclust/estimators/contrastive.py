@@ -41,7 +41,8 @@ class ContrastiveClustering(ProbabilisticMixin, ClusterEstimator):
         others'; Caron et al. 2020) or ``"clot"`` (equal-partition OT labels of the whole data each
         epoch, cross-entropy on every view, plus NT-Xent between the two global views' projections).
     backbone : ``"cnn"`` (VGG-4-like, any image size >= 8 x 8) or an ``nn.Module`` mapping images
-        to ``embedding_dim`` features. embedding_dim, projection_dim, hidden : network widths.
+        to ``embedding_dim`` features. embedding_dim, projection_dim, hidden : network widths; width :
+        channels of the CNN's first convolution (then 2, 4, 4 x; the cost grows as its square).
     n_local_views : small views per image (``None``: 4 for swav, 0 for clot); local_size (pixels;
         ``None``: 3/7 of the side, at least 8), global_scale, local_scale (area shares), flip,
         jitter : see :class:`bayesclust.models.views.ViewSpec`.
@@ -71,6 +72,7 @@ class ContrastiveClustering(ProbabilisticMixin, ClusterEstimator):
         embedding_dim: int = 128,
         projection_dim: int = 64,
         hidden: int = 256,
+        width: int = 32,
         n_local_views: int | None = None,
         local_size: int | None = None,
         global_scale: tuple[float, float] = (0.4, 1.0),
@@ -103,7 +105,8 @@ class ContrastiveClustering(ProbabilisticMixin, ClusterEstimator):
         check_positive_int(self.n_components, "n_components", minimum=2)
         check_option(self.method, "method", C.METHODS)
         check_option(self.pseudo_labels, "pseudo_labels", ("ot", "argmax"))
-        for name in ("embedding_dim", "projection_dim", "hidden", "batch_size", "max_iter", "n_init"):
+        widths = ("embedding_dim", "projection_dim", "hidden", "width")
+        for name in (*widths, "batch_size", "max_iter", "n_init"):
             check_positive_int(getattr(self, name), name)
         check_positive_int(self.queue_length, "queue_length", minimum=0)
         if self.n_local_views is not None:
@@ -143,7 +146,7 @@ class ContrastiveClustering(ProbabilisticMixin, ClusterEstimator):
 
     def _build(self, shape: tuple[int, ...]) -> ContrastiveNet:
         return ContrastiveNet(self.backbone, shape, int(self.n_components), int(self.embedding_dim),
-                              int(self.projection_dim), int(self.hidden))
+                              int(self.projection_dim), int(self.hidden), int(self.width))
 
     def _start(self, data: _FitData, seed: int | None) -> Run:
         engine = Engine(

@@ -18,7 +18,7 @@ __all__ = ["ContrastiveNet"]
 
 
 class ContrastiveNet(nn.Module):
-    """Backbone (``build_head`` with ``embedding_dim`` outputs, or a module), projection MLP
+    """Backbone (``build_head`` with ``embedding_dim`` outputs and CNN ``width``, or a module), projection MLP
     F -> F -> P (batch norm, ReLU) and K prototypes in the projection space."""
 
     def __init__(
@@ -29,9 +29,10 @@ class ContrastiveNet(nn.Module):
         embedding_dim: int = 128,
         projection_dim: int = 64,
         hidden: int = 256,
+        width: int = 32,
     ) -> None:
         super().__init__()
-        self.backbone = build_head(backbone, in_shape, embedding_dim, hidden=hidden)
+        self.backbone = build_head(backbone, in_shape, embedding_dim, hidden=hidden, width=width)
         self.projection = nn.Sequential(
             nn.Linear(embedding_dim, embedding_dim),
             nn.BatchNorm1d(embedding_dim),

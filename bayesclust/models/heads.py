@@ -50,11 +50,13 @@ def build_head(
     *,
     hidden: int = 256,
     normalize_prototypes: bool = False,
+    width: int = 32,
 ) -> nn.Module:
     """``"linear"`` / ``"mlp"`` on flattened inputs, ``"cnn"`` (VGG-4-like) on (C, H, W) images, or a module.
 
     The module maps (N, *in_shape) to (N, n_clusters) logits. ``"mlp"`` is IMSAT's
-    D-hidden-hidden-K with batch normalisation and ReLU.
+    D-hidden-hidden-K with batch normalisation and ReLU; ``"cnn"`` has ``width``, 2, 4 and 4 x ``width``
+    channels in its four 3 x 3 convolutions (its cost grows as width squared).
     """
     if isinstance(head, nn.Module):
         return head
@@ -92,15 +94,16 @@ def build_head(
         def block(i: int, o: int) -> list[nn.Module]:
             return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
 
+        w = int(width)
         return nn.Sequential(
-            *block(c, 32),
-            *block(32, 64),
-            *block(64, 128),
-            nn.Conv2d(128, 128, 3, padding=1),
+            *block(c, w),
+            *block(w, 2 * w),
+            *block(2 * w, 4 * w),
+            nn.Conv2d(4 * w, 4 * w, 3, padding=1),
             nn.ReLU(),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
-            last(128),
+            last(4 * w),
         )
     raise ValueError(f"head={head!r} is not supported; choose 'linear', 'mlp', 'cnn' or pass an nn.Module.")
 
