@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "PrototypeHead", "augment", "build_head", "frozen_batchnorm_stats", "nearest_centroid_init", "vat_view",
+    "ChannelsLast", "PrototypeHead", "augment", "build_head", "frozen_batchnorm_stats",
+    "nearest_centroid_init", "vat_view",
 ]
 
 
@@ -23,6 +24,14 @@ class PrototypeHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * nn.functional.normalize(x, dim=1) @ nn.functional.normalize(self.weight, dim=1).T
+
+
+class ChannelsLast(nn.Module):
+    """Puts image batches (N, C, H, W) in channels-last memory (same values): with the convolution
+    weights in that layout too, CPU convolutions and max pooling run in oneDNN's faster NHWC kernels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
 
 
 def nearest_centroid_init(module: nn.Module, centers: torch.Tensor, temperature: float) -> nn.Module:
@@ -95,7 +104,8 @@ def build_head(
             return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
 
         w = int(width)
-        return nn.Sequential(
+        cnn = nn.Sequential(
+            ChannelsLast(),
             *block(c, w),
             *block(w, 2 * w),
             *block(2 * w, 4 * w),
@@ -105,6 +115,7 @@ def build_head(
             nn.Flatten(),
             last(4 * w),
         )
+        return cnn.to(memory_format=torch.channels_last)
     raise ValueError(f"head={head!r} is not supported; choose 'linear', 'mlp', 'cnn' or pass an nn.Module.")
 
 
