@@ -60,6 +60,7 @@ def _models(world: int) -> dict[str, object]:
     n, n_img = len(_data()), len(_glyphs())
     return {
         "gmm": bc.GaussianMixture(3, random_state=0, tol=1e-7, max_iter=300),
+        "gmm-cholesky": bc.GaussianMixture(3, random_state=0, tol=1e-7, max_iter=300, formulation="cholesky"),
         "dpgmm": bc.DPGMM(random_state=0, max_iter=40),
         "vi": bc.DPGMM(inference="vi", truncation=4, random_state=0, max_iter=300, tol=1e-6),
         "head": bc.EntropyClustering(3, head="linear", max_iter=60, batch_size=None, random_state=0, tol=0),
@@ -165,6 +166,10 @@ def _check_mixture(name: str, ranks: list[dict], single: dict, atol: float, w_at
 
 def test_distributed_gmm_em_matches_one_process(ranks, single):
     _check_mixture("gmm", ranks, single, atol=1e-3)
+
+
+def test_distributed_gmm_cholesky_formulation_matches_one_process(ranks, single):
+    _check_mixture("gmm-cholesky", ranks, single, atol=1e-3)
 
 
 def test_distributed_dpgmm_splitmerge_matches_one_process(ranks, single):

@@ -72,6 +72,9 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
     svi_guide : "map" (AutoDelta) or "meanfield"; learning_rate and batch_size apply to SVI.
     num_samples, warmup_steps, num_chains : NUTS settings.
     device, dtype, chunk_size, random_state, verbose, callbacks : see :class:`bayesclust.Engine`.
+    formulation : the E/M-step form for full / tied covariances: "auto" (the quadratic feature map
+        below ``models.gaussian.CHOLESKY_MIN_D`` features, Cholesky solves on centred data from
+        there), "features" or "cholesky". Same model and answers; only speed and float32 digits differ.
 
     Attributes
     ----------
@@ -113,6 +116,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         verbose: bool = False,
         callbacks: list | None = None,
         step_decay: float = 0.6,
+        formulation: str = "auto",
     ) -> None:
         self._set_init_params(locals())
 
@@ -147,6 +151,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         check_positive_int(self.max_iter, "max_iter", minimum=0)  # 0: initialise only, as scikit-learn
         check_positive_int(self.n_init, "n_init")
         check_positive_int(self.chunk_size, "chunk_size")
+        check_option(self.formulation, "formulation", gaussian.FORMULATIONS)
         if isinstance(self.init, str):
             check_option(self.init, "init", ("kmeans", "kmeans++", "random", "random_from_data"))
         check_option(self.svi_guide, "svi_guide", ("map", "meanfield"))
@@ -270,8 +275,12 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         i.e. relative to the data's mean feature variance."""
         return gaussian.GaussianFamily(
             self.covariance_type, None if prior is None else prior.niw,
-            float(self.weight_concentration_prior), float(self.reg_covar),
+            float(self.weight_concentration_prior), float(self.reg_covar), self._formulation,
         )
+
+    @property
+    def _formulation(self) -> str:
+        return getattr(self, "formulation", "auto")  # files saved before the parameter: the default
 
     # ------------------------------------------------------------------ online EM
     @available_if(lambda self: self.inference == "em", "partial_fit runs stepwise EM: use inference='em'")
@@ -300,7 +309,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         loglik, G = em.e_step(feats, A, c)
         online.stats = em.stepwise_statistics(online.stats, G, feats.n, online.t, float(self.step_decay))
         online.t, online.n_seen = online.t + 1, online.n_seen + feats.n
-        G_run = (online.stats * online.n_seen).to(device=A.device, dtype=A.dtype)
+        G_run = (online.stats * online.n_seen).to(device=A.device)  # float64: the M-step keeps digits
         online.params = online.family.m_step(G_run, online.params)
         self._online = online
         self._store(online.params, online.frame)
@@ -445,7 +454,8 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             gaussian.identity_covariances(self.covariance_type, k, d, Xc),
         )
         init_feats = getattr(data, "init_feats", data.feats)  # out of core: the sample Xc's features
-        return data.family.m_step(em.statistics_from_resp(init_feats, resp), unit)
+        G = em.statistics_from_resp(init_feats, resp, cholesky=data.family.uses_cholesky(d))
+        return data.family.m_step(G, unit)
 
     def _given_params(
         self, means_c: torch.Tensor, Xc: torch.Tensor, scale: float = 1.0
@@ -550,7 +560,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         means below 1.1 (``rhat_`` holds that maximum; NaN, and ``converged_`` False, with < 4 draws)."""
         from ..inference.nuts import draw_log_likelihoods, max_split_rhat
 
-        family = gaussian.GaussianFamily(self.covariance_type)
+        family = gaussian.GaussianFamily(self.covariance_type, formulation=self._formulation)
         feats = Features(X.double(), family.feature_map, int(self.chunk_size))
         cov = _draw_covariances(samples, self.covariance_type)
         loglik = draw_log_likelihoods(family, feats, samples["weights"], samples["means"], cov)
@@ -656,7 +666,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         device, dtype = resolve_device(self.device), torch.float64
         Xt = check_array(X, device=device, dtype=dtype, n_features=self.n_features_in_)
         frame = self._fit_frame
-        family = gaussian.GaussianFamily(self.covariance_type)
+        family = gaussian.GaussianFamily(self.covariance_type, formulation=self._formulation)
         A, c = family.log_prob_coefficients(self._params(frame, Xt))
         feats = Features(frame.apply(Xt, dtype), family.feature_map, int(self.chunk_size), cache_bytes=0)
         logits, ll = em.log_resp_chunks(feats, A, c)

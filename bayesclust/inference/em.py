@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from ..models.family import EMFamily
+from ..models.gaussian import CholeskyCoefficients
+from . import em_cholesky
 from .streaming import Features, reduce_statistics, weighted_statistics
 
 # exp(x) below -87 (float32) or -708 (float64) is a denormal, which costs the exp and the next matmul
@@ -36,8 +38,11 @@ def e_step(
     ``feats(slice)`` returns phi of those rows (a view of a cache or computed on the fly). In
     float32, rows are taken in cache-sized blocks so that the E-step matmul and the M-step
     statistics matmul read the same block of phi while it is still in cache: both products are
-    memory-bound there, so this halves the traffic to main memory.
+    memory-bound there, so this halves the traffic to main memory. Coefficients in the Cholesky
+    form go to :func:`em_cholesky.e_step` (G in float64).
     """
+    if isinstance(A, CholeskyCoefficients):
+        return em_cholesky.e_step(feats, A, c, accumulate=accumulate)
     n, chunk_size = feats.n, feats.chunk_size
     total = torch.zeros((), dtype=torch.float64, device=A.device)
     G = torch.zeros(A.shape[0] + 1, A.shape[1], dtype=A.dtype, device=A.device) if accumulate else None
@@ -70,6 +75,8 @@ def e_step(
 
 def log_resp_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted log densities (N, K) and per-point log-likelihood (N,), chunked."""
+    if isinstance(A, CholeskyCoefficients):
+        return em_cholesky.log_resp_chunks(feats, A, c)
     n, chunk_size = feats.n, feats.chunk_size
     logits = torch.empty(n, A.shape[1], dtype=A.dtype, device=A.device)
     ll = torch.empty(n, dtype=A.dtype, device=A.device)
@@ -83,6 +90,8 @@ def log_resp_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> tuple[
 
 def argmax_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """argmax_k of phi(x) . A[:, k] + c[k] for every row (N,), block by block (no (N, K) array)."""
+    if isinstance(A, CholeskyCoefficients):
+        return em_cholesky.argmax_chunks(feats, A, c)
     n, chunk_size = feats.n, feats.chunk_size
     labels = torch.empty(n, dtype=torch.long, device=A.device)
     step = block_rows(A.shape[0], A.element_size(), chunk_size)
@@ -92,8 +101,6 @@ def argmax_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> torch.Te
         block = torch.addmm(c, feats(sl), A, out=buf[: sl.stop - start])
         torch.argmax(block, dim=1, out=labels[sl])
     return labels
-
-
 
 
 def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Callable[[dict, int], float]:
@@ -115,8 +122,11 @@ def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Ca
     return step
 
 
-def statistics_from_resp(feats: Features, resp: torch.Tensor) -> torch.Tensor:
-    """G (K, Q + 1) = resp^T [phi, 1] for given responsibilities resp (n, K) (initialisation)."""
+def statistics_from_resp(feats: Features, resp: torch.Tensor, *, cholesky: bool = False) -> torch.Tensor:
+    """G (K, Q + 1) = resp^T [phi, 1] for given responsibilities resp (n, K) (initialisation); with
+    ``cholesky`` (phi is x itself) the same statistics from centred moments, in float64."""
+    if cholesky:
+        return em_cholesky.statistics_from_resp(feats, resp)
     return weighted_statistics(feats, resp, counts=True)
 
 

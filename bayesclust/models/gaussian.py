@@ -10,6 +10,12 @@ only G = [phi(X), 1]^T r (Q + 1, K): counts, first and second moments of every c
 iteration is two (n x Q) @ (Q x K) products per chunk: memory O(chunk x (Q + K)), never
 O(N x K x D), and no Python loop over components.
 
+At large D the map is the wrong tool (Q grows as D^2 / 2 and the product is memory-bound), so full
+and tied covariances switch to the Cholesky formulation there (:class:`CholeskyCoefficients`):
+``log N(x | mu_k, Sigma_k) = c_k - |x P_k - mu_k P_k|^2 / 2`` with ``Sigma_k^-1 = P_k P_k^T``, one
+(n x D) @ (D x K D) product per chunk, and statistics accumulated about each component's mean
+(centred, so float32 keeps its digits), returned in the same G layout. ``CHOLESKY_MIN_D`` says where.
+
 Covariances are stored as scikit-learn does: full (K, D, D), tied (D, D), diag (K, D), spherical (K,).
 """
 
@@ -25,6 +31,10 @@ import torch
 from .priors import NIW, gamma_shape
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+FORMULATIONS = ("auto", "features", "cholesky")
+# Full / tied covariances with at least this many features use the Cholesky formulation under
+# formulation="auto" (where it overtook the feature map: benchmarks/bench_formulation.py).
+CHOLESKY_MIN_D = 48
 
 
 def covariance_shape(covariance_type: str, k: int, d: int) -> tuple[int, ...]:
@@ -186,6 +196,52 @@ def log_prob_coefficients(params: GMMParams, covariance_type: str) -> tuple[torc
     return A.contiguous(), c
 
 
+@dataclass
+class CholeskyCoefficients:
+    """The Cholesky form of the weighted log densities: ``log w_k + log N(x | mu_k, Sigma_k) =
+    c_k - |x P_k - b_k|^2 / 2``. W (D, K D): the precision factors P_k side by side (tied: the one
+    P, (D, D)); b (K, D) = mu_k P_k; means (K, D), the centres of the accumulated statistics."""
+
+    W: torch.Tensor
+    b: torch.Tensor
+    means: torch.Tensor
+    tied: bool
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.W.device
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(D, K), as the feature-map coefficients' (Q, K)."""
+        return tuple(self.means.shape[::-1])
+
+    def element_size(self) -> int:
+        return self.W.element_size()
+
+
+def cholesky_coefficients(
+    params: GMMParams, covariance_type: str
+) -> tuple[CholeskyCoefficients, torch.Tensor]:
+    """(coefficients, c (K,)) of the Cholesky formulation for full or tied covariances."""
+    mu = params.means
+    k, d = mu.shape
+    P = precisions_cholesky(params.covariances, covariance_type)  # (K, D, D) or (D, D), upper
+    tied = covariance_type == "tied"
+    log_det = torch.log(torch.diagonal(P, dim1=-2, dim2=-1)).sum(-1)
+    if tied:
+        b, W = mu @ P, P.contiguous()
+    else:
+        b = (mu.unsqueeze(1) @ P).squeeze(1)
+        W = P.permute(1, 0, 2).reshape(d, k * d).contiguous()
+    c = torch.log(params.weights) + log_det - 0.5 * d * math.log(2 * math.pi)
+    return CholeskyCoefficients(W, b.contiguous(), mu, tied), c
+
+
 # ---------------------------------------------------------------------------- M-step
 def unpack_stats(G: torch.Tensor, d: int, covariance_type: str = "full"):
     """Statistics G (M, Q + 1) (rows: sums of [phi(x), 1] over a group) -> counts (M,), sums of x
@@ -325,7 +381,9 @@ class GaussianFamily:
     ``covariance_type``: "full", "tied", "diag" or "spherical"; ``niw``: the conjugate
     Normal-inverse-Wishart prior on each component's (mean, covariance), or None for maximum
     likelihood; ``weight_concentration``: the symmetric Dirichlet prior on the weights (EM MAP);
-    ``reg_covar``: added to covariance diagonals in the M-step.
+    ``reg_covar``: added to covariance diagonals in the M-step; ``formulation``: the E-step's form
+    for full / tied covariances, "features" (the quadratic map), "cholesky" (phi is x itself and
+    the coefficients a :class:`CholeskyCoefficients`) or "auto" (Cholesky from ``CHOLESKY_MIN_D``).
 
     Implements :class:`~bayesclust.models.family.EMFamily` for every covariance type, and
     :class:`~bayesclust.models.family.ConjugateFamily` (split/merge, mean-field VI, the deep
@@ -336,24 +394,37 @@ class GaussianFamily:
     niw: NIW | None = None
     weight_concentration: float = 1.0
     reg_covar: float = 1e-6
+    formulation: str = "auto"
 
     @property
     def map_prior(self) -> MAPPrior | None:
         return None if self.niw is None else MAPPrior(float(self.weight_concentration), self.niw)
 
     # ------------------------------------------------------------ EMFamily
+    def uses_cholesky(self, d: int) -> bool:
+        """Whether D features take the Cholesky formulation (then phi(x) = x)."""
+        if self.covariance_type not in ("full", "tied") or self.formulation == "features":
+            return False
+        return self.formulation == "cholesky" or d >= CHOLESKY_MIN_D
+
     def feature_dim(self, d: int) -> int:
-        return feature_dim(d, self.covariance_type)
+        return d if self.uses_cholesky(d) else feature_dim(d, self.covariance_type)
 
     def feature_map(self, X: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if self.uses_cholesky(X.shape[1]):
+            return X if out is None else out[: X.shape[0]].copy_(X)
         return feature_map(X, self.covariance_type, out=out)
 
-    def log_prob_coefficients(self, params: GMMParams) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_prob_coefficients(self, params: GMMParams) -> tuple[Any, torch.Tensor]:
+        if self.uses_cholesky(params.means.shape[1]):
+            return cholesky_coefficients(params, self.covariance_type)
         return log_prob_coefficients(params, self.covariance_type)
 
     def m_step(self, G: torch.Tensor, previous: GMMParams) -> GMMParams:
+        """New parameters in ``previous``'s dtype (the Cholesky statistics come in float64)."""
         d = previous.means.shape[1]
-        return m_step(G, d, self.covariance_type, float(self.reg_covar), self.map_prior, previous)
+        new = m_step(G, d, self.covariance_type, float(self.reg_covar), self.map_prior, previous)
+        return GMMParams(*(t.to(previous.means.dtype) for t in (new.weights, new.means, new.covariances)))
 
     def log_prior(self, params: GMMParams) -> float:
         return log_prior(params, self.map_prior, self.covariance_type)

@@ -1,0 +1,128 @@
+"""EM passes in the Cholesky formulation (full / tied covariances at large D), chunked over the data.
+
+With ``Sigma_k^-1 = P_k P_k^T`` (:class:`~bayesclust.models.gaussian.CholeskyCoefficients`) the
+weighted log density of a block of rows x (m, D) is ``c_k - |x P_k - b_k|^2 / 2``: one
+(m x D) @ (D x K D) product and a squared norm per component, with no D^2 / 2 feature columns to
+build or read. The M-step statistics are accumulated about each component's current mean ``a_k``
+(centred: ``sum r (x - a_k)(x - a_k)^T`` by a batched product), in the data's dtype per block and in
+float64 across blocks, then turned into the feature layout G (K, Q + 1) of
+:func:`bayesclust.models.gaussian.unpack_stats` in float64, so the family's M-step is unchanged and
+float32 loses no digits to uncentred second moments. The data comes from ``feats(slice)``, which is
+x itself in this formulation (in memory, out of core or one shard of a distributed fit).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.gaussian import CholeskyCoefficients
+from .streaming import Features, reduce_statistics
+
+_BLOCK_BYTES = 8 << 20  # one block's (rows, K, D) products stay near this size
+
+
+def block_rows(k: int, d: int, itemsize: int, chunk_size: int) -> int:
+    """Rows per block so the block's (rows, K, D) arrays take about ``_BLOCK_BYTES``."""
+    return max(64, min(chunk_size, _BLOCK_BYTES // max(1, k * d * itemsize)))
+
+
+def weighted_log_prob(x: torch.Tensor, coef: CholeskyCoefficients, c: torch.Tensor) -> torch.Tensor:
+    """``log w_k + log N(x_i | mu_k, Sigma_k)`` (m, K) of the rows x (m, D)."""
+    k, d = coef.means.shape
+    if coef.tied:
+        y = (x @ coef.W).unsqueeze(1) - coef.b  # (m, K, D)
+    else:
+        y = (x @ coef.W).view(-1, k, d).sub_(coef.b)
+    return c - 0.5 * y.square_().sum(-1)
+
+
+def _layout(n: torch.Tensor, s1: torch.Tensor, S: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Centred statistics about ``ref`` (K, D) -> G (K, Q + 1) float64: [sum x x^T (upper triangle,
+    row-major), sum x, count] with sum x = s1 + n a and sum x x^T = S + a s1^T + s1 a^T + n a a^T."""
+    a = ref.double()
+    sx = s1 + n[:, None] * a
+    outer = a[:, :, None] * s1[:, None, :]
+    sxx = S + outer + outer.transpose(1, 2) + n[:, None, None] * a[:, :, None] * a[:, None, :]
+    i, j = torch.triu_indices(a.shape[1], a.shape[1], device=a.device)
+    return torch.cat([sxx[:, i, j], sx, n[:, None]], dim=1)
+
+
+class _Centred:
+    """Running float64 sums (count, first and second moments about ``ref``) of weighted rows."""
+
+    def __init__(self, ref: torch.Tensor) -> None:
+        k, d = ref.shape
+        self.ref = ref
+        kw = {"dtype": torch.float64, "device": ref.device}
+        self.n, self.s1, self.S = torch.zeros(k, **kw), torch.zeros(k, d, **kw), torch.zeros(k, d, d, **kw)
+
+    def add(self, x: torch.Tensor, r: torch.Tensor) -> None:
+        """Rows x (m, D) with weights r (m, K)."""
+        diff = x.unsqueeze(0) - self.ref.unsqueeze(1)  # (K, m, D)
+        weighted = diff * r.T.unsqueeze(-1)  # (K, m, D)
+        self.n += r.sum(0).double()
+        self.s1 += weighted.sum(1).double()
+        self.S += torch.bmm(weighted.transpose(1, 2), diff).double()
+
+    def total(self) -> torch.Tensor:
+        """G (K, Q + 1) float64, summed over processes."""
+        n, s1, S = (reduce_statistics(t) for t in (self.n, self.s1, self.S))
+        return _layout(n, s1, S, self.ref)
+
+
+def e_step(
+    feats: Features, coef: CholeskyCoefficients, c: torch.Tensor, *, accumulate: bool = True
+) -> tuple[float, torch.Tensor | None]:
+    """Total log-likelihood and, if ``accumulate``, G (K, Q + 1) float64 (see the module docstring)."""
+    k, d = coef.means.shape
+    step = block_rows(k, d, coef.element_size(), feats.chunk_size)
+    total = torch.zeros((), dtype=torch.float64, device=coef.device)
+    stats = _Centred(coef.means) if accumulate else None
+    floor = -80.0 if coef.element_size() < 8 else -700.0  # below: denormals (see em._EXP_FLOOR)
+    for sl in feats.slices(step):
+        x = feats(sl)
+        logits = weighted_log_prob(x, coef, c)
+        peak = logits.amax(1, keepdim=True)
+        resp = torch.exp_(logits.sub_(peak).clamp_(min=floor))
+        norm = resp.sum(1, keepdim=True)
+        total += (peak + torch.log(norm)).sum(dtype=torch.float64)
+        if stats is not None:
+            stats.add(x, resp.div_(norm))
+    total = reduce_statistics(total)
+    return float(total), None if stats is None else stats.total()
+
+
+def log_resp_chunks(
+    feats: Features, coef: CholeskyCoefficients, c: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted log densities (N, K) and per-point log-likelihood (N,), block by block."""
+    k, d = coef.means.shape
+    logits = torch.empty(feats.n, k, dtype=coef.dtype, device=coef.device)
+    for sl in feats.slices(block_rows(k, d, coef.element_size(), feats.chunk_size)):
+        logits[sl] = weighted_log_prob(feats(sl), coef, c)
+    return logits, torch.logsumexp(logits, dim=1)
+
+
+def argmax_chunks(feats: Features, coef: CholeskyCoefficients, c: torch.Tensor) -> torch.Tensor:
+    """The most probable component of every row (N,), block by block (no (N, K) array)."""
+    k, d = coef.means.shape
+    labels = torch.empty(feats.n, dtype=torch.long, device=coef.device)
+    for sl in feats.slices(block_rows(k, d, coef.element_size(), feats.chunk_size)):
+        labels[sl] = weighted_log_prob(feats(sl), coef, c).argmax(1)
+    return labels
+
+
+def statistics_from_resp(feats: Features, resp: torch.Tensor) -> torch.Tensor:
+    """G (K, Q + 1) float64 for given responsibilities resp (n, K) (initialisation): a first pass for
+    the weighted means, a second for the moments about them."""
+    k, d = resp.shape[1], feats.d
+    n = torch.zeros(k, dtype=torch.float64, device=resp.device)
+    s = torch.zeros(k, d, dtype=torch.float64, device=resp.device)
+    for sl in feats.slices():
+        n += resp[sl].sum(0).double()
+        s += (resp[sl].T @ feats(sl)).double()
+    n, s = reduce_statistics(n), reduce_statistics(s)
+    stats = _Centred((s / n.clamp(min=1e-12)[:, None]).to(resp.dtype))
+    for sl in feats.slices(block_rows(k, d, resp.element_size(), feats.chunk_size)):
+        stats.add(feats(sl), resp[sl])
+    return stats.total()

@@ -1,0 +1,116 @@
+"""The Cholesky formulation of GMM-EM (full / tied covariances at large D): the same model as the
+quadratic feature map, scikit-learn's answers from the same start, centred statistics in float32,
+and the same results in memory, out of core and online."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import bayesclust as bc
+from bayesclust.models import gaussian
+
+sk_mixture = pytest.importorskip("sklearn.mixture")
+
+
+def _blobs(n=800, d=6, k=3, seed=0, spread=6.0, offset=0.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, spread, (k, d))
+    y = rng.integers(0, k, n)
+    A = rng.normal(size=(k, d, d)) * 0.3 + np.eye(d)
+    return centers[y] + np.einsum("nij,nj->ni", A[y], rng.normal(size=(n, d))) + offset, y
+
+
+@pytest.mark.parametrize("cov_type", ["full", "tied"])
+def test_cholesky_em_matches_sklearn_from_identical_init(cov_type):
+    X, _ = _blobs()
+    rng = np.random.default_rng(1)
+    means = X[rng.choice(len(X), 3, replace=False)]
+    cov = np.stack([np.eye(6)] * 3) if cov_type == "full" else np.eye(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk = sk_mixture.GaussianMixture(3, covariance_type=cov_type, tol=0, max_iter=20, means_init=means,
+                                        weights_init=np.full(3, 1 / 3), precisions_init=cov,
+                                        reg_covar=1e-6 * X.var(0).mean()).fit(X)
+        ours = bc.GaussianMixture(3, covariance_type=cov_type, prior=None, tol=0, max_iter=20, init=means,
+                                  weights_init=np.full(3, 1 / 3), covariances_init=cov, dtype="float64",
+                                  formulation="cholesky").fit(X)
+    assert ours.score(X) == pytest.approx(sk.score(X), rel=1e-9)
+    np.testing.assert_allclose(ours.means_, sk.means_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(ours.covariances_, sk.covariances_, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(ours.predict_proba(X), sk.predict_proba(X), atol=1e-8)
+
+
+@pytest.mark.parametrize("cov_type", ["full", "tied"])
+@pytest.mark.parametrize("prior", ["niw", None])
+def test_formulations_give_the_same_fit(cov_type, prior):
+    X, _ = _blobs(offset=1e4)
+    kw = dict(covariance_type=cov_type, prior=prior, tol=0, max_iter=15, random_state=0, dtype="float64")
+    a = bc.GaussianMixture(3, formulation="features", **kw).fit(X)
+    b = bc.GaussianMixture(3, formulation="cholesky", **kw).fit(X)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_allclose(a.history_, b.history_, rtol=1e-10)
+    np.testing.assert_allclose(a.means_, b.means_, rtol=1e-10)
+    np.testing.assert_allclose(a.covariances_, b.covariances_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), atol=1e-10)
+
+
+def test_float32_cholesky_keeps_float64_digits_on_tight_far_clusters():
+    # clusters far from the data mean against their own spread: uncentred second moments cancel
+    X, _ = _blobs(n=1500, d=48, k=4, spread=300.0)
+    kw = dict(tol=0, max_iter=10, random_state=0, formulation="cholesky")
+    f32 = bc.GaussianMixture(4, dtype="float32", **kw).fit(X)
+    f64 = bc.GaussianMixture(4, dtype="float64", **kw).fit(X)
+    np.testing.assert_array_equal(f32.labels_, f64.labels_)
+    assert f32.lower_bound_ == pytest.approx(f64.lower_bound_, rel=1e-5)
+    np.testing.assert_allclose(f32.covariances_, f64.covariances_, rtol=1e-3, atol=1e-3)
+
+
+def test_auto_takes_cholesky_from_cholesky_min_d_for_full_and_tied_only():
+    d = gaussian.CHOLESKY_MIN_D
+    for cov in ("full", "tied"):
+        fam = gaussian.GaussianFamily(cov)
+        assert not fam.uses_cholesky(d - 1) and fam.uses_cholesky(d)
+        assert fam.feature_dim(d) == d and fam.feature_dim(d - 1) == gaussian.feature_dim(d - 1, cov)
+        assert not gaussian.GaussianFamily(cov, formulation="features").uses_cholesky(10 * d)
+        assert gaussian.GaussianFamily(cov, formulation="cholesky").uses_cholesky(2)
+    for cov in ("diag", "spherical"):
+        assert not gaussian.GaussianFamily(cov, formulation="cholesky").uses_cholesky(10 * d)
+    X = torch.randn(5, d, dtype=torch.float64)
+    assert torch.equal(gaussian.GaussianFamily("full").feature_map(X), X)
+
+
+def test_cholesky_out_of_core_and_online_match_in_memory(tmp_path):
+    X, _ = _blobs(n=900, offset=-50.0)
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    kw = dict(tol=0, max_iter=10, random_state=0, formulation="cholesky", dtype="float64", chunk_size=128)
+    ref = bc.GaussianMixture(3, **kw).fit(X)
+    mm = bc.GaussianMixture(3, **kw).fit(np.load(path, mmap_mode="r"))
+    np.testing.assert_array_equal(ref.labels_, mm.labels_)
+    np.testing.assert_allclose(ref.means_, mm.means_, rtol=1e-9)
+    online = bc.GaussianMixture(3, **kw)
+    for batch in np.array_split(X, 3):
+        online.partial_fit(batch)
+    features = bc.GaussianMixture(3, **{**kw, "formulation": "features"})
+    for batch in np.array_split(X, 3):
+        features.partial_fit(batch)
+    np.testing.assert_allclose(online.means_, features.means_, rtol=1e-8)
+
+
+def test_cholesky_model_round_trips(tmp_path):
+    X, _ = _blobs()
+    est = bc.GaussianMixture(3, formulation="cholesky", random_state=0, max_iter=5).fit(X)
+    est.save(tmp_path / "m.bc")
+    back = bc.GaussianMixture.load(tmp_path / "m.bc")
+    assert back.formulation == "cholesky"
+    np.testing.assert_allclose(back.predict_proba(X), est.predict_proba(X), atol=1e-12)
+
+
+def test_formulation_is_validated():
+    with pytest.raises(ValueError, match=r"formulation='qr' is not supported; choose one of "
+                                         r"\['auto', 'features', 'cholesky'\]"):
+        bc.GaussianMixture(2, formulation="qr").fit(np.random.default_rng(0).normal(size=(20, 2)))
