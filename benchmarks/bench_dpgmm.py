@@ -186,6 +186,33 @@ def run_issue15(args, seeds: list[int]) -> None:
                   flush=True)
 
 
+def _iteration_times(fit) -> list[float]:
+    """Seconds of every engine iteration of ``fit(callback)`` (a callback stamps each one)."""
+    stamps = [time.perf_counter()]
+    fit(lambda *a: stamps.append(time.perf_counter()) and False)
+    return list(np.diff(stamps))[1:]  # the first interval also holds the set-up
+
+
+def sweep_vs_em(n: int, d: int, k: int, sweeps: int, em_iters: int) -> None:
+    """Split/merge sweep time beside one GMM-EM iteration on the same data (issue 17): the sweeps
+    counted are those with K within 2 of the true K; EM with that K, feature cache built as a fit does."""
+    from bayesclust import GaussianMixture
+
+    X, _ = synthetic(n, d, k, seed=0)
+    X = X.astype(np.float32)
+    print(f"\n## split/merge sweep beside an EM iteration: N={n} D={d} K={k} float32")
+    dp = DPGMM(random_state=0, max_iter=sweeps)
+    sweep = _iteration_times(lambda cb: dp.set_params(callbacks=[cb]).fit(X))
+    near = [t for t, kk in zip(sweep, dp.k_trace_raw_[1:]) if abs(kk - k) <= 2]
+    em = _iteration_times(lambda cb: GaussianMixture(k, max_iter=em_iters, tol=0, random_state=0,
+                                                     callbacks=[cb]).fit(X))
+    s, e = float(np.median(near)) if near else float("nan"), float(np.median(em))
+    lo, hi = min(near, default=np.nan), max(near, default=np.nan)
+    print(f"sweeps with K in {k - 2}..{k + 2}: {len(near)} of {len(sweep)}, median {s:.3f} s (range "
+          f"{lo:.3f}-{hi:.3f}); EM iteration median {e:.3f} s (range {min(em):.3f}-{max(em):.3f}); "
+          f"sweep / EM = {s / e:.2f} (target <= 3)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", default="synth,mnist,usps,imbalanced,faithful,galaxies,big")
@@ -215,6 +242,9 @@ def main() -> None:
 
     if "issue15" in only:  # not in the default --only
         run_issue15(args, seeds)
+
+    if "sweep" in only:  # not in the default --only
+        sweep_vs_em(args.big_n, 32, 20, args.max_iter, 10)
 
     if "synth" in only:
         X, y = synthetic(args.synth_n, 10, 10, seed=0)

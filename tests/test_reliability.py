@@ -41,6 +41,22 @@ def test_dpgmm_labels_do_not_depend_on_units(route, unit):
     np.testing.assert_allclose(UNITS[unit](base.means_), other.means_, rtol=1e-5)
 
 
+@pytest.mark.parametrize("route", ["splitmerge", "vi"])
+def test_dpgmm_small_units_with_a_large_offset_keep_every_feature(route):
+    # a spread of ~1e-7 around 1e6: float64 still resolves it (1e-10), so no feature is "constant"
+    X = _blobs()
+    kw = {"inference": route, "max_iter": 20, "random_state": 0}
+    base = bc.DPGMM(**kw).fit(X)
+    other = bc.DPGMM(**kw).fit(X * 1e-7 - 1e6)
+    assert not other.constant_features_.any()
+    np.testing.assert_array_equal(base.labels_, other.labels_)
+    tiny = bc.DPGMM(**kw).fit(X * 1e-13)
+    assert not tiny.constant_features_.any()
+    np.testing.assert_array_equal(base.labels_, tiny.labels_)
+    const = np.c_[X, np.full(len(X), 1e6)]  # a truly constant feature is still left unscaled
+    assert bc.DPGMM(**kw).fit(const).constant_features_.tolist() == [False] * X.shape[1] + [True]
+
+
 GMM_ROUTES = {
     "em-full": {}, "em-tied": {"covariance_type": "tied"}, "em-diag": {"covariance_type": "diag"},
     "em-spherical": {"covariance_type": "spherical"}, "em-ml": {"prior": None},

@@ -316,7 +316,7 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         if streaming.is_reducing():  # a distributed fit: the moments of the whole data
             n, mean, var = streaming.global_moments(X)
             std = var.sqrt()
-        self._set_frame(mean, std, d)
+        self._set_frame(mean, std, d, torch.finfo(X.dtype).eps if X.is_floating_point() else 0.0)
         Xs = self._standardise(X.double()).to(resolve_dtype(self.dtype))
         family = self._family(d)
         feats = streaming.Features(Xs, family.statistics_map, self.chunk_size)
@@ -356,10 +356,12 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         rng = np.random.default_rng(self._seed)
         return feats.gather(torch.from_numpy(np.sort(rng.choice(feats.n, _INIT_SAMPLE, replace=False))))
 
-    def _set_frame(self, mean: torch.Tensor, std: torch.Tensor, d: int) -> None:
-        """``data_mean_``, ``data_scale_`` and ``constant_features_`` from float64 moments (D,)."""
+    def _set_frame(self, mean: torch.Tensor, std: torch.Tensor, d: int, eps: float = 2.2e-16) -> None:
+        """``data_mean_``, ``data_scale_`` and ``constant_features_`` from float64 moments (D,). A
+        feature is constant when its spread is within rounding of its own magnitude (``eps``: the
+        input dtype's), whatever the units: ``X * 1e-12`` still has a spread, ``X + 1e6`` keeps it."""
         self.n_features_in_ = d
-        constant = std <= 1e-12 * max(1.0, float(mean.abs().max()))
+        constant = std <= 16 * eps * mean.abs()
         self.data_mean_ = mean.cpu()
         self.data_scale_ = torch.where(constant, torch.ones_like(std), std).cpu()
         self.constant_features_ = constant.cpu()
