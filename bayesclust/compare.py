@@ -38,6 +38,8 @@ def _short_names() -> dict[str, Callable[[int], Any]]:
         "entropy-embeddings": lambda k: bc.EntropyClustering(k),
         "dti-kmeans": lambda k: bc.DTIKMeans(k, transforms=("affine",), n_epochs=5),
         "dti-gmm": lambda k: bc.DTIGMM(k, transforms=("affine",), n_epochs=5),
+        "clot": lambda k: bc.ContrastiveClustering(k, "clot"),
+        "swav": lambda k: bc.ContrastiveClustering(k, "swav"),
     }
 
 
@@ -53,6 +55,8 @@ SHORT_NAMES = (
     "entropy-embeddings",
     "dti-kmeans",
     "dti-gmm",
+    "clot",
+    "swav",
 )
 
 
@@ -122,8 +126,9 @@ class _PeakMemory:
 
 
 def _input_for(est: Any, X: np.ndarray, name: str) -> np.ndarray:
-    """Images (N, H, W) for DTI models, (N, D) rows for every other estimator."""
-    if type(est).__name__.startswith("DTI"):
+    """Images (N, H, W) for the estimators that take only images (DTI, contrastive: their
+    ``_images_only`` tag), (N, D) rows for every other estimator."""
+    if getattr(est, "_images_only", False):
         if X.ndim < 3:
             raise ValueError(f"{name} needs images (N, H, W) or (N, C, H, W); X has shape {X.shape}.")
         return X
@@ -133,7 +138,7 @@ def _input_for(est: Any, X: np.ndarray, name: str) -> np.ndarray:
 def _score_kind(est: Any) -> str:
     if hasattr(est, "score_samples"):
         return "mean log-likelihood"
-    if type(est).__name__ == "EntropyClustering":
+    if type(est).__name__ in ("EntropyClustering", "ContrastiveClustering"):
         return "mutual information"
     return "score"
 
@@ -339,7 +344,7 @@ def compare(
 
     Parameters
     ----------
-    estimators : configured estimators, short names (``SHORT_NAMES``: "gmm", "dpgmm", "entropy",
+    estimators : configured estimators, short names (``SHORT_NAMES``: "gmm", "dpgmm", "entropy", "clot",
         "dti-kmeans", ...), a mix, or a dict name -> estimator.
     y : optional true labels (N,): adds ACC (Hungarian matching), NMI and ARI.
     seeds : each estimator is cloned with ``random_state=seed`` for every seed.

@@ -87,6 +87,21 @@ def test_images_for_dti_and_rows_for_others():
         bc.compare(["dti-kmeans"], rng.random((10, 4)))
 
 
+def test_contrastive_short_names_take_images():
+    from bayesclust.compare import SHORT_NAMES, make_estimator
+
+    assert {"clot", "swav"} <= set(SHORT_NAMES)
+    clot = make_estimator("clot", 4)
+    assert isinstance(clot, bc.ContrastiveClustering) and clot.method == "clot" and clot.n_components == 4
+    imgs = np.random.default_rng(0).random((24, 8, 8)).astype(np.float32)
+    small = bc.ContrastiveClustering(2, "swav", max_iter=1, batch_size=8, embedding_dim=8, projection_dim=4,
+                                     hidden=8, width=4)
+    c = bc.compare([small, "gmm-diag"], imgs, n_components=2, names=["swav", "gmm"])
+    assert c.labels["swav"].shape == (1, 24)
+    with pytest.raises(ValueError, match="needs images"):
+        bc.compare(["clot"], np.random.default_rng(0).random((10, 4)))
+
+
 @pytest.mark.parametrize(
     "kwargs, exc, match",
     [
