@@ -252,3 +252,14 @@ def test_clot_ablation_without_ot_trains_on_its_own_argmax():
     C.clot_label_step(state, 0, x, cfg_ot)  # equal partition (hard labels: the plan's row argmax)
     counts = np.bincount(state["y"].numpy(), minlength=3)
     assert np.abs(counts - 10).max() <= 2, counts
+
+
+def test_learned_embedding_feeds_dpgmm():
+    import bayesclust as bc
+
+    X, _ = _glyphs(60)
+    est = bc.ContrastiveClustering(3, "clot", **SMALL).fit(X)
+    emb = est.transform_embedding(X)
+    dp = bc.DPGMM(random_state=0, max_iter=10).fit(emb)
+    assert dp.labels_.shape == (60,) and 1 <= dp.n_components_ <= 60
+    np.testing.assert_array_equal(dp.predict(emb), dp.labels_)
