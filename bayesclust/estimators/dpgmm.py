@@ -356,11 +356,12 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         rng = np.random.default_rng(self._seed)
         return feats.gather(torch.from_numpy(np.sort(rng.choice(feats.n, _INIT_SAMPLE, replace=False))))
 
-    def _set_frame(self, mean: torch.Tensor, std: torch.Tensor, d: int, eps: float = 2.2e-16) -> None:
+    def _set_frame(self, mean: torch.Tensor, std: torch.Tensor, d: int, eps: float | None = None) -> None:
         """``data_mean_``, ``data_scale_`` and ``constant_features_`` from float64 moments (D,). A
         feature is constant when its spread is within rounding of its own magnitude (``eps``: the
         input dtype's), whatever the units: ``X * 1e-12`` still has a spread, ``X + 1e6`` keeps it."""
         self.n_features_in_ = d
+        eps = torch.finfo(torch.float64).eps if eps is None else eps
         constant = std <= 16 * eps * mean.abs()
         self.data_mean_ = mean.cpu()
         self.data_scale_ = torch.where(constant, torch.ones_like(std), std).cpu()

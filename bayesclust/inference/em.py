@@ -18,11 +18,8 @@ import torch
 from ..models.family import EMFamily
 from ..models.gaussian import CholeskyCoefficients
 from . import em_cholesky
+from .responsibilities import exp_normalise_
 from .streaming import Features, reduce_statistics, weighted_statistics
-
-# exp(x) below -87 (float32) or -708 (float64) is a denormal, which costs the exp and the next matmul
-# many times a normal number; relative responsibilities below these floors are set to the floor.
-_EXP_FLOOR = {4: -80.0, 8: -700.0}
 
 
 def block_rows(q: int, itemsize: int, chunk_size: int) -> int:
@@ -52,7 +49,6 @@ def e_step(
         step, transposed = chunk_size, True
     else:
         step, transposed = block_rows(A.shape[0], A.element_size(), chunk_size), False
-    floor = _EXP_FLOOR.get(A.element_size(), -80.0)
     dim = 0 if transposed else 1  # the axis over components
     for start in range(0, n, step):
         phi = feats(slice(start, min(n, start + step)))
@@ -60,11 +56,8 @@ def e_step(
             logits = torch.addmm(c[:, None], A.T, phi.T)  # (K, m)
         else:
             logits = torch.addmm(c, phi, A)  # (m, K)
-        # one exp serves the log-sum-exp and the responsibilities
-        peak = logits.amax(dim=dim, keepdim=True)
-        resp = torch.exp_(logits.sub_(peak).clamp_(min=floor))
-        norm = resp.sum(dim=dim, keepdim=True)
-        total += (peak + torch.log(norm)).sum(dtype=torch.float64)
+        resp, norm, loglik = exp_normalise_(logits, dim)
+        total += loglik
         if G is not None:
             resp.div_(norm)
             G[:-1].addmm_(phi.T, resp.T if transposed else resp)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from ..models.gaussian import CholeskyCoefficients
-from .streaming import Features, reduce_statistics
+from .responsibilities import exp_normalise_
+from .streaming import Features, reduce_statistics, weighted_statistics
 
 _BLOCK_BYTES = 8 << 20  # one block's (rows, K, D) products stay near this size
 
@@ -78,14 +79,10 @@ def e_step(
     step = block_rows(k, d, coef.element_size(), feats.chunk_size)
     total = torch.zeros((), dtype=torch.float64, device=coef.device)
     stats = _Centred(coef.means) if accumulate else None
-    floor = -80.0 if coef.element_size() < 8 else -700.0  # below: denormals (see em._EXP_FLOOR)
     for sl in feats.slices(step):
         x = feats(sl)
-        logits = weighted_log_prob(x, coef, c)
-        peak = logits.amax(1, keepdim=True)
-        resp = torch.exp_(logits.sub_(peak).clamp_(min=floor))
-        norm = resp.sum(1, keepdim=True)
-        total += (peak + torch.log(norm)).sum(dtype=torch.float64)
+        resp, norm, loglik = exp_normalise_(weighted_log_prob(x, coef, c), 1)
+        total += loglik
         if stats is not None:
             stats.add(x, resp.div_(norm))
     total = reduce_statistics(total)
@@ -116,13 +113,8 @@ def statistics_from_resp(feats: Features, resp: torch.Tensor) -> torch.Tensor:
     """G (K, Q + 1) float64 for given responsibilities resp (n, K) (initialisation): a first pass for
     the weighted means, a second for the moments about them."""
     k, d = resp.shape[1], feats.d
-    n = torch.zeros(k, dtype=torch.float64, device=resp.device)
-    s = torch.zeros(k, d, dtype=torch.float64, device=resp.device)
-    for sl in feats.slices():
-        n += resp[sl].sum(0).double()
-        s += (resp[sl].T @ feats(sl)).double()
-    n, s = reduce_statistics(n), reduce_statistics(s)
-    stats = _Centred((s / n.clamp(min=1e-12)[:, None]).to(resp.dtype))
+    first = weighted_statistics(feats, resp, counts=True)  # (K, D + 1): sums of x, counts (reduced)
+    stats = _Centred((first[:, :-1] / first[:, -1:].clamp(min=1e-12)).to(resp.dtype))
     for sl in feats.slices(block_rows(k, d, resp.element_size(), feats.chunk_size)):
         stats.add(feats(sl), resp[sl])
     return stats.total()

@@ -215,11 +215,6 @@ class CholeskyCoefficients:
     def device(self) -> torch.device:
         return self.W.device
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(D, K), as the feature-map coefficients' (Q, K)."""
-        return tuple(self.means.shape[::-1])
-
     def element_size(self) -> int:
         return self.W.element_size()
 
