@@ -208,6 +208,8 @@ def sweep_vs_em(n: int, d: int, k: int, sweeps: int, em_iters: int) -> None:
                                                      callbacks=[cb]).fit(X))
     s, e = float(np.median(near)) if near else float("nan"), float(np.median(em))
     lo, hi = min(near, default=np.nan), max(near, default=np.nan)
+    trace = " ".join(f"{kk}:{t:.2f}" for t, kk in zip(sweep, dp.k_trace_raw_[1:]))
+    print(f"every sweep (K:seconds): {trace}")
     print(f"sweeps with K in {k - 2}..{k + 2}: {len(near)} of {len(sweep)}, median {s:.3f} s (range "
           f"{lo:.3f}-{hi:.3f}); EM iteration median {e:.3f} s (range {min(em):.3f}-{max(em):.3f}); "
           f"sweep / EM = {s / e:.2f} (target <= 3)", flush=True)

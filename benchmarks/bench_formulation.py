@@ -1,5 +1,5 @@
 """Where the Cholesky E/M-step overtakes the quadratic feature map (issue 17): the measurement behind
-``models.gaussian.CHOLESKY_MIN_D``.
+``models.gaussian.choose_formulation``.
 
 For each D, K and dtype, one EM step (E-step, statistics, M-step; the feature cache built beforehand,
 as a fit does) of both formulations on the same data and parameters, interleaved, median of
@@ -7,7 +7,7 @@ as a fit does) of both formulations on the same data and parameters, interleaved
 relative difference of the two log-likelihoods, then the smallest D from which Cholesky is faster at
 every K, per dtype.
 
-    flock /tmp/bayesclust_bench.lock .venv/bin/python benchmarks/bench_formulation.py
+    flock /tmp/bayesclust_bench.lock .venv/bin/python benchmarks/bench_formulation.py [--no-cache]
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ def _params(X: torch.Tensor, k: int) -> gaussian.GMMParams:
     return gaussian.GMMParams(torch.full((k,), 1.0 / k, dtype=X.dtype), means, cov.expand(k, -1, -1).clone())
 
 
-def step_time(X: torch.Tensor, k: int, formulation: str) -> tuple[float, float]:
-    """(seconds of one EM step, its log-likelihood per point)."""
+def step_time(X: torch.Tensor, k: int, formulation: str, cache: bool = True) -> tuple[float, float]:
+    """(seconds of one EM step, its log-likelihood per point); ``cache=False``: the feature map is
+    recomputed block by block, as it is when phi(X) exceeds the cache (large N)."""
     family = gaussian.GaussianFamily("full", formulation=formulation)
-    feats = Features(X, family.feature_map, 65536)
+    feats = Features(X, family.feature_map, 65536, cache_bytes=float("inf") if cache else 0)
     step = em.em_step(family, feats)
     state = {"params": _params(X, k)}
     t = time.perf_counter()
@@ -57,9 +58,11 @@ def main() -> None:
     ap.add_argument("--dims", default="8,16,32,48,64,96,128")
     ap.add_argument("--ks", default="4,16,64")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-cache", action="store_true", help="the feature map recomputed every step")
     a = ap.parse_args()
     print(f"# bench_formulation {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC | "
-          f"{platform.machine()} | torch {torch.__version__} | threads {torch.get_num_threads()} | N={a.n}")
+          f"{platform.machine()} | torch {torch.__version__} | threads {torch.get_num_threads()} | N={a.n} | "
+          f"feature cache {'off' if a.no_cache else 'on'}")
     print("| dtype | D | K | features s/step | cholesky s/step | features / cholesky | loglik rel diff |")
     print("|---|---|---|---|---|---|---|")
     wins: dict[str, dict[int, list[bool]]] = {}
@@ -72,7 +75,7 @@ def main() -> None:
                 lls = {}
                 for _ in range(a.repeats):
                     for f in times:
-                        s, lls[f] = step_time(X, k, f)
+                        s, lls[f] = step_time(X, k, f, cache=not a.no_cache)
                         times[f].append(s)
                 med = {f: statistics.median(v) for f, v in times.items()}
                 ratio = med["features"] / med["cholesky"]

@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TOPICS = [
     "summary.md", "architecture.md", "reliability.md", "gmm.md", "gmm-pyro.md", "dpgmm.md",
-    "discriminative.md", "dti.md", "defaults.md", "scale.md", "contrastive.md",
+    "discriminative.md", "dti.md", "defaults.md", "scale.md", "contrastive.md", "speed.md",
 ]
 
 

@@ -69,7 +69,7 @@ def test_float32_cholesky_keeps_float64_digits_on_tight_far_clusters():
     np.testing.assert_allclose(f32.covariances_, f64.covariances_, rtol=1e-3, atol=1e-3)
 
 
-def test_auto_takes_cholesky_from_cholesky_min_d_for_full_and_tied_only():
+def test_family_auto_takes_cholesky_from_cholesky_min_d_for_full_and_tied_only():
     d = gaussian.CHOLESKY_MIN_D
     for cov in ("full", "tied"):
         fam = gaussian.GaussianFamily(cov)
@@ -81,6 +81,29 @@ def test_auto_takes_cholesky_from_cholesky_min_d_for_full_and_tied_only():
         assert not gaussian.GaussianFamily(cov, formulation="cholesky").uses_cholesky(10 * d)
     X = torch.randn(5, d, dtype=torch.float64)
     assert torch.equal(gaussian.GaussianFamily("full").feature_map(X), X)
+
+
+def test_choose_formulation_follows_the_measured_crossover():
+    choose = gaussian.choose_formulation
+    # small K against D: Cholesky; large K: the feature map, whose cached products are cheaper
+    assert choose("full", 128, 16, 4, cached=True) == "cholesky"
+    assert choose("full", 128, 64, 4, cached=True) == "features"
+    assert choose("full", 32, 16, 4, cached=True) == "features"
+    # recomputing the map every pass moves the crossover, float64 sooner than float32
+    assert choose("full", 64, 32, 8, cached=False) == "cholesky"
+    assert choose("full", 64, 32, 4, cached=False) == "features"
+    assert choose("tied", 16, 2, 8, cached=False) == "features"  # below D = 32: always the map
+    assert choose("full", gaussian.CHOLESKY_MIN_D, 10_000, 4, cached=True) == "cholesky"
+    assert choose("diag", 512, 1, 8, cached=False) == "features"
+
+
+def test_estimator_resolves_auto_by_shape_and_reports_it():
+    X, _ = _blobs(n=600, d=40, k=3)
+    kw = dict(max_iter=5, tol=0, random_state=0, dtype="float64")
+    assert bc.GaussianMixture(3, **kw).fit(X).formulation_ == "cholesky"  # K = 3 <= 40 / 4
+    assert bc.GaussianMixture(12, **kw).fit(X).formulation_ == "features"
+    assert bc.GaussianMixture(3, formulation="features", **kw).fit(X).formulation_ == "features"
+    assert bc.GaussianMixture(3, covariance_type="diag", **kw).fit(X).formulation_ == "features"
 
 
 def test_cholesky_out_of_core_and_online_match_in_memory(tmp_path):

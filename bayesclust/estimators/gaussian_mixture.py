@@ -31,13 +31,12 @@ from .._validation import (
 )
 from ..inference import distributed, em, kmeans, streaming
 from ..inference.engine import Engine, Step
-from ..inference.streaming import ChunkSource, Features, SourceFeatures
+from ..inference.streaming import FEATURE_CACHE_BYTES, ChunkSource, Features, SourceFeatures
 from ..models import gaussian
 from ..models.gmm_model import GMMPrior
 from ..models.priors import NIW, gamma_shape
 from ._base import ClusterEstimator, MixtureMixin, Run, available_if
 
-_FEATURE_CACHE_BYTES = 1 << 30  # cache phi(X) when it fits in 1 GiB; else recompute per chunk
 _INIT_SAMPLE = 100_000  # rows of out-of-core data that initialisation (k-means) runs on
 
 
@@ -72,15 +71,17 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
     svi_guide : "map" (AutoDelta) or "meanfield"; learning_rate and batch_size apply to SVI.
     num_samples, warmup_steps, num_chains : NUTS settings.
     device, dtype, chunk_size, random_state, verbose, callbacks : see :class:`bayesclust.Engine`.
-    formulation : the E/M-step form for full / tied covariances: "auto" (the quadratic feature map
-        below ``models.gaussian.CHOLESKY_MIN_D`` features, Cholesky solves on centred data from
-        there), "features" or "cholesky". Same model and answers; only speed and float32 digits differ.
+    formulation : the E/M-step form for full / tied covariances: "features" (the quadratic feature
+        map), "cholesky" (Cholesky solves on centred data) or "auto" (chosen from D, K, dtype and
+        whether the feature map fits its cache: ``models.gaussian.choose_formulation``; the choice is
+        in ``formulation_``). Same model and answers; only speed and float32 digits differ.
 
     Attributes
     ----------
     weights_ (K,), means_ (K, D), covariances_, precisions_, precisions_cholesky_,
     converged_, n_iter_, lower_bound_ (final per-sample objective), history_, labels_,
-    n_features_in_; for NUTS also ``posterior_samples_`` and ``relabel_fraction_``.
+    n_features_in_, formulation_ ("features" or "cholesky"); for NUTS also ``posterior_samples_``
+    and ``relabel_fraction_``.
     """
 
     def __init__(
@@ -223,7 +224,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             frame = standard_frame(Xin)
             Xc = moments = frame.apply(Xin, dtype)
         prior = self._map_prior(moments, frame)
-        family = self._family(prior)
+        family = self._family(prior, Xc.shape[0], Xc.shape[1], Xc.element_size(), cached=True)
         feats = Features(Xc, family.feature_map, int(self.chunk_size))
         warm = bool(self.warm_start and hasattr(self, "means_"))
         data = SimpleNamespace(X=Xin, Xc=Xc, frame=frame, prior=prior, family=family, feats=feats, warm=warm)
@@ -253,7 +254,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             )
         frame = frame_from_moments(mean, var)
         prior = self._map_prior(_working_moments(var, frame, dtype), frame)
-        family = self._family(prior)
+        family = self._family(prior, n, source.d, torch.empty((), dtype=dtype).element_size(), cached=False)
         if source.n <= _INIT_SAMPLE:
             sample = source.rows(0, source.n)
         else:
@@ -270,17 +271,28 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             warm=bool(self.warm_start and hasattr(self, "means_")),
         )
 
-    def _family(self, prior: gaussian.MAPPrior | None) -> gaussian.GaussianFamily:
-        """The Gaussian family with ``prior`` (working frame); ``reg_covar`` is added in that frame,
-        i.e. relative to the data's mean feature variance."""
+    def _family(
+        self, prior: gaussian.MAPPrior | None, n: int, d: int, itemsize: int, cached: bool
+    ) -> gaussian.GaussianFamily:
+        """The Gaussian family with ``prior`` (working frame) for n x d data; ``reg_covar`` is added in
+        that frame, i.e. relative to the data's mean feature variance. Sets ``formulation_``: "auto"
+        resolved for this shape (``cached``: in-memory data, whose phi(X) is cached when it fits)."""
+        formulation = getattr(self, "formulation", "auto")  # files saved before the parameter: "auto"
+        if formulation == "auto":
+            q = gaussian.feature_dim(d, self.covariance_type)
+            fits = cached and n * q * itemsize <= FEATURE_CACHE_BYTES
+            formulation = gaussian.choose_formulation(
+                self.covariance_type, d, self.n_components, itemsize, fits)
+        self.formulation_ = formulation
         return gaussian.GaussianFamily(
             self.covariance_type, None if prior is None else prior.niw,
-            float(self.weight_concentration_prior), float(self.reg_covar), self._formulation,
+            float(self.weight_concentration_prior), float(self.reg_covar), formulation,
         )
 
     @property
     def _formulation(self) -> str:
-        return getattr(self, "formulation", "auto")  # files saved before the parameter: the default
+        """The fitted form (files saved before ``formulation_`` existed: their parameter, or "auto")."""
+        return getattr(self, "formulation_", getattr(self, "formulation", "auto"))
 
     # ------------------------------------------------------------------ online EM
     @available_if(lambda self: self.inference == "em", "partial_fit runs stepwise EM: use inference='em'")

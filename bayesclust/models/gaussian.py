@@ -14,7 +14,8 @@ At large D the map is the wrong tool (Q grows as D^2 / 2 and the product is memo
 and tied covariances switch to the Cholesky formulation there (:class:`CholeskyCoefficients`):
 ``log N(x | mu_k, Sigma_k) = c_k - |x P_k - mu_k P_k|^2 / 2`` with ``Sigma_k^-1 = P_k P_k^T``, one
 (n x D) @ (D x K D) product per chunk, and statistics accumulated about each component's mean
-(centred, so float32 keeps its digits), returned in the same G layout. ``CHOLESKY_MIN_D`` says where.
+(centred, so float32 keeps its digits), returned in the same G layout. :func:`choose_formulation`
+says where.
 
 Covariances are stored as scikit-learn does: full (K, D, D), tied (D, D), diag (K, D), spherical (K,).
 """
@@ -32,9 +33,27 @@ from .priors import NIW, gamma_shape
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 FORMULATIONS = ("auto", "features", "cholesky")
-# Full / tied covariances with at least this many features use the Cholesky formulation under
-# formulation="auto" (where it overtook the feature map: benchmarks/bench_formulation.py).
-CHOLESKY_MIN_D = 48
+# formulation="auto" for full / tied covariances, the one place the choice is made (measured by
+# benchmarks/bench_formulation.py, with and without the feature cache; RESULTS.md, "formulation"):
+# - with phi(X) cached, the map's two products do Q K ~ D^2 K / 2 multiply-adds a point, half the
+#   Cholesky form's D^2 K, at a better rate, so the map wins unless K is small against D;
+# - recomputed every pass (phi(X) larger than the cache), the map also writes N Q values a pass,
+#   and Cholesky wins from smaller D / K, in float64 (twice the bytes) sooner;
+# - from CHOLESKY_MIN_D on, Q ~ D^2 / 2 columns a row make the map's blocks too large to hold.
+# Cholesky when D >= 32 and K <= D / CHOLESKY_D_PER_K[case], or D >= CHOLESKY_MIN_D.
+CHOLESKY_MIN_D = 256
+CHOLESKY_D_PER_K = {"cached": 4.0, "float32": 4.0, "float64": 2.0}
+
+
+def choose_formulation(covariance_type: str, d: int, k: int, itemsize: int, cached: bool) -> str:
+    """The E/M-step form ("features" or "cholesky") that formulation="auto" takes for D features,
+    K components, ``itemsize``-byte floats and phi(X) ``cached`` whole or recomputed every pass."""
+    if covariance_type not in ("full", "tied"):
+        return "features"
+    if d >= CHOLESKY_MIN_D:
+        return "cholesky"
+    case = "cached" if cached else ("float64" if itemsize >= 8 else "float32")
+    return "cholesky" if d >= 32 and k * CHOLESKY_D_PER_K[case] <= d else "features"
 
 
 def covariance_shape(covariance_type: str, k: int, d: int) -> tuple[int, ...]:
@@ -378,7 +397,8 @@ class GaussianFamily:
     likelihood; ``weight_concentration``: the symmetric Dirichlet prior on the weights (EM MAP);
     ``reg_covar``: added to covariance diagonals in the M-step; ``formulation``: the E-step's form
     for full / tied covariances, "features" (the quadratic map), "cholesky" (phi is x itself and
-    the coefficients a :class:`CholeskyCoefficients`) or "auto" (Cholesky from ``CHOLESKY_MIN_D``).
+    the coefficients a :class:`CholeskyCoefficients`) or "auto" (Cholesky from ``CHOLESKY_MIN_D``
+    features; estimators resolve "auto" with :func:`choose_formulation`, which also knows K, N).
 
     Implements :class:`~bayesclust.models.family.EMFamily` for every covariance type, and
     :class:`~bayesclust.models.family.ConjugateFamily` (split/merge, mean-field VI, the deep
