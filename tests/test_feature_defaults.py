@@ -153,10 +153,27 @@ def test_estimator_refuses_kmeans_init_for_a_non_linear_head():
     ({"augmentation": "mixup"}, "augmentation='mixup' is not supported; choose one of \\['auto'"),
     ({"aug_weight": -1.0}, "aug_weight must be >= 0"),
     ({"n_neighbors": 0}, "n_neighbors must be"),
+    ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
 ])
 def test_new_parameters_are_validated(params, match):
     with pytest.raises(ValueError, match=match):
         bc.EntropyClustering(3, **params).fit(_blobs()[0])
+
+
+def test_weight_decay_must_be_a_number_or_auto():
+    with pytest.raises(TypeError, match="weight_decay must be a real number, got str \\('strong'\\)"):
+        bc.EntropyClustering(3, weight_decay="strong").fit(_blobs()[0])
+
+
+def test_auto_weight_decay_is_off_for_a_linear_head_on_rows_only():
+    def decay(est, x):
+        return est._optimizer(torch.nn.Linear(4, 3), x).param_groups[0]["weight_decay"]
+
+    rows, images = torch.zeros(5, 4), torch.zeros(5, 1, 2, 2)
+    assert decay(bc.EntropyClustering(3), rows) == 0.0
+    assert decay(bc.EntropyClustering(3), images) == 1e-4
+    assert decay(bc.EntropyClustering(3, head="mlp"), rows) == 1e-4
+    assert decay(bc.EntropyClustering(3, weight_decay=0.5), rows) == 0.5
 
 
 # ------------------------------------------------------------------ the defaults on features

@@ -100,7 +100,12 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
         highest mutual information at that point is the only one trained on to ``max_iter``.
         ``None``: every restart is trained to ``max_iter``.
     hidden : MLP width. normalize_prototypes : cosine (L2-normalised) prototypes in the last layer.
-    learning_rate, weight_decay (the norm regulariser) : Adam's. batch_size, max_iter (epochs), tol,
+    learning_rate, weight_decay (the norm regulariser, Adam's L2 term). ``weight_decay="auto"``: 0 for
+        a linear head on feature vectors (N, D), 1e-4 otherwise. Adam's L2 term is normalised with
+        the loss gradient, which vanishes as the head grows confident; the decay then moves each
+        parameter towards 0 at about the learning rate whatever its size, which shifts a linear
+        head's boundaries away from where the clustering loss put them (a drift off its k-means start).
+    batch_size, max_iter (epochs), tol,
     device, dtype, random_state, verbose, callbacks : see :class:`bayesclust.Engine`.
     n_clusters, lr, alpha : deprecated names of ``n_components``, ``learning_rate``, ``renyi_order``
         (a FutureWarning; they set the new parameter).
@@ -143,7 +148,7 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
         n_init: int = 1,
         init_epochs: int | None = None,
         learning_rate: float = 1e-2,
-        weight_decay: float = 1e-4,
+        weight_decay: float | str = "auto",
         batch_size: int | None = 256,
         max_iter: int = 50,
         tol: float = 0.0,
@@ -179,7 +184,8 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
         check_option(self.fairness, "fairness", L.FAIRNESS_KINDS)
         check_scalar(self.vat_eps, "vat_eps", low=0.0, low_inclusive=False)
         check_scalar(self.learning_rate, "learning_rate", low=0.0, low_inclusive=False)
-        check_scalar(self.weight_decay, "weight_decay", low=0.0)
+        if not (isinstance(self.weight_decay, str) and self.weight_decay == "auto"):
+            check_scalar(self.weight_decay, "weight_decay", low=0.0)
         check_positive_int(self.warmup, "warmup", minimum=0)
         check_positive_int(self.em_iter, "em_iter")
         check_option(self.label_predictions, "label_predictions", ("auto", "fresh", "epoch"))
@@ -303,7 +309,7 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
         """The head (a previous fit's, else a new one) and its optimiser for :meth:`partial_fit`."""
         if hasattr(self, "module_"):
             module = self.module_
-            opt = torch.optim.Adam(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+            opt = self._optimizer(module, data.x)
         else:
             state = self._start(data, self._seed).state
             module, opt = state["model"], state["optimizer"]
@@ -332,9 +338,17 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
             normalize_prototypes=self.normalize_prototypes,
         ).to(engine.device, engine.dtype)
         self._kmeans_init(module, data.x, seed)
-        opt = torch.optim.Adam(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        opt = self._optimizer(module, data.x)
         schedule = D.build_schedule(engine, data.x, k, data.cfg, data.radius, data.neighbors)
         return Run(engine, schedule, D.initial_state(module, opt))
+
+    def _optimizer(self, module: torch.nn.Module, x: torch.Tensor) -> torch.optim.Optimizer:
+        """Adam on the head's parameters, with ``weight_decay`` ("auto": 0 for a linear head on rows,
+        1e-4 otherwise)."""
+        wd = self.weight_decay
+        if isinstance(wd, str):
+            wd = 0.0 if x.ndim == 2 and isinstance(self.head, str) and self.head == "linear" else 1e-4
+        return torch.optim.Adam(module.parameters(), lr=self.learning_rate, weight_decay=float(wd))
 
     def _after_stage(self, run: Run) -> None:
         # free the (N, K) prediction buffer while other restarts run (refilled when needed)
