@@ -115,6 +115,11 @@ def stream_case(n: int, d: int, k: int, iters: int) -> None:
 
 
 def main() -> None:
+    if "--grid" in sys.argv:  # the issue-17 grid over N, D, K, dtype and iterations, with every peer
+        import gmm_grid
+
+        gmm_grid.main(sys.argv[1:])
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--d", type=int, default=32)
