@@ -120,6 +120,14 @@ class InputMap:
             return cls(kind, Frame(torch.zeros((), dtype=torch.float64), 1.0))
         raise ValueError(f"unknown input map {kind!r}; choose 'standard', 'unit_range', 'l2' or 'none'.")
 
+    @classmethod
+    def fitted(cls, estimator: object, kind: str | None = None) -> InputMap:
+        """The map an estimator fitted, from its ``input_shift_`` / ``input_scale_`` and ``kind`` (default
+        its ``preprocess_``); X as given for a model saved without one."""
+        shift = torch.as_tensor(getattr(estimator, "input_shift_", 0.0), dtype=torch.float64)
+        scale = float(getattr(estimator, "input_scale_", 1.0))
+        return cls(kind or getattr(estimator, "preprocess_", "none"), Frame(shift, scale))
+
     def apply(self, X: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """X (N, ...) mapped, in ``dtype`` (the affine part computed in float64 blocks)."""
         if self.kind == "none":

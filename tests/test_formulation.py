@@ -137,3 +137,34 @@ def test_formulation_is_validated():
     with pytest.raises(ValueError, match=r"formulation='qr' is not supported; choose one of "
                                          r"\['auto', 'features', 'cholesky'\]"):
         bc.GaussianMixture(2, formulation="qr").fit(np.random.default_rng(0).normal(size=(20, 2)))
+
+
+def _many_components(n=100_000, d=8, k=64, seed=0):
+    """bench_gmm.make_data: k full-covariance clusters, centres N(0, 4^2)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, size=(k, d))
+    chols = [np.tril(rng.normal(0, 0.3, size=(d, d)), -1) + np.diag(rng.uniform(0.5, 1.5, d)) for _ in range(k)]
+    y = rng.integers(0, k, n)
+    X = np.empty((n, d))
+    for j in range(k):
+        idx = np.flatnonzero(y == j)
+        X[idx] = centres[j] + rng.standard_normal((idx.size, d)) @ chols[j].T
+    return X
+
+
+def test_float32_feature_map_falls_back_to_centred_statistics_when_a_covariance_breaks():
+    """The grid case N=1e5, D=8, K=64, float32, 50 iterations: the feature map's uncentred moments
+    give a covariance that is not positive definite; EM redoes that M-step with centred statistics
+    and goes on in that form, where every other float32 library of the grid failed."""
+    X = _many_components()
+    rng = np.random.default_rng(1)
+    means = X[rng.choice(X.shape[0], 64, replace=False)]
+    covs = np.stack([np.cov(X[:20000].T) + 1e-6 * np.eye(8)] * 64)
+    kw = dict(prior=None, tol=0, max_iter=50, init=means, weights_init=np.full(64, 1 / 64),
+              covariances_init=covs, reg_covar=1e-6 / float(X.var(0).mean()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f32 = bc.GaussianMixture(64, dtype="float32", formulation="features", **kw).fit(X.astype(np.float32))
+        f64 = bc.GaussianMixture(64, dtype="float64", **kw).fit(X)
+    assert f32.formulation_ == "cholesky" and f64.formulation_ == "features"
+    assert f32.lower_bound_ == pytest.approx(f64.lower_bound_, rel=1e-5)

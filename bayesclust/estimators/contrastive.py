@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .._device import resolve_device, resolve_dtype
-from .._frame import Frame, InputMap
+from .._frame import InputMap
 from .._validation import check_array, check_option, check_positive_int, check_scalar
 from ..inference import contrastive as C
 from ..inference import distributed
@@ -173,8 +173,7 @@ class ContrastiveClustering(ProbabilisticMixin, ClusterEstimator):
     def _images(self, X: Any) -> torch.Tensor:
         self._check_fitted()
         x = check_array(X, ndim=(3, 4), device=self.device, dtype="input", n_features=self.input_shape_)
-        frame = Frame(torch.tensor(self.input_shift_, dtype=torch.float64), float(self.input_scale_))
-        x = InputMap("unit_range", frame).apply(x, resolve_dtype(self.dtype))
+        x = InputMap.fitted(self, "unit_range").apply(x, resolve_dtype(self.dtype))
         return x.unsqueeze(1) if x.ndim == 3 else x
 
     def _log_scores(self, X: Any) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import losses as L
 from .._device import make_generator, resolve_device, resolve_dtype, resolve_seed
-from .._frame import Frame, InputMap
+from .._frame import InputMap
 from .._validation import check_array, check_option, check_positive_int, check_scalar
 from ..inference import discriminative as D
 from ..inference import distributed, kmeans
@@ -249,9 +249,7 @@ class EntropyClustering(ProbabilisticMixin, ClusterEstimator):
     @property
     def _input_map(self) -> InputMap:
         """The fit's input map (X as given for models saved without one)."""
-        shift = torch.as_tensor(getattr(self, "input_shift_", 0.0), dtype=torch.float64)
-        scale = float(getattr(self, "input_scale_", 1.0))
-        return InputMap(getattr(self, "preprocess_", "none"), Frame(shift, scale))
+        return InputMap.fitted(self)
 
     def _kmeans_init(self, module: torch.nn.Module, x: torch.Tensor, seed: int | None) -> None:
         """``init="kmeans"`` (or "auto": the first restart of a linear head on feature vectors): the

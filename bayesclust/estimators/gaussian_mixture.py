@@ -413,6 +413,8 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             params = self._fit_svi(data, params)
         elif self.inference == "nuts":
             params = self._fit_nuts(data, params)
+        if run.state.get("formulation") == "cholesky":  # EM moved to centred statistics mid-fit
+            self.formulation_ = "cholesky"
         A, c = data.family.log_prob_coefficients(params)
         self.labels_ = em.argmax_chunks(data.feats, A, c).cpu().numpy()
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..models.family import EMFamily
-from ..models.gaussian import CholeskyCoefficients
+from ..models.gaussian import CholeskyCoefficients, NotPositiveDefiniteError
 from . import em_cholesky
 from .responsibilities import exp_normalise_
 from .streaming import Features, reduce_statistics, weighted_statistics
@@ -103,13 +103,35 @@ def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Ca
     of points in the whole fit (``n_total``; default ``feats.n``).
     """
     n = feats.n if n_total is None else int(n_total)
+    current = [family, feats]
+    checked: dict[str, Any] = {"params": None, "coefficients": None}  # the last M-step's, validated
 
     def step(state: dict[str, Any], iteration: int) -> float:
+        fam, fts = current
         params = state["params"]
-        A, c = family.log_prob_coefficients(params)
-        loglik, G = e_step(feats, A, c)
-        objective = (loglik + family.log_prior(params)) / n
-        state["params"] = family.m_step(G, params)
+        if checked["params"] is params:
+            A, c = checked["coefficients"]
+        else:
+            A, c = fam.log_prob_coefficients(params)
+        loglik, G = e_step(fts, A, c)
+        objective = (loglik + fam.log_prior(params)) / n
+        try:
+            new = fam.m_step(G, params)
+            coefficients = fam.log_prob_coefficients(new)  # factorises every covariance
+        except NotPositiveDefiniteError:
+            # uncentred second moments (the feature map) lose a tight component's covariance to
+            # cancellation, in float32 above all: redo this M-step, and the rest of the fit, with
+            # statistics centred on each component's mean (every rank takes it: G is global)
+            centred = getattr(fam, "centred", lambda d: None)(feats.d)
+            if centred is None:
+                raise
+            current[:] = [centred, feats.remapped(centred.feature_map)]
+            _, G = e_step(current[1], *centred.log_prob_coefficients(params))
+            new = centred.m_step(G, params)
+            coefficients = centred.log_prob_coefficients(new)
+            state["formulation"] = "cholesky"
+        checked.update(params=new, coefficients=coefficients)
+        state["params"] = new
         return objective
 
     return step

@@ -79,6 +79,10 @@ class Features:
         for start in range(0, self.n, step):
             yield slice(start, min(self.n, start + step))
 
+    def remapped(self, feature_fn: FeatureFn) -> Features:
+        """The same rows under another map (computed per chunk, not cached)."""
+        return Features(self.X, feature_fn, self.chunk_size, cache_bytes=0)
+
     def rows(self, sl: slice) -> torch.Tensor:
         """The data rows ``sl`` (m, D) (of X, not phi)."""
         return self.X[sl]
@@ -274,6 +278,10 @@ class SourceFeatures(Features):
         self.q = int(feature_fn(self.X.new_zeros(1, self.d)).shape[1])
         self.cache = None
         self._buf = None
+
+    def remapped(self, feature_fn: FeatureFn) -> SourceFeatures:
+        return SourceFeatures(self.source, feature_fn, self.shift, self.chunk_size, scale=self.scale,
+                              dtype=self.X.dtype)
 
     def _frame(self, rows: np.ndarray) -> torch.Tensor:
         """Rows read from the source (m, D), centred (and scaled) on the device, in the dtype."""

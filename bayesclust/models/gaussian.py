@@ -22,6 +22,7 @@ Covariances are stored as scikit-learn does: full (K, D, D), tied (D, D), diag (
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -166,21 +167,30 @@ def feature_map(
 
 
 # ---------------------------------------------------------------------------- parameters
+class NotPositiveDefiniteError(ValueError):
+    """A component covariance (or variance) is not positive definite."""
+
+
 def precisions_cholesky(covariances: torch.Tensor, covariance_type: str) -> torch.Tensor:
-    """Cholesky factor L of the precision (Sigma^-1 = L L^T), as scikit-learn's precisions_cholesky_."""
+    """Cholesky factor L of the precision (Sigma^-1 = L L^T), as scikit-learn's precisions_cholesky_.
+
+    Full / tied factors are computed in float64 and returned in ``covariances``' dtype (K D^3 work,
+    small beside a pass over the data): a float32 factorisation fails on a tight component whose
+    covariance is well within float64's range."""
     if covariance_type in ("full", "tied"):
+        dtype, covariances = covariances.dtype, covariances.double()
         chol, info = torch.linalg.cholesky_ex(covariances)
         if bool((info != 0).any()):
-            raise ValueError(
+            raise NotPositiveDefiniteError(
                 "A component covariance is not positive definite (singular or collapsed "
                 "component); increase reg_covar, use fewer components, or check for duplicated "
                 "points / constant features."
             )
         eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
         eye = eye.expand_as(covariances)
-        return torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2)
+        return torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2).to(dtype)
     if bool((covariances <= 0).any()):
-        raise ValueError(
+        raise NotPositiveDefiniteError(
             "A component variance is <= 0 (collapsed component); increase reg_covar or use fewer "
             "components."
         )
@@ -421,6 +431,13 @@ class GaussianFamily:
         if self.covariance_type not in ("full", "tied") or self.formulation == "features":
             return False
         return self.formulation == "cholesky" or d >= CHOLESKY_MIN_D
+
+    def centred(self, d: int) -> GaussianFamily | None:
+        """This family in the Cholesky formulation (statistics centred on each component's mean),
+        or None where D features already take it or the covariance type has no such form."""
+        if self.covariance_type not in ("full", "tied") or self.uses_cholesky(d):
+            return None
+        return dataclasses.replace(self, formulation="cholesky")
 
     def feature_dim(self, d: int) -> int:
         return d if self.uses_cholesky(d) else feature_dim(d, self.covariance_type)
