@@ -124,13 +124,15 @@ def mean_loglik(X: np.ndarray, w: np.ndarray, m: np.ndarray, c: np.ndarray) -> f
     import torch
 
     X = torch.from_numpy(X).double()
-    L = torch.linalg.cholesky(torch.from_numpy(c).double())
+    L = torch.linalg.cholesky(torch.from_numpy(c).double())  # (K, D, D)
+    eye = torch.eye(L.shape[-1], dtype=torch.float64).expand_as(L)
+    P = torch.linalg.solve_triangular(L, eye, upper=False)  # L^-1, so |L^-1 (x - mu)|^2 is the distance
     logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
     const = torch.log(torch.from_numpy(w).double()) - 0.5 * (logdet + X.shape[1] * math.log(2 * math.pi))
-    total = 0.0
-    for s in range(0, X.shape[0], 65536):
-        diff = X[s:s + 65536, None, :] - torch.from_numpy(m).double()[None]  # (b, K, D)
-        z = torch.linalg.solve_triangular(L[None], diff.unsqueeze(-1), upper=False).squeeze(-1)
+    total, step = 0.0, max(1, (1 << 27) // (L.shape[0] * L.shape[1] * 8))  # (step, K, D) ~ 128 MiB
+    for s in range(0, X.shape[0], step):
+        diff = X[s:s + step, None, :] - torch.from_numpy(m).double()[None]  # (b, K, D)
+        z = torch.einsum("bkd,ked->bke", diff, P)
         total += torch.logsumexp(const - 0.5 * (z * z).sum(-1), dim=1).sum().item()
     return total / X.shape[0]
 
