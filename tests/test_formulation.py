@@ -143,7 +143,8 @@ def _many_components(n=100_000, d=8, k=64, seed=0):
     """bench_gmm.make_data: k full-covariance clusters, centres N(0, 4^2)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 4, size=(k, d))
-    chols = [np.tril(rng.normal(0, 0.3, size=(d, d)), -1) + np.diag(rng.uniform(0.5, 1.5, d)) for _ in range(k)]
+    chols = [np.tril(rng.normal(0, 0.3, size=(d, d)), -1) + np.diag(rng.uniform(0.5, 1.5, d))
+             for _ in range(k)]
     y = rng.integers(0, k, n)
     X = np.empty((n, d))
     for j in range(k):
