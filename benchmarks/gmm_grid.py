@@ -5,8 +5,10 @@ Every fit runs in its own subprocess, so a peer that runs out of memory, fails o
 seconds is reported as such and the grid goes on. Fits of the libraries are interleaved (repeat 1 of
 every library, then repeat 2, ...); a library that fails or times out on a case is not repeated on it
 and is skipped on the larger N of the same (D, K, dtype, iterations). Each worker warms its library up
-on 2,000 rows before the timed fit. Log-likelihoods are computed here, in float64, from each library's
-fitted weights, means and covariances, so every library is scored by the same code.
+on 2,000 rows before the timed fit; pomegranate and tgmm get X as a torch tensor made before the
+clock starts (their native input), scikit-learn and bayesclust the numpy array. Log-likelihoods
+are computed here, in float64, from each library's fitted weights, means and covariances, so every
+library is scored by the same code.
 
     flock /tmp/bayesclust_bench.lock .venv/bin/python benchmarks/bench_gmm.py --grid [--ns 1e4,1e5 ...]
 """

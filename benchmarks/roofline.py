@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayesclust.inference.streaming import FEATURE_CACHE_BYTES  # noqa: E402
+from bayesclust.inference.streaming import cache_fits  # noqa: E402
 from bayesclust.models import gaussian  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def iteration_cost(n: int, d: int, k: int, itemsize: int) -> tuple[str, float, f
     E-step's (n x D) @ (D x K D) and the centred per-component scatter, 4 n K D^2 FLOPs; the (n, K D)
     product written and read, X read three times."""
     q = gaussian.feature_dim(d, "full")
-    cached = n * q * itemsize <= FEATURE_CACHE_BYTES
+    cached = cache_fits(n, q, itemsize)
     form = gaussian.choose_formulation("full", d, k, itemsize, cached)
     if form == "features":
         return form, 4.0 * n * q * k, (2 + (0 if cached else 1)) * n * q * itemsize

@@ -168,4 +168,5 @@ def test_float32_feature_map_falls_back_to_centred_statistics_when_a_covariance_
         f32 = bc.GaussianMixture(64, dtype="float32", formulation="features", **kw).fit(X.astype(np.float32))
         f64 = bc.GaussianMixture(64, dtype="float64", **kw).fit(X)
     assert f32.formulation_ == "cholesky" and f64.formulation_ == "features"
+    np.testing.assert_array_equal(f32.labels_, f32.predict(X.astype(np.float32)))
     assert f32.lower_bound_ == pytest.approx(f64.lower_bound_, rel=1e-5)

@@ -74,6 +74,9 @@ def test_out_of_core_features_hold_no_copy_of_the_data(X):
     assert feats.cache is None and feats.X.shape == (0, 3) and feats.n == 900
     np.testing.assert_allclose(feats(slice(250, 350)).numpy(), 2 * X[250:350])
     np.testing.assert_allclose(source.take([5, 299, 300, 899]), X[[5, 299, 300, 899]])
+    again = feats.remapped(lambda x, out=None: x + 1)  # same rows and frame, another map
+    assert isinstance(again, streaming.SourceFeatures) and again.cache is None
+    np.testing.assert_allclose(again(slice(250, 350)).numpy(), X[250:350] + 1)
 
 
 def test_plain_nested_lists_stay_in_memory():

@@ -31,7 +31,7 @@ from .._validation import (
 )
 from ..inference import distributed, em, kmeans, streaming
 from ..inference.engine import Engine, Step
-from ..inference.streaming import FEATURE_CACHE_BYTES, ChunkSource, Features, SourceFeatures
+from ..inference.streaming import ChunkSource, Features, SourceFeatures
 from ..models import gaussian
 from ..models.gmm_model import GMMPrior
 from ..models.priors import NIW, gamma_shape
@@ -254,7 +254,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             )
         frame = frame_from_moments(mean, var)
         prior = self._map_prior(_working_moments(var, frame, dtype), frame)
-        family = self._family(prior, n, source.d, torch.empty((), dtype=dtype).element_size(), cached=False)
+        family = self._family(prior, n, source.d, dtype.itemsize, cached=False)
         if source.n <= _INIT_SAMPLE:
             sample = source.rows(0, source.n)
         else:
@@ -279,8 +279,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         resolved for this shape (``cached``: in-memory data, whose phi(X) is cached when it fits)."""
         formulation = getattr(self, "formulation", "auto")  # files saved before the parameter: "auto"
         if formulation == "auto":
-            q = gaussian.feature_dim(d, self.covariance_type)
-            fits = cached and n * q * itemsize <= FEATURE_CACHE_BYTES
+            fits = cached and streaming.cache_fits(n, gaussian.feature_dim(d, self.covariance_type), itemsize)
             formulation = gaussian.choose_formulation(
                 self.covariance_type, d, self.n_components, itemsize, fits)
         self.formulation_ = formulation
@@ -413,10 +412,13 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             params = self._fit_svi(data, params)
         elif self.inference == "nuts":
             params = self._fit_nuts(data, params)
+        family, feats = data.family, data.feats
         if run.state.get("formulation") == "cholesky":  # EM moved to centred statistics mid-fit
             self.formulation_ = "cholesky"
-        A, c = data.family.log_prob_coefficients(params)
-        self.labels_ = em.argmax_chunks(data.feats, A, c).cpu().numpy()
+            family = family.centred(feats.d) or family  # labels in the form predict() uses
+            feats = feats.remapped(family.feature_map)
+        A, c = family.log_prob_coefficients(params)
+        self.labels_ = em.argmax_chunks(feats, A, c).cpu().numpy()
 
     @property
     def _fit_frame(self) -> Frame:

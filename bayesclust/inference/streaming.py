@@ -26,6 +26,11 @@ from .._device import empty_buffer
 
 FEATURE_CACHE_BYTES = 1 << 30  # cache phi(X) whole when it takes at most 1 GiB
 
+
+def cache_fits(n: int, q: int, itemsize: int, cache_bytes: float = FEATURE_CACHE_BYTES) -> bool:
+    """Whether phi(X) (n x q values of ``itemsize`` bytes) is cached whole by :class:`Features`."""
+    return n * q * itemsize <= cache_bytes
+
 FeatureFn = Callable[..., torch.Tensor]  # fn(X (n, D), out=None) -> (n, Q)
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -66,7 +71,7 @@ class Features:
         self.q = int(feature_fn(X[:1]).shape[1])
         self.cache: torch.Tensor | None = None
         self._buf: torch.Tensor | None = None
-        if self.n * self.q * X.element_size() <= cache_bytes:
+        if cache_fits(self.n, self.q, X.element_size(), cache_bytes):
             self.cache = feature_fn(X, out=empty_buffer(self.n, self.q, X.dtype, X.device))
 
     @property
