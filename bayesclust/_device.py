@@ -92,21 +92,3 @@ def seed_everything(random_state: int | None) -> None:
     np.random.seed(seed % (2**32))  # noqa: NPY002 - users may draw from the legacy global RNG
     torch.manual_seed(seed)
     pyro.set_rng_seed(seed)
-
-
-_HUGE_BYTES = 1 << 22
-
-
-def empty_buffer(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised (rows, cols) work buffer, 64-byte aligned.
-
-    Large CPU buffers are taken from NumPy, which asks the kernel for transparent huge pages
-    (madvise) where it allows them, so first-touch page faults of large feature caches cost less.
-    """
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if device.type != "cpu" or rows * cols * itemsize < _HUGE_BYTES:
-        return torch.empty(rows, cols, dtype=dtype, device=device)
-    np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    raw = np.empty(rows * cols + 64 // itemsize, dtype=np_dtype)
-    offset = (-raw.ctypes.data % 64) // itemsize
-    return torch.from_numpy(raw[offset : offset + rows * cols].reshape(rows, cols))

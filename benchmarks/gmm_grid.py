@@ -4,9 +4,9 @@ bayesclust, scikit-learn, pomegranate and tgmm from the same initialisation (``b
 Every fit runs in its own subprocess, so a peer that runs out of memory, fails or passes ``--cap``
 seconds is reported as such and the grid goes on. Fits of the libraries are interleaved (repeat 1 of
 every library, then repeat 2, ...); a library that fails or times out on a case is not repeated on it
-and is skipped on the larger N of the same (D, K, dtype, iterations). Each worker warms its library up
-on 2,000 rows before the timed fit; pomegranate and tgmm get X as a torch tensor made before the
-clock starts (their native input), scikit-learn and bayesclust the numpy array. Log-likelihoods
+and is skipped on the larger N of the same (D, K, dtype, iterations). Each worker warms its library
+up on max(2,000, 4 K D) rows before the timed fit; pomegranate and tgmm get X as a torch tensor made
+before the clock starts (their native input), scikit-learn and bayesclust the numpy array. Log-likelihoods
 are computed here, in float64, from each library's fitted weights, means and covariances, so every
 library is scored by the same code.
 
@@ -43,8 +43,9 @@ def _fit_bayesclust(X, init, iters, dtype):
         return bc.GaussianMixture(
             init["means"].shape[0], covariance_type="full", prior=None, tol=0, max_iter=n_iter,
             init=init["means"], weights_init=init["weights"], covariances_init=init["covs"], dtype=dtype,
-            device="cpu", reg_covar=REG / float(X.var(0).mean()),  # ours is relative to the mean variance
+            device="cpu", reg_covar=reg,
         )
+    reg = REG / float(X.var(0).mean())  # ours is relative to the mean variance; computed off the clock
     return make, lambda m: (m.weights_, m.means_, m.covariances_), lambda a: a
 
 
@@ -111,7 +112,9 @@ def worker(lib: str, data: str, init_path: str, iters: int, dtype: str, out: str
     make, params, native = FITS[lib](X, init, iters, dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        make(1).fit(native(np.ascontiguousarray(X[:2000])))
+        # enough rows that every component can hold a full-rank covariance (K D), at least 2,000
+        warm = max(2000, min(X.shape[0], 4 * init["means"].shape[0] * X.shape[1]))
+        make(1).fit(native(np.ascontiguousarray(X[:warm])))
         Xn = native(X)
         t0 = time.perf_counter()
         model = make(iters).fit(Xn)

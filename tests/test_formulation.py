@@ -170,3 +170,40 @@ def test_float32_feature_map_falls_back_to_centred_statistics_when_a_covariance_
     assert f32.formulation_ == "cholesky" and f64.formulation_ == "features"
     np.testing.assert_array_equal(f32.labels_, f32.predict(X.astype(np.float32)))
     assert f32.lower_bound_ == pytest.approx(f64.lower_bound_, rel=1e-5)
+
+
+@pytest.mark.parametrize("cov_type", ["full", "tied"])
+def test_whitened_statistics_equal_centred_ones_in_float64(cov_type):
+    # float64 accumulates sum r y y^T of the E-step's y = (x - mu) P and maps it back; float32 centres x
+    from bayesclust.inference import em_cholesky
+
+    X, _ = _blobs(n=500, d=5, k=3, offset=50.0)
+    x = torch.from_numpy(X)
+    rng = np.random.default_rng(0)
+    cov = torch.from_numpy(np.eye(5) * 2.0 + 0.3) if cov_type == "tied" else torch.from_numpy(
+        np.stack([np.eye(5) * s + 0.2 for s in (1.0, 2.0, 0.5)]))
+    params = gaussian.GMMParams(torch.full((3,), 1 / 3, dtype=torch.float64),
+                                torch.from_numpy(rng.normal(50, 3, (3, 5))), cov)
+    coef, c = gaussian.cholesky_coefficients(params, cov_type)
+    r = torch.softmax(em_cholesky.weighted_log_prob(x, coef, c), 1)
+    a, b = em_cholesky._Whitened(coef), em_cholesky._Centred(coef.means)
+    a.add_whitened(em_cholesky.whitened(x, coef), r)
+    b.add(x, r)
+    torch.testing.assert_close(a.total(), b.total(), rtol=1e-11, atol=1e-9)
+
+
+def test_m_step_returns_contiguous_parameters():
+    # the means are a column slice of the statistics; (K, m, D) products built from a transposed
+    # layout ran 40x slower (issue 17)
+    X, _ = _blobs(n=300, d=4, k=3)
+    fam = gaussian.GaussianFamily("full", reg_covar=1e-6)
+    x = torch.from_numpy(X)
+    from bayesclust.inference.em import statistics_from_resp
+    from bayesclust.inference.streaming import Features
+
+    resp = torch.softmax(torch.randn(300, 3, dtype=torch.float64), 1)
+    G = statistics_from_resp(Features(x, fam.feature_map), resp)
+    prev = gaussian.GMMParams(torch.full((3,), 1 / 3, dtype=torch.float64), x[:3].clone(),
+                              torch.eye(4, dtype=torch.float64).repeat(3, 1, 1))
+    new = fam.m_step(G, prev)
+    assert all(t.is_contiguous() for t in (new.weights, new.means, new.covariances))

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from .. import losses as L
-from .._device import empty_buffer
 from ..models.heads import augment, frozen_batchnorm_stats, vat_view
 from .engine import Engine, Step
 from .neural import epoch_step
@@ -119,7 +118,7 @@ def _sela_solve(state: dict[str, Any], log_probs: torch.Tensor, cfg: TrainConfig
     )
     state["log_v"] = res.log_v
     if state["y"] is None:
-        state["y"] = empty_buffer(*log_probs.shape, log_probs.dtype, log_probs.device)
+        state["y"] = torch.empty_like(log_probs)
     one_hot_into(state["y"], labels)
 
 
@@ -164,7 +163,7 @@ class _Context:
 def prediction_buffer(state: dict[str, Any], ctx: _Context) -> torch.Tensor:
     """The (N, K) prediction buffer, allocated when first needed (a new buffer is not "ready")."""
     if state["probs"] is None:
-        state["probs"] = empty_buffer(ctx.x.shape[0], ctx.n_components, ctx.dtype, ctx.device)
+        state["probs"] = torch.empty(ctx.x.shape[0], ctx.n_components, dtype=ctx.dtype, device=ctx.device)
         state["probs_ready"] = False
     return state["probs"]
 

@@ -27,14 +27,21 @@ def block_rows(k: int, d: int, itemsize: int, chunk_size: int) -> int:
     return max(64, min(chunk_size, _BLOCK_BYTES // max(1, k * d * itemsize)))
 
 
-def weighted_log_prob(x: torch.Tensor, coef: CholeskyCoefficients, c: torch.Tensor) -> torch.Tensor:
-    """``log w_k + log N(x_i | mu_k, Sigma_k)`` (m, K) of the rows x (m, D)."""
+def whitened(x: torch.Tensor, coef: CholeskyCoefficients) -> torch.Tensor:
+    """y (m, K, D) with ``y_ik = x_i P_k - b_k = (x_i - mu_k) P_k`` for the rows x (m, D)."""
     k, d = coef.means.shape
     if coef.tied:
-        y = (x @ coef.W).unsqueeze(1) - coef.b  # (m, K, D)
-    else:
-        y = (x @ coef.W).view(-1, k, d).sub_(coef.b)
-    return c - 0.5 * y.square_().sum(-1)
+        return (x @ coef.W).unsqueeze(1) - coef.b
+    return (x @ coef.W).view(-1, k, d).sub_(coef.b)
+
+
+def _log_prob(y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return c - 0.5 * torch.linalg.vector_norm(y, dim=-1).square_()  # one reduction, no (m, K, D) temp
+
+
+def weighted_log_prob(x: torch.Tensor, coef: CholeskyCoefficients, c: torch.Tensor) -> torch.Tensor:
+    """``log w_k + log N(x_i | mu_k, Sigma_k)`` (m, K) of the rows x (m, D)."""
+    return _log_prob(whitened(x, coef), c)
 
 
 def _layout(n: torch.Tensor, s1: torch.Tensor, S: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -53,7 +60,7 @@ class _Centred:
 
     def __init__(self, ref: torch.Tensor) -> None:
         k, d = ref.shape
-        self.ref = ref
+        self.ref = ref.contiguous()  # the (K, m, D) products below take their layout from it
         kw = {"dtype": torch.float64, "device": ref.device}
         self.n, self.s1, self.S = torch.zeros(k, **kw), torch.zeros(k, d, **kw), torch.zeros(k, d, d, **kw)
 
@@ -71,6 +78,33 @@ class _Centred:
         return _layout(n, s1, S, self.ref)
 
 
+class _Whitened(_Centred):
+    """The same sums from the E-step's whitened rows ``y_ik = (x_i - mu_k) P_k`` (no second
+    (K, m, D) difference array): ``sum r y y^T = P_k^T S_k P_k``, mapped back at the end. Used in
+    float64, where ``x P_k - b_k`` keeps its digits; float32 centres x itself (:class:`_Centred`)."""
+
+    def __init__(self, coef: CholeskyCoefficients) -> None:
+        super().__init__(coef.means)
+        k, d = coef.means.shape
+        W = coef.W.double()
+        self.P = W if coef.tied else W.view(d, k, d).transpose(0, 1)  # (D, D) or (K, D, D), upper
+
+    def add_whitened(self, y: torch.Tensor, r: torch.Tensor) -> None:
+        """Whitened rows y (m, K, D) with weights r (m, K)."""
+        weighted = y * r.unsqueeze(-1)
+        self.n += r.sum(0).double()
+        self.s1 += weighted.sum(0).double()
+        self.S += torch.bmm(weighted.permute(1, 2, 0), y.transpose(0, 1)).double()
+
+    def total(self) -> torch.Tensor:
+        P = self.P
+        s1 = torch.linalg.solve_triangular(P, self.s1.unsqueeze(-2), upper=True, left=False).squeeze(-2)
+        Z = torch.linalg.solve_triangular(P, self.S, upper=True, left=False)  # T P^-1
+        S = torch.linalg.solve_triangular(P.transpose(-1, -2), Z, upper=False)  # P^-T T P^-1
+        self.s1, self.S = s1, S
+        return super().total()
+
+
 def e_step(
     feats: Features, coef: CholeskyCoefficients, c: torch.Tensor, *, accumulate: bool = True
 ) -> tuple[float, torch.Tensor | None]:
@@ -78,12 +112,16 @@ def e_step(
     k, d = coef.means.shape
     step = block_rows(k, d, coef.element_size(), feats.chunk_size)
     total = torch.zeros((), dtype=torch.float64, device=coef.device)
-    stats = _Centred(coef.means) if accumulate else None
+    whiten = accumulate and coef.dtype == torch.float64
+    stats = (_Whitened(coef) if whiten else _Centred(coef.means)) if accumulate else None
     for sl in feats.slices(step):
         x = feats(sl)
-        resp, norm, loglik = exp_normalise_(weighted_log_prob(x, coef, c), 1)
+        y = whitened(x, coef)
+        resp, norm, loglik = exp_normalise_(_log_prob(y, c), 1)
         total += loglik
-        if stats is not None:
+        if whiten:
+            stats.add_whitened(y, resp.div_(norm))
+        elif stats is not None:
             stats.add(x, resp.div_(norm))
     total = reduce_statistics(total)
     return float(total), None if stats is None else stats.total()

@@ -16,7 +16,6 @@ from types import ModuleType
 
 import torch
 
-from .._device import empty_buffer
 from .._validation import check_option, check_positive_int, check_scalar
 from .engine import Engine
 from .sinkhorn import _CACHE_ELEMS, _DEFAULT_CHUNK, _check_matrix
@@ -114,7 +113,7 @@ def em_soft_labels(
     lam, max_iter, tol, chunk_size = _check_em_args(
         probs, lam, loss, max_iter, tol, init, chunk_size, out, backend
     )
-    y = out if out is not None else empty_buffer(*probs.shape, probs.dtype, probs.device)
+    y = out if out is not None else torch.empty_like(probs)
     fused = _em_kernels_for(backend, probs, y, init)
     if lam == 0.0 and loss == "collision":
         one_hot_into(y, probs.argmax(1))

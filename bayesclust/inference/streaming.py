@@ -22,8 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._device import empty_buffer
-
 FEATURE_CACHE_BYTES = 1 << 30  # cache phi(X) whole when it takes at most 1 GiB
 
 
@@ -72,7 +70,7 @@ class Features:
         self.cache: torch.Tensor | None = None
         self._buf: torch.Tensor | None = None
         if cache_fits(self.n, self.q, X.element_size(), cache_bytes):
-            self.cache = feature_fn(X, out=empty_buffer(self.n, self.q, X.dtype, X.device))
+            self.cache = feature_fn(X, out=X.new_empty(self.n, self.q))
 
     @property
     def cached(self) -> bool:

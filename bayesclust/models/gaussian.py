@@ -263,7 +263,7 @@ def cholesky_coefficients(
         b = (mu.unsqueeze(1) @ P).squeeze(1)
         W = P.permute(1, 0, 2).reshape(d, k * d).contiguous()
     c = torch.log(params.weights) + log_det - 0.5 * d * math.log(2 * math.pi)
-    return CholeskyCoefficients(W, b.contiguous(), mu, tied), c
+    return CholeskyCoefficients(W, b.contiguous(), mu.contiguous(), tied), c
 
 
 # ---------------------------------------------------------------------------- M-step
@@ -456,7 +456,9 @@ class GaussianFamily:
         """New parameters in ``previous``'s dtype (the Cholesky statistics come in float64)."""
         d = previous.means.shape[1]
         new = m_step(G, d, self.covariance_type, float(self.reg_covar), self.map_prior, previous)
-        return GMMParams(*(t.to(previous.means.dtype) for t in (new.weights, new.means, new.covariances)))
+        # contiguous: the means are a column slice of G, and (K, m, D) products take their layout
+        parts = (new.weights, new.means, new.covariances)
+        return GMMParams(*(t.to(previous.means.dtype).contiguous() for t in parts))
 
     def log_prior(self, params: GMMParams) -> float:
         return log_prior(params, self.map_prior, self.covariance_type)
