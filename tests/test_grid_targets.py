@@ -1,0 +1,38 @@
+"""benchmarks/grid_targets.py: issue 17's verdicts read off bench_gmm --grid rows."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location(
+    "grid_targets", Path(__file__).resolve().parents[1] / "benchmarks" / "grid_targets.py")
+grid_targets = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(grid_targets)
+
+ROWS = """\
+| 1e+05 | 32 | 4 | float64 | 5 | bayesclust | 0.300 (0.290-0.310) | - | -40.1 | 1.0e-15 | ok |
+| 1e+05 | 32 | 4 | float64 | 5 | sklearn | 1.500 (1.400-1.600) | 5.00 | -40.1 | 0.0e+00 | ok |
+| 1e+05 | 32 | 4 | float64 | 5 | tgmm | - | - | - | - | timeout > 150 s |
+| 1e+05 | 8 | 4 | float32 | 5 | bayesclust | 0.050 (0.050-0.050) | - | -10.0 | 1.0e-08 | ok |
+| 1e+05 | 8 | 4 | float32 | 5 | sklearn | 0.600 (0.600-0.600) | 12.00 | -10.0 | 0.0e+00 | ok |
+| 1e+04 | 128 | 16 | float32 | 5 | bayesclust | - | - | - | - | failed: NotPositiveDefiniteError |
+| 1e+04 | 128 | 16 | float32 | 5 | sklearn | 2.000 (2.000-2.000) | - | -1.0 | 0.0e+00 | ok |
+"""
+
+
+def test_verdicts_follow_the_issue_targets(tmp_path, capsys):
+    out = tmp_path / "grid.out"
+    out.write_text("# header\n" + ROWS)
+    grid_targets.main([str(out)])
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert len(lines) == 3
+    assert lines[0].endswith("| 10x | **no** |") and "| 5.00 |" in lines[0] and "timeout > 150 s" in lines[0]
+    assert lines[1].endswith("| 10x | yes |") and "| 12.00 |" in lines[1]
+    assert lines[2].endswith("| 3x | ours failed **while scikit-learn fits** |")
+
+
+def test_targets_by_shape():
+    assert grid_targets.target(1e5, 32) == 10.0
+    assert grid_targets.target(1e4, 32) is None
+    assert grid_targets.target(1e4, 128) == 3.0
