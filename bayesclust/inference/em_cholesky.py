@@ -72,10 +72,18 @@ class _Centred:
         self.s1 += weighted.sum(1).double()
         self.S += torch.bmm(weighted.transpose(1, 2), diff).double()
 
+    def add_block(self, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> None:
+        """An E-step block: rows x (m, D), their whitened rows y (m, K, D), weights r (m, K)."""
+        self.add(x, r)
+
+    def _centred(self, s1: torch.Tensor, S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The accumulated first and second moments as moments about ``ref``."""
+        return s1, S
+
     def total(self) -> torch.Tensor:
         """G (K, Q + 1) float64, summed over processes."""
         n, s1, S = (reduce_statistics(t) for t in (self.n, self.s1, self.S))
-        return _layout(n, s1, S, self.ref)
+        return _layout(n, *self._centred(s1, S), self.ref)
 
 
 class _Whitened(_Centred):
@@ -89,20 +97,17 @@ class _Whitened(_Centred):
         W = coef.W.double()
         self.P = W if coef.tied else W.view(d, k, d).transpose(0, 1)  # (D, D) or (K, D, D), upper
 
-    def add_whitened(self, y: torch.Tensor, r: torch.Tensor) -> None:
-        """Whitened rows y (m, K, D) with weights r (m, K)."""
+    def add_block(self, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> None:
         weighted = y * r.unsqueeze(-1)
         self.n += r.sum(0).double()
         self.s1 += weighted.sum(0).double()
         self.S += torch.bmm(weighted.permute(1, 2, 0), y.transpose(0, 1)).double()
 
-    def total(self) -> torch.Tensor:
-        P = self.P
-        s1 = torch.linalg.solve_triangular(P, self.s1.unsqueeze(-2), upper=True, left=False).squeeze(-2)
-        Z = torch.linalg.solve_triangular(P, self.S, upper=True, left=False)  # T P^-1
-        S = torch.linalg.solve_triangular(P.transpose(-1, -2), Z, upper=False)  # P^-T T P^-1
-        self.s1, self.S = s1, S
-        return super().total()
+    def _centred(self, s1: torch.Tensor, S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        P = self.P  # sum r y = s1 P and sum r y y^T = P^T S P
+        s1 = torch.linalg.solve_triangular(P, s1.unsqueeze(-2), upper=True, left=False).squeeze(-2)
+        Z = torch.linalg.solve_triangular(P, S, upper=True, left=False)  # T P^-1
+        return s1, torch.linalg.solve_triangular(P.transpose(-1, -2), Z, upper=False)  # P^-T T P^-1
 
 
 def e_step(
@@ -112,17 +117,16 @@ def e_step(
     k, d = coef.means.shape
     step = block_rows(k, d, coef.element_size(), feats.chunk_size)
     total = torch.zeros((), dtype=torch.float64, device=coef.device)
-    whiten = accumulate and coef.dtype == torch.float64
-    stats = (_Whitened(coef) if whiten else _Centred(coef.means)) if accumulate else None
+    stats = None
+    if accumulate:
+        stats = _Whitened(coef) if coef.dtype == torch.float64 else _Centred(coef.means)
     for sl in feats.slices(step):
         x = feats(sl)
         y = whitened(x, coef)
         resp, norm, loglik = exp_normalise_(_log_prob(y, c), 1)
         total += loglik
-        if whiten:
-            stats.add_whitened(y, resp.div_(norm))
-        elif stats is not None:
-            stats.add(x, resp.div_(norm))
+        if stats is not None:
+            stats.add_block(x, y, resp.div_(norm))
     total = reduce_statistics(total)
     return float(total), None if stats is None else stats.total()
 

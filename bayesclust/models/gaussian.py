@@ -263,7 +263,7 @@ def cholesky_coefficients(
         b = (mu.unsqueeze(1) @ P).squeeze(1)
         W = P.permute(1, 0, 2).reshape(d, k * d).contiguous()
     c = torch.log(params.weights) + log_det - 0.5 * d * math.log(2 * math.pi)
-    return CholeskyCoefficients(W, b.contiguous(), mu.contiguous(), tied), c
+    return CholeskyCoefficients(W, b.contiguous(), mu, tied), c
 
 
 # ---------------------------------------------------------------------------- M-step
