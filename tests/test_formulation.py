@@ -208,3 +208,36 @@ def test_m_step_returns_contiguous_parameters():
                               torch.eye(4, dtype=torch.float64).repeat(3, 1, 1))
     new = fam.m_step(G, prev)
     assert all(t.is_contiguous() for t in (new.weights, new.means, new.covariances))
+
+
+def _far_start(far):
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(-4, 1, (400, 2)), rng.normal(4, 1, (400, 2))])
+    return X, np.array([[-4.0, -4.0], [4.0, 4.0], [far, -far]]), np.stack([np.eye(2)] * 3)
+
+
+@pytest.mark.parametrize("formulation", ["features", "cholesky"])
+def test_a_component_with_a_tiny_but_real_mass_is_updated_as_scikit_learn_does(formulation):
+    # the third component starts with 6e-13 points and gathers one point by iteration 10; it used to
+    # be frozen below 1e-6 N / K points, and the fits parted (issue 17: 1e-3 at D = 128, K = 16)
+    X, means, cov = _far_start(7.0)
+    kw = {"tol": 0, "means_init": means, "weights_init": np.full(3, 1 / 3), "precisions_init": cov}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = sk_mixture.GaussianMixture(3, max_iter=1, reg_covar=1e-6, **kw).fit(X)
+        sk = sk_mixture.GaussianMixture(3, max_iter=10, reg_covar=1e-6, **kw).fit(X)
+    assert 1e-14 < first.weights_[2] * len(X) < 1e-6 * len(X) / 3
+    ours = bc.GaussianMixture(3, prior=None, tol=0, max_iter=10, init=means, weights_init=np.full(3, 1 / 3),
+                              covariances_init=cov, dtype="float64", formulation=formulation,
+                              reg_covar=1e-6 / X.var(0).mean()).fit(X)
+    np.testing.assert_allclose(ours.means_, sk.means_, atol=1e-10)
+    np.testing.assert_allclose(ours.covariances_, sk.covariances_, atol=1e-10)
+    assert ours.score(X) == pytest.approx(sk.score(X), rel=1e-10)
+
+
+def test_a_component_with_no_mass_keeps_its_parameters():
+    X, means, cov = _far_start(40.0)  # exp(-1600): no responsibility at all
+    ours = bc.GaussianMixture(3, prior=None, tol=0, max_iter=3, init=means, weights_init=np.full(3, 1 / 3),
+                              covariances_init=cov, dtype="float64").fit(X)
+    np.testing.assert_array_equal(ours.means_[2], means[2])
+    np.testing.assert_array_equal(ours.covariances_[2], cov[2])

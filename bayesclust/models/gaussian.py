@@ -303,7 +303,9 @@ def m_step(
     nk_safe = nk + tiny
     n_total = nk.sum()
     k = nk.shape[0]
-    empty = nk < 1e-6 * n_total.clamp(min=1.0) / k
+    # Below the rounding error of the total count a component's statistics are noise; above it they
+    # are used as they are (as scikit-learn does), however few points the component holds.
+    empty = nk <= torch.finfo(G.dtype).eps * n_total.clamp(min=1.0)
     if prior is None:
         weights = nk_safe / n_total
         means = sx / nk_safe[:, None]
