@@ -505,3 +505,46 @@ def test_renamed_parameters_warn_and_fit_identically():
     late = DPGMM(max_iter=3, random_state=0).set_params(alpha=3.0)
     with pytest.warns(FutureWarning, match=msg):
         assert late.fit(X).weight_concentration_prior == 3.0
+
+
+def test_subnets_are_k_independent_two_way_mlps():
+    # the block-diagonal second layer is the K per-cluster MLPs, evaluated side by side
+    from bayesclust.models.deepdpm import SubNets
+
+    net = SubNets(5, 3, 8, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        net.b1.normal_(generator=torch.Generator().manual_seed(1))
+        net.b2.normal_(generator=torch.Generator().manual_seed(2))
+    x = torch.randn(37, 5, generator=torch.Generator().manual_seed(3))
+    direct = torch.stack([torch.relu(x @ net.w1[k] + net.b1[k]) @ net.w2[k] + net.b2[k] for k in range(3)], 1)
+    torch.testing.assert_close(net(x), direct)
+
+
+def test_nets_are_evaluated_block_by_block_without_gradients():
+    from bayesclust.inference.neural import evaluate_rows
+    from bayesclust.models.deepdpm import ClusterNet
+
+    net = ClusterNet(4, 3, 16)
+    x = torch.randn(1000, 4)  # not a multiple of the block
+    out = evaluate_rows(net, x, rows=256)
+    assert not out.requires_grad
+    torch.testing.assert_close(out, net(x).detach())
+
+
+def test_deep_softmaxes_equal_torch_softmax():
+    from bayesclust.inference import deepdpm
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 7, dtype=torch.float64, generator=g) * 30
+    torch.testing.assert_close(deepdpm._softmax(logits.clone()), torch.softmax(logits, 1))
+    pair = torch.randn(500, 7, 2, dtype=torch.float64, generator=g) * 30
+    torch.testing.assert_close(deepdpm._two_way(pair), torch.softmax(pair, -1))
+
+
+def test_deep_route_nets_are_float32_and_older_float64_nets_still_predict():
+    X, _ = _blobs(n=300, k=2, d=2, sep=10.0, seed=4)
+    m = DPGMM(inference="deep", random_state=0, max_iter=6).fit(X)
+    assert {v.dtype for v in m.net_state_.values()} == {torch.float32}
+    labels = m.predict(X)
+    m.net_state_ = {k: v.double() for k, v in m.net_state_.items()}  # a model saved before
+    assert np.array_equal(m.predict(X), labels)

@@ -57,7 +57,9 @@ from .._validation import (
 from ..inference import deepdpm, streaming, vi
 from ..inference import splitmerge as sm
 from ..inference.engine import Engine, Step
+from ..inference.neural import evaluate_rows
 from ..models import gaussian
+from ..models.deepdpm import NET_DTYPE, ClusterNet
 from ..models.dp import student_t_logpdf
 from ..models.priors import NIW, WishartScalePrior
 from ..posterior import (
@@ -576,8 +578,7 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         """The net's labels (n,) over the output units it uses that hold at least
         ``min_size_threshold_`` points (summed over processes, so every rank numbers them alike), and
         those units (K,): points of smaller units go to their most probable remaining unit."""
-        with torch.no_grad():
-            logits = ds.net(data.feats.X)
+        logits = evaluate_rows(ds.net, ds.x_net)
         z = logits.argmax(1)
         counts = streaming.reduce_statistics(torch.bincount(z, minlength=ds.k).double()).cpu()
         self.min_size_threshold_ = size_threshold(self.min_cluster_size, float(counts.sum()))
@@ -613,10 +614,8 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         )
 
     def _net(self):
-        from ..models.deepdpm import ClusterNet
-
-        net = ClusterNet(self.n_features_in_, self.n_components_, self.hidden).double()
-        net.load_state_dict({k: v.double() for k, v in self.net_state_.items()})
+        net = ClusterNet(self.n_features_in_, self.n_components_, self.hidden).to(NET_DTYPE)
+        net.load_state_dict({k: v.to(NET_DTYPE) for k, v in self.net_state_.items()})  # any saved dtype
         return net
 
     def _set_components(self, post: NIW, weights: torch.Tensor, counts: torch.Tensor) -> None:
@@ -646,8 +645,7 @@ class DPGMM(MixtureMixin, ClusterEstimator):
         """(N, K) log scores of standardised data: Student-t posterior predictives x weights, or
         the clustering net's logits on the deep route."""
         if self._route == "deep":
-            with torch.no_grad():
-                return self._net()(Xs.double())
+            return evaluate_rows(self._net(), Xs.to(NET_DTYPE)).double()
         return self._log_joint_std(Xs)
 
     def _proba_std(self, Xs: torch.Tensor) -> np.ndarray:

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from ..models import gaussian
-from ..models.deepdpm import ClusterNet, SubNets
+from ..models.deepdpm import NET_DTYPE, ClusterNet, SubNets
 from . import distributed, streaming
 from . import splitmerge as sm
 from .distributed import check_equal_shards
-from .neural import optimizer_step
+from .neural import evaluate_rows, optimizer_step
+from .responsibilities import exp_normalise_
 
 
 @dataclass
@@ -55,6 +56,7 @@ class DeepState:
     # per-point draws (mini-batch orders): seeded per process, so that ``gen`` draws only what every
     # rank of a distributed fit must share (network initialisations, split / merge decisions)
     point_gen: torch.Generator | None = None
+    x_net: torch.Tensor | None = None  # the rows the nets see: feats.X in NET_DTYPE (N, D)
 
     @property
     def k(self) -> int:
@@ -118,8 +120,9 @@ def init_deep(
     # it) in step on every rank, and the same number of gradient all-reduces per epoch
     check_equal_shards(feats.n)
     torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-    net = ClusterNet(feats.d, 1, hidden).to(feats.X)
-    subnets = SubNets(feats.d, 1, hidden // 2, gen).to(feats.X)
+    to_net = {"device": feats.X.device, "dtype": NET_DTYPE}
+    net = ClusterNet(feats.d, 1, hidden).to(**to_net)
+    subnets = SubNets(feats.d, 1, hidden // 2, gen).to(**to_net)
     np_rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
     st = DeepState(
         feats,
@@ -136,6 +139,7 @@ def init_deep(
         split_delay,
         n_merge_neighbors,
     )
+    st.x_net = feats.X.to(NET_DTYPE)
     st.point_gen = torch.Generator()
     st.point_gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)) + distributed.rank())
     z = torch.zeros(feats.n, dtype=torch.long)
@@ -170,16 +174,17 @@ def _set_sub_from_labels(st: DeepState, z: torch.Tensor, zs: torch.Tensor) -> No
 
 
 def deep_step(st: DeepState, iteration: int) -> float:
-    X = st.feats.X
+    X = st.x_net
     n, d, k = st.feats.n, st.feats.d, st.k
     # 1. E-step (cluster and sub-cluster responsibilities of the current Gaussians)
     logits = _log_dens(st.feats, st.mu, st.sigma, st.log_pi)
     loglik = _mean_loglik(logits)
-    r = torch.softmax(logits, 1)
+    r = _softmax(logits)
     z = r.argmax(1)
+    r = r.to(NET_DTYPE)
     smu, ssig, slw = st.sub
     sub_all = _log_dens(st.feats, smu, ssig, slw).view(n, k, 2)
-    sub_r = torch.softmax(sub_all.gather(1, z.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1), 1)
+    sub_r = _two_way(sub_all.gather(1, z.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)).to(NET_DTYPE)
     # 2. neural step: one pass of mini-batches
     opt = torch.optim.Adam(list(st.net.parameters()) + list(st.subnets.parameters()), lr=st.lr)
     n_steps = max(math.ceil(n / st.batch_size), st.min_steps)
@@ -190,13 +195,13 @@ def deep_step(st: DeepState, iteration: int) -> float:
         b = order[step * st.batch_size : (step + 1) * st.batch_size]
         xb = X[b]
         loss = -(r[b] * torch.log_softmax(st.net(xb), 1)).sum(1).mean()
-        sl = torch.log_softmax(st.subnets(xb), 2)
-        sl = sl.gather(1, z[b].view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)
+        sl = st.subnets(xb).gather(1, z[b].view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)
+        sl = torch.log_softmax(sl, 1)  # the two-way output of each point's own cluster
         optimizer_step(opt, loss - (sub_r[b] * sl).sum(1).mean())
     # 3. M-step from the nets' soft assignments
     with torch.no_grad():
-        q = torch.softmax(st.net(X), 1)
-        s = torch.softmax(st.subnets(X), 2)
+        q = _softmax(evaluate_rows(st.net, X)).to(st.feats.X.dtype)
+        s = _two_way(evaluate_rows(st.subnets, X)).to(st.feats.X.dtype)
         Gc = streaming.weighted_statistics(st.feats, q).double().cpu()
         Gs = streaming.weighted_statistics(st.feats, (q[:, :, None] * s).reshape(n, 2 * k)).double().cpu()
     st.mu, st.sigma, st.log_pi = _map_params(st.family, Gc, st.alpha)
@@ -211,6 +216,19 @@ def deep_step(st: DeepState, iteration: int) -> float:
             zs = s.gather(1, zh.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1).argmax(1)
         _split_merge(st, zh, zs)
     return loglik
+
+
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim of (N, K) logits, overwritten (torch.softmax over a short last dim is
+    several times slower on a CPU than these four passes)."""
+    resp, norm, _ = exp_normalise_(logits, 1)
+    return resp.div_(norm)
+
+
+def _two_way(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over a last dim of size 2 (..., 2), as two sigmoids of the difference."""
+    diff = logits[..., 1] - logits[..., 0]
+    return torch.stack([torch.sigmoid(-diff), torch.sigmoid(diff)], -1)
 
 
 def _mean_loglik(logits: torch.Tensor) -> float:
@@ -293,8 +311,7 @@ def _drop_empty(st: DeepState, nc: torch.Tensor) -> None:
 
 def _refresh_subnets(st: DeepState) -> None:
     """New sub-clustering nets (one per cluster) and sub-Gaussians from a random hyperplane split."""
-    st.subnets = SubNets(st.family.dim, st.k, st.hidden // 2, st.gen).to(st.feats.X)
-    with torch.no_grad():
-        z = torch.softmax(st.net(st.feats.X), 1).argmax(1)
+    st.subnets = SubNets(st.family.dim, st.k, st.hidden // 2, st.gen).to(st.x_net)
+    z = evaluate_rows(st.net, st.x_net).argmax(1)
     Gc = sm.cluster_statistics(sm.sub_statistics(st.feats, z, torch.zeros_like(z), st.k))
     _set_sub_from_labels(st, z, _hyperplane_sublabels(st, z, Gc))
