@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bayesclust as bc
 from bayesclust.models import gaussian
@@ -241,3 +243,26 @@ def test_a_component_with_no_mass_keeps_its_parameters():
                               covariances_init=cov, dtype="float64").fit(X)
     np.testing.assert_array_equal(ours.means_[2], means[2])
     np.testing.assert_array_equal(ours.covariances_[2], cov[2])
+
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(0, 300), d=st.integers(1, 12), wide=st.integers(0, 3), f64=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_compiled_quadratic_map_equals_the_slice_products(n, d, wide, f64, seed):
+    from bayesclust._rowmaps import quadratic_features, quadratic_supported
+
+    dtype = torch.float64 if f64 else torch.float32
+    X = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    i, j = torch.triu_indices(d, d)
+    ref = torch.cat([X[:, i] * X[:, j], X], 1)
+    out = torch.full((n, ref.shape[1] + wide), -7.0, dtype=dtype)  # a block of a wider cache
+    assert quadratic_supported(X, out)
+    quadratic_features(X, out)
+    assert torch.equal(out[:, : ref.shape[1]], ref)  # the same IEEE products, bit for bit
+    assert bool((out[:, ref.shape[1]:] == -7.0).all())  # nothing written past Q
+    # the torch path (off the CPU) gives the same map
+    fast = gaussian.feature_map(X, "full", ones=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gaussian, "quadratic_supported", lambda *a: False)
+        assert torch.equal(gaussian.feature_map(X, "full", ones=True), fast)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._rowmaps import quadratic_features, quadratic_supported
 from .priors import NIW, gamma_shape
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -146,21 +147,24 @@ def feature_map(
     """phi(X) (n, Q): [x_i x_j for i <= j, x] (full, tied) or [x^2, x] (diag, spherical).
 
     ``ones=True`` appends a column of ones (Q + 1 columns). Written into ``out`` (>= n rows) when
-    given; the products are D contiguous slice products (a column gather ``X[:, i] * X[:, j]``
-    costs several times more).
+    given. On the CPU the full / tied map is one compiled pass over the rows
+    (:func:`bayesclust._rowmaps.quadratic_features`); elsewhere D contiguous slice products (a column
+    gather ``X[:, i] * X[:, j]`` costs several times more).
     """
     n, d = X.shape
     q = feature_dim(d, covariance_type) + int(ones)
     out = X.new_empty(n, q) if out is None else out[:n]
-    if covariance_type in ("full", "tied"):
+    if covariance_type in ("full", "tied") and quadratic_supported(X, out):
+        quadratic_features(X, out)
+    elif covariance_type in ("full", "tied"):
         col = 0
         for i in range(d):  # row i of the upper triangle, in triu_indices order (a loop over D, not N)
             torch.mul(X[:, i : i + 1], X[:, i:], out=out[:, col : col + d - i])
             col += d - i
+        out[:, col : col + d] = X
     else:
         torch.mul(X, X, out=out[:, :d])
-        col = d
-    out[:, col : col + d] = X
+        out[:, d : 2 * d] = X
     if ones:
         out[:, -1] = 1.0
     return out
@@ -303,9 +307,10 @@ def m_step(
     nk_safe = nk + tiny
     n_total = nk.sum()
     k = nk.shape[0]
-    # Below the rounding error of the total count a component's statistics are noise; above it they
-    # are used as they are (as scikit-learn does), however few points the component holds.
-    empty = nk <= torch.finfo(G.dtype).eps * n_total.clamp(min=1.0)
+    # Below the rounding error of the total count, in the dtype the blocks were summed in (the
+    # data's), a component's statistics are noise; above it they are used as they are (as
+    # scikit-learn does), however few points the component holds.
+    empty = nk <= torch.finfo(previous.means.dtype).eps * n_total.clamp(min=1.0)
     if prior is None:
         weights = nk_safe / n_total
         means = sx / nk_safe[:, None]
