@@ -23,6 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e ".[bench,peers]"
 	for b in gmm dpgmm dti discriminative; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 lint: $(STAMP)
