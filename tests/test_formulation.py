@@ -266,3 +266,58 @@ def test_compiled_quadratic_map_equals_the_slice_products(n, d, wide, f64, seed)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gaussian, "quadratic_supported", lambda *a: False)
         assert torch.equal(gaussian.feature_map(X, "full", ones=True), fast)
+
+
+def test_fallback_goes_features_then_cholesky_then_float64_statistics():
+    fam = gaussian.GaussianFamily("full", reg_covar=1e-6, formulation="features")
+    chol = fam.fallback(8)
+    assert chol.formulation == "cholesky" and not chol.exact_statistics
+    exact = chol.fallback(8)
+    assert exact.exact_statistics and exact.log_prob_coefficients(
+        gaussian.GMMParams(torch.ones(2) / 2, torch.zeros(2, 8), torch.eye(8).repeat(2, 1, 1)))[0].exact
+    assert exact.fallback(8) is None
+    assert gaussian.GaussianFamily("diag").fallback(8) is None
+
+
+def test_exact_statistics_sum_float32_blocks_in_float64():
+    from bayesclust.inference import em_cholesky
+
+    g = torch.Generator().manual_seed(0)
+    x64 = torch.randn(500, 5, generator=g, dtype=torch.float64) * 0.01 + 300.0  # far and tight
+    r64 = torch.softmax(torch.randn(500, 3, generator=g, dtype=torch.float64), 1)
+    ref = x64[:3].clone()
+    exact, plain, truth = (em_cholesky._Centred(ref.float(), True), em_cholesky._Centred(ref.float()),
+                           em_cholesky._Centred(ref.float().double()))
+    exact.add(x64.float(), r64.float())
+    plain.add(x64.float(), r64.float())
+    truth.add(x64.float().double(), r64.float().double())
+    torch.testing.assert_close(exact.total(), truth.total(), rtol=1e-12, atol=1e-9)
+    assert not torch.allclose(plain.total(), truth.total(), rtol=1e-12, atol=1e-9)
+
+
+def _far_blobs_d128(n=10_000, d=128, k=16):
+    # the speed grid's data (benchmarks/bench_gmm.make_data) and start at D = 128, where a component
+    # collapsing onto a few points made every library's float32 fit fail (issue 17)
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 4, size=(k, d))
+    chols = [np.tril(rng.normal(0, 0.3, size=(d, d)), -1) + np.diag(rng.uniform(0.5, 1.5, d))
+             for _ in range(k)]
+    labels = rng.integers(0, k, n)
+    X = np.empty((n, d))
+    for j in range(k):
+        idx = np.flatnonzero(labels == j)
+        X[idx] = centers[j] + rng.standard_normal((idx.size, d)) @ chols[j].T
+    start = np.random.default_rng(1)
+    means = X[start.choice(n, k, replace=False)]
+    cov = np.cov(X.T) + 1e-6 * np.eye(d)
+    return X, means, np.stack([cov] * k)
+
+
+def test_float32_fit_survives_a_collapsing_component_at_d128():
+    X, means, covs = _far_blobs_d128()
+    kw = {"prior": None, "tol": 0, "max_iter": 5, "init": means, "weights_init": np.full(16, 1 / 16),
+          "covariances_init": covs, "reg_covar": 1e-6 / X.var(0).mean()}
+    f64 = bc.GaussianMixture(16, dtype="float64", **kw).fit(X)
+    f32 = bc.GaussianMixture(16, dtype="float32", **kw).fit(X.astype(np.float32))
+    assert f32.formulation_ == "cholesky" and f32.covariances_.dtype == np.float32
+    assert f32.score(X) == pytest.approx(f64.score(X), rel=1e-5)

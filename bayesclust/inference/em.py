@@ -115,21 +115,22 @@ def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Ca
             A, c = fam.log_prob_coefficients(params)
         loglik, G = e_step(fts, A, c)
         objective = (loglik + fam.log_prior(params)) / n
-        try:
-            new = fam.m_step(G, params)
-            coefficients = fam.log_prob_coefficients(new)  # factorises every covariance
-        except NotPositiveDefiniteError:
-            # uncentred second moments (the feature map) lose a tight component's covariance to
-            # cancellation, in float32 above all: redo this M-step, and the rest of the fit, with
-            # statistics centred on each component's mean (every rank takes it: G is global)
-            centred = getattr(fam, "centred", lambda d: None)(feats.d)
-            if centred is None:
-                raise
-            current[:] = [centred, feats.remapped(centred.feature_map)]
-            _, G = e_step(current[1], *centred.log_prob_coefficients(params))
-            new = centred.m_step(G, params)
-            coefficients = centred.log_prob_coefficients(new)
-            state["formulation"] = "cholesky"
+        while True:
+            try:
+                new = fam.m_step(G, params)
+                coefficients = fam.log_prob_coefficients(new)  # factorises every covariance
+                break
+            except NotPositiveDefiniteError:
+                # uncentred second moments (the feature map) lose a tight component's covariance to
+                # cancellation, and float32 block sums may too: redo this M-step, and the rest of the
+                # fit, with the family's fallback (statistics centred on each component's mean, then
+                # summed in float64); every rank takes it, as G is global
+                fam = getattr(fam, "fallback", lambda d: None)(feats.d)
+                if fam is None:
+                    raise
+                current[:] = [fam, feats.remapped(fam.feature_map)]
+                _, G = e_step(current[1], *fam.log_prob_coefficients(params))
+                state["formulation"] = "cholesky"
         checked.update(params=new, coefficients=coefficients)
         state["params"] = new
         return objective

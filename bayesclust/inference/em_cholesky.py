@@ -56,16 +56,20 @@ def _layout(n: torch.Tensor, s1: torch.Tensor, S: torch.Tensor, ref: torch.Tenso
 
 
 class _Centred:
-    """Running float64 sums (count, first and second moments about ``ref``) of weighted rows."""
+    """Running float64 sums (count, first and second moments about ``ref``) of weighted rows; the
+    block products in the data's dtype, or in float64 where ``exact``."""
 
-    def __init__(self, ref: torch.Tensor) -> None:
+    def __init__(self, ref: torch.Tensor, exact: bool = False) -> None:
         k, d = ref.shape
-        self.ref = ref.contiguous()  # the (K, m, D) products below take their layout from it
+        self.exact = exact
+        self.ref = (ref.double() if exact else ref).contiguous()  # the (K, m, D) products take its layout
         kw = {"dtype": torch.float64, "device": ref.device}
         self.n, self.s1, self.S = torch.zeros(k, **kw), torch.zeros(k, d, **kw), torch.zeros(k, d, d, **kw)
 
     def add(self, x: torch.Tensor, r: torch.Tensor) -> None:
         """Rows x (m, D) with weights r (m, K)."""
+        if self.exact:
+            x, r = x.double(), r.double()
         diff = x.unsqueeze(0) - self.ref.unsqueeze(1)  # (K, m, D)
         weighted = diff * r.T.unsqueeze(-1)  # (K, m, D)
         self.n += r.sum(0).double()
@@ -119,7 +123,7 @@ def e_step(
     total = torch.zeros((), dtype=torch.float64, device=coef.device)
     stats = None
     if accumulate:
-        stats = _Whitened(coef) if coef.dtype == torch.float64 else _Centred(coef.means)
+        stats = _Whitened(coef) if coef.dtype == torch.float64 else _Centred(coef.means, coef.exact)
     for sl in feats.slices(step):
         x = feats(sl)
         y = whitened(x, coef)

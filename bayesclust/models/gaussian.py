@@ -207,7 +207,7 @@ def log_prob_coefficients(params: GMMParams, covariance_type: str) -> tuple[torc
     k, d = mu.shape
     log_w = torch.log(w)
     if covariance_type in ("full", "tied"):
-        prec_chol = precisions_cholesky(cov, covariance_type)
+        prec_chol = precisions_cholesky(cov, covariance_type).to(mu.dtype)
         if covariance_type == "tied":
             prec_chol = prec_chol.expand(k, d, d)
         prec = prec_chol @ prec_chol.transpose(-1, -2)  # (K, D, D)
@@ -239,6 +239,7 @@ class CholeskyCoefficients:
     b: torch.Tensor
     means: torch.Tensor
     tied: bool
+    exact: bool = False  # the M-step statistics summed in float64 whatever the data's dtype
 
     @property
     def dtype(self) -> torch.dtype:
@@ -253,12 +254,13 @@ class CholeskyCoefficients:
 
 
 def cholesky_coefficients(
-    params: GMMParams, covariance_type: str
+    params: GMMParams, covariance_type: str, exact: bool = False
 ) -> tuple[CholeskyCoefficients, torch.Tensor]:
-    """(coefficients, c (K,)) of the Cholesky formulation for full or tied covariances."""
+    """(coefficients, c (K,)) of the Cholesky formulation for full or tied covariances, in the means'
+    dtype (the covariances may be float64); ``exact``: see :class:`CholeskyCoefficients`."""
     mu = params.means
     k, d = mu.shape
-    P = precisions_cholesky(params.covariances, covariance_type)  # (K, D, D) or (D, D), upper
+    P = precisions_cholesky(params.covariances, covariance_type).to(mu.dtype)  # (K, D, D) / (D, D), upper
     tied = covariance_type == "tied"
     log_det = torch.log(torch.diagonal(P, dim1=-2, dim2=-1)).sum(-1)
     if tied:
@@ -267,7 +269,7 @@ def cholesky_coefficients(
         b = (mu.unsqueeze(1) @ P).squeeze(1)
         W = P.permute(1, 0, 2).reshape(d, k * d).contiguous()
     c = torch.log(params.weights) + log_det - 0.5 * d * math.log(2 * math.pi)
-    return CholeskyCoefficients(W, b.contiguous(), mu, tied), c
+    return CholeskyCoefficients(W, b.contiguous(), mu, tied, exact), c
 
 
 # ---------------------------------------------------------------------------- M-step
@@ -360,7 +362,9 @@ def log_prior(params: GMMParams, prior: MAPPrior | None, covariance_type: str) -
     if prior is None:
         return 0.0
     D = torch.distributions
+    params = GMMParams(*(t.double() for t in (params.weights, params.means, params.covariances)))
     niw, d = prior.niw, params.means.shape[1]
+    niw = NIW(niw.m0.double(), niw.kappa0.double(), niw.nu0.double(), niw.psi0.double())
     w = params.weights.clamp(min=torch.finfo(params.weights.dtype).tiny)
     alpha = torch.full_like(w, prior.alpha)
     lp = D.Dirichlet(alpha).log_prob(w / w.sum())
@@ -427,6 +431,7 @@ class GaussianFamily:
     weight_concentration: float = 1.0
     reg_covar: float = 1e-6
     formulation: str = "auto"
+    exact_statistics: bool = False
 
     @property
     def map_prior(self) -> MAPPrior | None:
@@ -446,6 +451,16 @@ class GaussianFamily:
             return None
         return dataclasses.replace(self, formulation="cholesky")
 
+    def fallback(self, d: int) -> GaussianFamily | None:
+        """The family to redo an M-step with when a covariance came out not positive definite: the
+        Cholesky form (statistics centred on each component's mean), then the same with the
+        statistics summed in float64 (float32 data); None when nothing is left to try."""
+        if self.covariance_type not in ("full", "tied"):
+            return None
+        if not self.uses_cholesky(d):
+            return dataclasses.replace(self, formulation="cholesky")
+        return None if self.exact_statistics else dataclasses.replace(self, exact_statistics=True)
+
     def feature_dim(self, d: int) -> int:
         return d if self.uses_cholesky(d) else feature_dim(d, self.covariance_type)
 
@@ -456,16 +471,20 @@ class GaussianFamily:
 
     def log_prob_coefficients(self, params: GMMParams) -> tuple[Any, torch.Tensor]:
         if self.uses_cholesky(params.means.shape[1]):
-            return cholesky_coefficients(params, self.covariance_type)
+            return cholesky_coefficients(params, self.covariance_type, self.exact_statistics)
         return log_prob_coefficients(params, self.covariance_type)
 
     def m_step(self, G: torch.Tensor, previous: GMMParams) -> GMMParams:
-        """New parameters in ``previous``'s dtype (the Cholesky statistics come in float64)."""
-        d = previous.means.shape[1]
+        """New weights and means in ``previous``'s dtype; full / tied covariances in float64 whatever
+        the data's dtype: the float32 copy of a thin component's covariance (eigenvalues near
+        ``reg_covar`` beside large ones) can round to an indefinite matrix, and covariances are
+        factorised in float64 anyway."""
+        d, dtype = previous.means.shape[1], previous.means.dtype
         new = m_step(G, d, self.covariance_type, float(self.reg_covar), self.map_prior, previous)
+        cov_dtype = torch.float64 if self.covariance_type in ("full", "tied") else dtype
         # contiguous: the means are a column slice of G, and (K, m, D) products take their layout
-        parts = (new.weights, new.means, new.covariances)
-        return GMMParams(*(t.to(previous.means.dtype).contiguous() for t in parts))
+        return GMMParams(new.weights.to(dtype).contiguous(), new.means.to(dtype).contiguous(),
+                         new.covariances.to(cov_dtype).contiguous())
 
     def log_prior(self, params: GMMParams) -> float:
         return log_prior(params, self.map_prior, self.covariance_type)
