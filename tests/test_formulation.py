@@ -319,5 +319,9 @@ def test_float32_fit_survives_a_collapsing_component_at_d128():
           "covariances_init": covs, "reg_covar": 1e-6 / X.var(0).mean()}
     f64 = bc.GaussianMixture(16, dtype="float64", **kw).fit(X)
     f32 = bc.GaussianMixture(16, dtype="float32", **kw).fit(X.astype(np.float32))
-    assert f32.formulation_ == "cholesky" and f32.covariances_.dtype == np.float32
+    assert f32.formulation_ == "cholesky" and f32.means_.dtype == np.float32
     assert f32.score(X) == pytest.approx(f64.score(X), rel=1e-5)
+    # the reported covariances stay usable: float64, positive definite (a float32 copy is not)
+    assert f32.covariances_.dtype == np.float64
+    assert np.linalg.eigvalsh(f32.covariances_).min() > 0
+    assert np.linalg.eigvalsh(f32.covariances_.astype(np.float32).astype(np.float64)).min() < 0

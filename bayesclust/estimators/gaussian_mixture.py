@@ -81,7 +81,9 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
     weights_ (K,), means_ (K, D), covariances_, precisions_, precisions_cholesky_,
     converged_, n_iter_, lower_bound_ (final per-sample objective), history_, labels_,
     n_features_in_, formulation_ ("features" or "cholesky"); for NUTS also ``posterior_samples_``
-    and ``relabel_fraction_``.
+    and ``relabel_fraction_``. Attributes are in the fit's dtype, except full / tied covariance
+    matrices (``covariances_``, ``precisions_``, ``precisions_cholesky_``), which are float64: the
+    float32 copy of a thin component's covariance can round to an indefinite matrix.
     """
 
     def __init__(
@@ -501,8 +503,10 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
 
     def _store(self, params: gaussian.GMMParams, frame: Frame) -> None:
         """Working-frame parameters as the fitted attributes in X's units (mapped in float64, stored
-        in the fit dtype), with ``shift_`` / ``scale_`` of the frame."""
+        in the fit dtype; full / tied covariance matrices in float64, see the class docstring), with
+        ``shift_`` / ``scale_`` of the frame."""
         out = params.means.dtype
+        matrices = torch.float64 if self.covariance_type in ("full", "tied") else out
         self._working = tuple(t.detach().cpu().clone() for t in params_tuple(params))
         p64 = gaussian.GMMParams(*(t.detach().cpu().double() for t in
                                    (params.weights, params.means, params.covariances)))
@@ -512,11 +516,11 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             return t.to(out).numpy()
 
         self.weights_, self.means_ = numpy(user.weights), numpy(user.means)
-        self.covariances_ = numpy(user.covariances)
+        self.covariances_ = user.covariances.to(matrices).numpy()
         prec_chol = gaussian.precisions_cholesky(p64.covariances, self.covariance_type) / frame.scale
-        self.precisions_cholesky_ = numpy(prec_chol)
+        self.precisions_cholesky_ = prec_chol.to(matrices).numpy()
         if self.covariance_type in ("full", "tied"):
-            self.precisions_ = numpy(prec_chol @ prec_chol.transpose(-1, -2))
+            self.precisions_ = (prec_chol @ prec_chol.transpose(-1, -2)).numpy()
         else:
             self.precisions_ = numpy(prec_chol * prec_chol)
         self.shift_, self.scale_ = frame.shift.numpy(), float(frame.scale)
