@@ -309,10 +309,10 @@ def m_step(
     nk_safe = nk + tiny
     n_total = nk.sum()
     k = nk.shape[0]
-    # Below the rounding error of the total count, in the dtype the blocks were summed in (the
-    # data's), a component's statistics are noise; above it they are used as they are (as
-    # scikit-learn does), however few points the component holds.
-    empty = nk <= torch.finfo(previous.means.dtype).eps * n_total.clamp(min=1.0)
+    # Below the rounding error of the total count, in the dtype the statistics G were accumulated in,
+    # a component's statistics are noise; above it they are used as they are (as scikit-learn
+    # does), however few points the component holds.
+    empty = nk <= torch.finfo(G.dtype).eps * n_total.clamp(min=1.0)
     if prior is None:
         weights = nk_safe / n_total
         means = sx / nk_safe[:, None]
