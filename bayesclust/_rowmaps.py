@@ -44,13 +44,18 @@ def quadratic_supported(X: torch.Tensor, out: torch.Tensor) -> bool:
     )
 
 
+def numba_threads() -> None:
+    """Numba's parallel loops take torch's thread count (within Numba's pool)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
 def quadratic_features(X: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out[:, :D(D+1)/2 + D] = [x_i x_j (i <= j, row-major upper triangle), x]`` for X (n, D);
     ``out`` (n, >= Q) on the CPU, checked by :func:`quadratic_supported`. Returns ``out``."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    numba_threads()
     if X.shape[0]:
         _quadratic(X.numpy(), out.numpy())
     return out
 
 
-__all__ = ["quadratic_features", "quadratic_supported"]
+__all__ = ["numba_threads", "quadratic_features", "quadratic_supported"]

@@ -298,15 +298,7 @@ def test_exact_statistics_sum_float32_blocks_in_float64():
 def _far_blobs_d128(n=10_000, d=128, k=16):
     # the speed grid's data (benchmarks/bench_gmm.make_data) and start at D = 128, where a component
     # collapsing onto a few points made every library's float32 fit fail (issue 17)
-    rng = np.random.default_rng(0)
-    centers = rng.normal(0, 4, size=(k, d))
-    chols = [np.tril(rng.normal(0, 0.3, size=(d, d)), -1) + np.diag(rng.uniform(0.5, 1.5, d))
-             for _ in range(k)]
-    labels = rng.integers(0, k, n)
-    X = np.empty((n, d))
-    for j in range(k):
-        idx = np.flatnonzero(labels == j)
-        X[idx] = centers[j] + rng.standard_normal((idx.size, d)) @ chols[j].T
+    X = _many_components(n, d, k)
     start = np.random.default_rng(1)
     means = X[start.choice(n, k, replace=False)]
     cov = np.cov(X.T) + 1e-6 * np.eye(d)

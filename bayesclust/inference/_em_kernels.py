@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from .._rowmaps import numba_threads
 from .engine import deferred_interrupt
 
 _BLOCKS = 64  # row blocks of the parallel loop (fixed: results do not depend on the thread count)
@@ -135,15 +136,9 @@ def supported(*tensors: torch.Tensor) -> bool:
     )
 
 
-def _threads() -> None:
-    import numba
-
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-
-
 def init_labels(src: torch.Tensor, y: torch.Tensor, floor: float) -> torch.Tensor:
     """``y = max(src, floor)`` row-normalised (``src`` may be ``y``); returns float64 column sums (K,)."""
-    _threads()
+    numba_threads()
     nblk = max(1, min(_BLOCKS, src.shape[0]))
     with deferred_interrupt():
         cols = _init_pass(src.numpy(), y.numpy(), float(floor), nblk)
@@ -158,7 +153,7 @@ def em_iteration(
     The data sum is ``sum_i ln sigma_i . y_i`` (collision) or ``sum_ik sigma_ik ln y_ik`` (reverse) at
     the ``q`` before the update.
     """
-    _threads()
+    numba_threads()
     n = p.shape[0]
     nblk = max(1, min(_BLOCKS, n))
     dt = np.float32 if p.dtype == torch.float32 else np.float64

@@ -457,9 +457,8 @@ class GaussianFamily:
         statistics summed in float64 (float32 data); None when nothing is left to try."""
         if self.covariance_type not in ("full", "tied"):
             return None
-        if not self.uses_cholesky(d):
-            return dataclasses.replace(self, formulation="cholesky")
-        return None if self.exact_statistics else dataclasses.replace(self, exact_statistics=True)
+        exact = None if self.exact_statistics else dataclasses.replace(self, exact_statistics=True)
+        return self.centred(d) or exact
 
     def feature_dim(self, d: int) -> int:
         return d if self.uses_cholesky(d) else feature_dim(d, self.covariance_type)
