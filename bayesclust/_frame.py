@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._rowmaps import affine_rows, column_moments, rows_supported
+
 _CHUNK = 1 << 16
 
 
@@ -30,6 +32,8 @@ class Frame:
 
     def apply(self, X: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """X (N, ...) in the working frame, in ``dtype``, computed in float64 block by block."""
+        if rows_supported(X) and dtype in (torch.float32, torch.float64) and X.shape[0]:
+            return affine_rows(X, self.shift, self.scale, dtype)  # one compiled pass
         if X.dtype == dtype == torch.float64:
             return (X - self.shift.to(X.device)) / self.scale
         out = torch.empty(X.shape, dtype=dtype, device=X.device)
@@ -55,6 +59,11 @@ def _positive(scale: float) -> float:
 def standard_frame(X: torch.Tensor) -> Frame:
     """Per-feature mean and one scalar scale, sqrt(mean_j var_j), of X (N, D) (1 for constant data);
     two passes in float64 blocks (no float64 copy of X)."""
+    if rows_supported(X) and X.dim() == 2 and X.shape[0]:
+        mean, var = column_moments(X)  # compiled: both passes per cache-sized block
+        frame = frame_from_moments(mean, var)
+        _warn_if_float32_lost_digits(X, frame)
+        return frame
     total = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
     for start in range(0, X.shape[0], _CHUNK):
         total += X[start : start + _CHUNK].double().sum(0)

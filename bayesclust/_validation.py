@@ -63,8 +63,17 @@ def _frame_to_numpy(X: Any) -> np.ndarray:
         return X.to_numpy()
 
 
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether a floating tensor holds no NaN or infinity: one read (min and max, to which NaN
+    propagates), without the (N, D) mask of ``isfinite``."""
+    if tensor.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(tensor)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def _check_finite(tensor: torch.Tensor, name: str) -> None:
-    if not tensor.is_floating_point():
+    if not tensor.is_floating_point() or _all_finite(tensor):
         return
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
@@ -125,7 +134,7 @@ def check_array(
         _check_finite(tensor, name)
     source = tensor
     tensor = tensor.to(device=dev, dtype=dt)
-    if not allow_nan and tensor.dtype != source.dtype and not bool(torch.isfinite(tensor).all()):
+    if not allow_nan and tensor.dtype != source.dtype and not _all_finite(tensor):
         big = float(source.abs().max())
         raise ValueError(
             f"{name} has values up to {big:.3g}, beyond the range of {dt} (max "

@@ -307,3 +307,16 @@ def test_check_labels():
         check_labels([0, 1], n_samples=3)
     with pytest.raises(ValueError, match="y contains NaN or infinite labels"):
         check_labels([0.0, np.nan])
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3000), d=st.integers(1, 9), pos=st.floats(0, 1, exclude_max=True),
+       bad=st.sampled_from([np.nan, np.inf, -np.inf]), f64=st.booleans(), transpose=st.booleans())
+def test_one_non_finite_value_anywhere_is_caught(n, d, pos, bad, f64, transpose):
+    # the check reads min and max (NaN propagates to both); a single bad value at any position, in
+    # any layout, must still fail with the message that names it
+    X = np.random.default_rng(0).normal(size=(n, d)).astype(np.float64 if f64 else np.float32)
+    X.flat[int(pos * X.size)] = bad
+    kind = "NaN" if np.isnan(bad) else "infinite"
+    with pytest.raises(ValueError, match=rf"X contains 1 {kind} value\(s\)"):
+        check_array(torch.from_numpy(X).T.contiguous().T if transpose else X, dtype="input")
