@@ -7,8 +7,11 @@ build or read. The M-step statistics are accumulated about each component's curr
 (centred: ``sum r (x - a_k)(x - a_k)^T`` by a batched product), in the data's dtype per block and in
 float64 across blocks, then turned into the feature layout G (K, Q + 1) of
 :func:`bayesclust.models.gaussian.unpack_stats` in float64, so the family's M-step is unchanged and
-float32 loses no digits to uncentred second moments. The data comes from ``feats(slice)``, which is
-x itself in this formulation (in memory, out of core or one shard of a distributed fit).
+float32 loses no digits to uncentred second moments. In float32 (full covariances) the E-step whitens
+those same differences, ``y = (x - mu_k) P_k``: one (K, m, D) array serves both, and y keeps the digits
+that ``x P_k - b_k`` loses to cancellation for a tight component. The data comes from
+``feats(slice)``, which is x itself in this formulation (in memory, out of core or one shard of a
+distributed fit).
 """
 
 from __future__ import annotations
@@ -70,9 +73,12 @@ class _Centred:
         """Rows x (m, D) with weights r (m, K)."""
         if self.exact:
             x, r = x.double(), r.double()
-        diff = x.unsqueeze(0) - self.ref.unsqueeze(1)  # (K, m, D)
-        weighted = diff * r.T.unsqueeze(-1)  # (K, m, D)
-        self.n += r.sum(0).double()
+        self.add_centred(x.unsqueeze(0) - self.ref.unsqueeze(1), r.T)
+
+    def add_centred(self, diff: torch.Tensor, rT: torch.Tensor) -> None:
+        """Differences ``diff_kid = x_id - ref_kd`` (K, m, D) with weights rT (K, m)."""
+        weighted = diff * rT.unsqueeze(-1)  # (K, m, D)
+        self.n += rT.sum(1).double()
         self.s1 += weighted.sum(1).double()
         self.S += torch.bmm(weighted.transpose(1, 2), diff).double()
 
@@ -114,6 +120,17 @@ class _Whitened(_Centred):
         return s1, torch.linalg.solve_triangular(P.transpose(-1, -2), Z, upper=False)  # P^-T T P^-1
 
 
+def _centred_block(
+    x: torch.Tensor, means: torch.Tensor, P: torch.Tensor, c: torch.Tensor, stats: _Centred
+) -> torch.Tensor:
+    """One float32 block: ``y_ik = (x_i - mu_k) P_k`` from the differences the centred statistics
+    need anyway (one (K, m, D) array, not two), in the (K, m) layout; returns its log-likelihood."""
+    diff = x.unsqueeze(0) - means.unsqueeze(1)  # (K, m, D)
+    resp, norm, loglik = exp_normalise_(_log_prob(torch.bmm(diff, P), c[:, None]), 0)
+    stats.add_centred(diff, resp.div_(norm))
+    return loglik
+
+
 def e_step(
     feats: Features, coef: CholeskyCoefficients, c: torch.Tensor, *, accumulate: bool = True
 ) -> tuple[float, torch.Tensor | None]:
@@ -124,8 +141,13 @@ def e_step(
     stats = None
     if accumulate:
         stats = _Whitened(coef) if coef.dtype == torch.float64 else _Centred(coef.means, coef.exact)
+    centred = type(stats) is _Centred and not (coef.tied or coef.exact)
+    P = coef.W.view(d, k, d).transpose(0, 1).contiguous() if centred else None  # (K, D, D)
     for sl in feats.slices(step):
         x = feats(sl)
+        if centred:
+            total += _centred_block(x, coef.means, P, c, stats)
+            continue
         y = whitened(x, coef)
         resp, norm, loglik = exp_normalise_(_log_prob(y, c), 1)
         total += loglik
