@@ -155,23 +155,34 @@ def _many_components(n=100_000, d=8, k=64, seed=0):
     return X
 
 
-def test_float32_feature_map_falls_back_to_centred_statistics_when_a_covariance_breaks():
-    """The grid case N=1e5, D=8, K=64, float32, 50 iterations: the feature map's uncentred moments
-    give a covariance that is not positive definite; EM redoes that M-step with centred statistics
-    and goes on in that form, where every other float32 library of the grid failed."""
+def test_float32_feature_map_falls_back_to_float64_sums_when_a_covariance_breaks(monkeypatch):
+    """The grid case N=1e5, D=8, K=64, float32, 50 iterations: the feature map's float32 statistics
+    give a covariance that is not positive definite; EM redoes that M-step with the same statistics
+    summed in float64 and goes on in that form (the cached map kept), where every other float32
+    library of the grid failed. The Cholesky form, next in the chain, costs several times more here."""
     X = _many_components()
     rng = np.random.default_rng(1)
     means = X[rng.choice(X.shape[0], 64, replace=False)]
     covs = np.stack([np.cov(X[:20000].T) + 1e-6 * np.eye(8)] * 64)
     kw = dict(prior=None, tol=0, max_iter=50, init=means, weights_init=np.full(64, 1 / 64),
               covariances_init=covs, reg_covar=1e-6 / float(X.var(0).mean()))
+    chain, fallback = [], gaussian.GaussianFamily.fallback
+
+    def spy(self, d, dtype=torch.float64):
+        new = fallback(self, d, dtype)
+        chain.append((new.formulation, new.exact_statistics))
+        return new
+
+    monkeypatch.setattr(gaussian.GaussianFamily, "fallback", spy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         f32 = bc.GaussianMixture(64, dtype="float32", formulation="features", **kw).fit(X.astype(np.float32))
+        assert chain == [("features", True)]
         f64 = bc.GaussianMixture(64, dtype="float64", **kw).fit(X)
-    assert f32.formulation_ == "cholesky" and f64.formulation_ == "features"
+    assert chain == [("features", True)]  # float64 needed none
+    assert f32.formulation_ == f64.formulation_ == "features"
     np.testing.assert_array_equal(f32.labels_, f32.predict(X.astype(np.float32)))
-    assert f32.lower_bound_ == pytest.approx(f64.lower_bound_, rel=1e-5)
+    assert f32.score(X) == pytest.approx(f64.score(X), rel=1e-5)
 
 
 @pytest.mark.parametrize("cov_type", ["full", "tied"])
@@ -269,15 +280,20 @@ def test_compiled_quadratic_map_equals_the_slice_products(n, d, wide, f64, seed)
         assert torch.equal(gaussian.feature_map(X, "full", ones=True), fast)
 
 
-def test_fallback_goes_features_then_cholesky_then_float64_statistics():
+def test_fallback_goes_float64_sums_then_cholesky_then_its_float64_sums():
     fam = gaussian.GaussianFamily("full", reg_covar=1e-6, formulation="features")
-    chol = fam.fallback(8)
+    wide = fam.fallback(8, torch.float32)  # float32 data: the same map, its statistics in float64
+    assert wide.formulation == "features" and wide.exact_statistics
+    chol = wide.fallback(8, torch.float32)
     assert chol.formulation == "cholesky" and not chol.exact_statistics
-    exact = chol.fallback(8)
+    exact = chol.fallback(8, torch.float32)
     assert exact.exact_statistics and exact.log_prob_coefficients(
         gaussian.GMMParams(torch.ones(2) / 2, torch.zeros(2, 8), torch.eye(8).repeat(2, 1, 1)))[0].exact
-    assert exact.fallback(8) is None
-    assert gaussian.GaussianFamily("diag").fallback(8) is None
+    assert exact.fallback(8, torch.float32) is None
+    # float64 data is summed in float64 already: straight to the Cholesky form, then nothing
+    assert fam.fallback(8).formulation == "cholesky" and not fam.fallback(8).exact_statistics
+    assert fam.fallback(8).fallback(8) is None
+    assert gaussian.GaussianFamily("diag").fallback(8, torch.float32) is None
 
 
 def test_exact_statistics_sum_float32_blocks_in_float64():

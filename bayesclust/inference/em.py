@@ -28,9 +28,10 @@ def block_rows(q: int, itemsize: int, chunk_size: int) -> int:
 
 
 def e_step(
-    feats: Features, A: torch.Tensor, c: torch.Tensor, *, accumulate: bool = True
+    feats: Features, A: torch.Tensor, c: torch.Tensor, *, accumulate: bool = True, exact: bool = False
 ) -> tuple[float, torch.Tensor | None]:
-    """Chunked E-step: total log-likelihood and, if ``accumulate``, G = r^T [phi, 1] (K, Q + 1).
+    """Chunked E-step: total log-likelihood and, if ``accumulate``, G = r^T [phi, 1] (K, Q + 1);
+    with ``exact``, G is summed in float64 (float32 data: the products stay in float32).
 
     ``feats(slice)`` returns phi of those rows (a view of a cache or computed on the fly). In
     float32, rows are taken in cache-sized blocks so that the E-step matmul and the M-step
@@ -42,7 +43,9 @@ def e_step(
         return em_cholesky.e_step(feats, A, c, accumulate=accumulate)
     n, chunk_size = feats.n, feats.chunk_size
     total = torch.zeros((), dtype=torch.float64, device=A.device)
-    G = torch.zeros(A.shape[0] + 1, A.shape[1], dtype=A.dtype, device=A.device) if accumulate else None
+    exact = exact and A.dtype != torch.float64
+    G_dtype = torch.float64 if exact else A.dtype
+    G = torch.zeros(A.shape[0] + 1, A.shape[1], dtype=G_dtype, device=A.device) if accumulate else None
     if A.element_size() >= 8:
         # float64 products are compute-bound on a CPU (half the SIMD lanes), so cache blocking does
         # not pay; large chunks in the (K, n) layout are faster there (benchmarks/RESULTS.md, GMM).
@@ -60,6 +63,8 @@ def e_step(
         total += loglik
         if G is not None:
             resp.div_(norm)
+            if exact:  # the block's copy in float64 (float32 only: the non-transposed layout)
+                phi, resp = phi.double(), resp.double()
             G[:-1].addmm_(phi.T, resp.T if transposed else resp)
             G[-1] += resp.sum(1 - dim)
     total = reduce_statistics(total)
@@ -113,7 +118,7 @@ def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Ca
             A, c = checked["coefficients"]
         else:
             A, c = fam.log_prob_coefficients(params)
-        loglik, G = e_step(fts, A, c)
+        loglik, G = e_step(fts, A, c, exact=_exact(fam))
         objective = (loglik + fam.log_prior(params)) / n
         while True:
             try:
@@ -123,19 +128,31 @@ def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Ca
             except NotPositiveDefiniteError:
                 # uncentred second moments (the feature map) lose a tight component's covariance to
                 # cancellation, and float32 block sums may too: redo this M-step, and the rest of the
-                # fit, with the family's fallback (statistics centred on each component's mean, then
-                # summed in float64); every rank takes it, as G is global
-                fam = getattr(fam, "fallback", lambda d: None)(feats.d)
+                # fit, with the family's fallback (float64 sums, then statistics centred on each
+                # component's mean, then those in float64); every rank takes it, as G is global
+                fam = _fallback(fam, feats.d, params.means.dtype)
                 if fam is None:
                     raise
-                current[:] = [fam, feats.remapped(fam.feature_map)]
-                _, G = e_step(current[1], *fam.log_prob_coefficients(params))
-                state["formulation"] = "cholesky"
+                if fam.feature_dim(feats.d) != fts.q:  # a new map (phi = x): not cached
+                    current[:] = [fam, feats.remapped(fam.feature_map)]
+                    state["formulation"] = "cholesky"
+                current[0] = fam
+                fts = current[1]
+                _, G = e_step(fts, *fam.log_prob_coefficients(params), exact=_exact(fam))
         checked.update(params=new, coefficients=coefficients)
         state["params"] = new
         return objective
 
     return step
+
+
+def _exact(family: EMFamily) -> bool:
+    return bool(getattr(family, "exact_statistics", False))
+
+
+def _fallback(family: EMFamily, d: int, dtype: torch.dtype) -> EMFamily | None:
+    fallback = getattr(family, "fallback", None)
+    return None if fallback is None else fallback(d, dtype)
 
 
 def statistics_from_resp(feats: Features, resp: torch.Tensor, *, cholesky: bool = False) -> torch.Tensor:

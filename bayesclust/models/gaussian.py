@@ -451,14 +451,19 @@ class GaussianFamily:
             return None
         return dataclasses.replace(self, formulation="cholesky")
 
-    def fallback(self, d: int) -> GaussianFamily | None:
-        """The family to redo an M-step with when a covariance came out not positive definite: the
-        Cholesky form (statistics centred on each component's mean), then the same with the
+    def fallback(self, d: int, dtype: torch.dtype = torch.float64) -> GaussianFamily | None:
+        """The family to redo an M-step with when a covariance came out not positive definite, for
+        data of ``dtype``: the feature map with its statistics summed in float64 (float32 data), then
+        the Cholesky form (statistics centred on each component's mean), then the same with its
         statistics summed in float64 (float32 data); None when nothing is left to try."""
         if self.covariance_type not in ("full", "tied"):
             return None
-        exact = None if self.exact_statistics else dataclasses.replace(self, exact_statistics=True)
-        return self.centred(d) or exact
+        wide = dtype == torch.float64
+        if not self.uses_cholesky(d):
+            if not (self.exact_statistics or wide):
+                return dataclasses.replace(self, exact_statistics=True)
+            return dataclasses.replace(self, formulation="cholesky", exact_statistics=False)
+        return None if self.exact_statistics or wide else dataclasses.replace(self, exact_statistics=True)
 
     def feature_dim(self, d: int) -> int:
         return d if self.uses_cholesky(d) else feature_dim(d, self.covariance_type)
