@@ -68,8 +68,8 @@ def quadratic_features(X: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 @njit(parallel=True, cache=True)
-def _block_moments(x, rows):  # pragma: no cover - compiled
-    """Per block of ``rows`` rows: count, mean and centred sum of squares (float64), two passes."""
+def _block_moments(x, ref, rows):  # pragma: no cover - compiled
+    """Per block of ``rows`` rows: count, mean of ``x - ref`` and centred sum of squares (float64)."""
     n, d = x.shape
     nblk = (n + rows - 1) // rows
     counts, means, m2 = np.zeros(nblk), np.zeros((nblk, d)), np.zeros((nblk, d))
@@ -78,12 +78,12 @@ def _block_moments(x, rows):  # pragma: no cover - compiled
         s = np.zeros(d)
         for i in range(lo, hi):
             for j in range(d):
-                s[j] += x[i, j]
+                s[j] += x[i, j] - ref[j]
         m = s / (hi - lo)
         q = np.zeros(d)
         for i in range(lo, hi):
             for j in range(d):
-                v = x[i, j] - m[j]
+                v = (x[i, j] - ref[j]) - m[j]
                 q[j] += v * v
         counts[t], means[t], m2[t] = hi - lo, m, q
     return counts, means, m2
@@ -110,13 +110,15 @@ def rows_supported(X: torch.Tensor) -> bool:
 
 def column_moments(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature mean and (biased) variance, float64 (D,), of X (n, D) with n >= 1 (see
-    :func:`rows_supported`). Blocks are merged by ``M2 = sum_b [M2_b + n_b (mean_b - mean)^2]``
-    (Chan, Golub and LeVeque 1983), so there is no cancellation of raw second moments."""
+    :func:`rows_supported`). Sums are taken about the first row (so a large offset does not round
+    them) and blocks merged by ``M2 = sum_b [M2_b + n_b (mean_b - mean)^2]`` (Chan, Golub and
+    LeVeque 1983): no raw second moments, no cancellation."""
     numba_threads()
-    counts, means, m2 = (torch.from_numpy(a) for a in _block_moments(X.numpy(), _MOMENT_ROWS))
+    ref = X[0].double()
+    counts, means, m2 = (torch.from_numpy(a) for a in _block_moments(X.numpy(), ref.numpy(), _MOMENT_ROWS))
     n = counts.sum()
-    mean = counts @ means / n
-    return mean, (m2.sum(0) + counts @ (means - mean).square()) / n
+    mean = counts @ means / n  # about ref
+    return ref + mean, (m2.sum(0) + counts @ (means - mean).square()) / n
 
 
 def affine_rows(X: torch.Tensor, shift: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
