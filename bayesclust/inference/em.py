@@ -30,8 +30,9 @@ def block_rows(q: int, itemsize: int, chunk_size: int) -> int:
 def e_step(
     feats: Features, A: torch.Tensor, c: torch.Tensor, *, accumulate: bool = True, exact: bool = False
 ) -> tuple[float, torch.Tensor | None]:
-    """Chunked E-step: total log-likelihood and, if ``accumulate``, G = r^T [phi, 1] (K, Q + 1);
-    with ``exact``, G is summed in float64 (float32 data: the products stay in float32).
+    """Chunked E-step: total log-likelihood and, if ``accumulate``, G = r^T [phi, 1] (K, Q + 1)
+    float64: each block's sums are added in float64 (float32 data: the block's products are float32,
+    or float64 with ``exact``).
 
     ``feats(slice)`` returns phi of those rows (a view of a cache or computed on the fly). In
     float32, rows are taken in cache-sized blocks so that the E-step matmul and the M-step
@@ -44,8 +45,7 @@ def e_step(
     n, chunk_size = feats.n, feats.chunk_size
     total = torch.zeros((), dtype=torch.float64, device=A.device)
     exact = exact and A.dtype != torch.float64
-    G_dtype = torch.float64 if exact else A.dtype
-    G = torch.zeros(A.shape[0] + 1, A.shape[1], dtype=G_dtype, device=A.device) if accumulate else None
+    G = torch.zeros(A.shape[0] + 1, A.shape[1], dtype=torch.float64, device=A.device) if accumulate else None
     if A.element_size() >= 8:
         # float64 products are compute-bound on a CPU (half the SIMD lanes), so cache blocking does
         # not pay; large chunks in the (K, n) layout are faster there (benchmarks/RESULTS.md, GMM).
@@ -65,7 +65,10 @@ def e_step(
             resp.div_(norm)
             if exact:  # the block's copy in float64 (float32 only: the non-transposed layout)
                 phi, resp = phi.double(), resp.double()
-            G[:-1].addmm_(phi.T, resp.T if transposed else resp)
+            if phi.dtype == G.dtype:
+                G[:-1].addmm_(phi.T, resp.T if transposed else resp)
+            else:  # a float32 block's sums, added in float64: no rounding that grows with N
+                G[:-1] += phi.T @ resp
             G[-1] += resp.sum(1 - dim)
     total = reduce_statistics(total)
     return float(total), None if G is None else reduce_statistics(G).T
