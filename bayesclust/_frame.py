@@ -61,9 +61,15 @@ def standard_frame(X: torch.Tensor) -> Frame:
     two passes in float64 blocks (no float64 copy of X)."""
     if rows_supported(X) and X.dim() == 2 and X.shape[0]:
         mean, var = column_moments(X)  # compiled: both passes per cache-sized block
-        frame = frame_from_moments(mean, var)
-        _warn_if_float32_lost_digits(X, frame)
-        return frame
+    else:
+        mean, var = _chunked_moments(X)
+    frame = frame_from_moments(mean, var)
+    _warn_if_float32_lost_digits(X, frame)
+    return frame
+
+
+def _chunked_moments(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and variance (D,) float64 of X (N, D) on any device, by torch ops in blocks."""
     total = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
     for start in range(0, X.shape[0], _CHUNK):
         total += X[start : start + _CHUNK].double().sum(0)
@@ -71,9 +77,7 @@ def standard_frame(X: torch.Tensor) -> Frame:
     sq = torch.zeros_like(total)
     for start in range(0, X.shape[0], _CHUNK):
         sq += ((X[start : start + _CHUNK].double() - mean) ** 2).sum(0)
-    frame = frame_from_moments(mean, sq / max(X.shape[0], 1))
-    _warn_if_float32_lost_digits(X, frame)
-    return frame
+    return mean, sq / max(X.shape[0], 1)
 
 
 def frame_from_moments(mean: torch.Tensor, var: torch.Tensor) -> Frame:

@@ -137,10 +137,9 @@ def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Ca
                 if fam is None:
                     raise
                 if fam.feature_dim(feats.d) != fts.q:  # a new map (phi = x): not cached
-                    current[:] = [fam, feats.remapped(fam.feature_map)]
+                    fts = feats.remapped(fam.feature_map)
                     state["formulation"] = "cholesky"
-                current[0] = fam
-                fts = current[1]
+                current[:] = [fam, fts]
                 _, G = e_step(fts, *fam.log_prob_coefficients(params), exact=_exact(fam))
         checked.update(params=new, coefficients=coefficients)
         state["params"] = new

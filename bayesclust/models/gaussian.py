@@ -462,7 +462,7 @@ class GaussianFamily:
         if not self.uses_cholesky(d):
             if not (self.exact_statistics or wide):
                 return dataclasses.replace(self, exact_statistics=True)
-            return dataclasses.replace(self, formulation="cholesky", exact_statistics=False)
+            return dataclasses.replace(self.centred(d), exact_statistics=False)
         return None if self.exact_statistics or wide else dataclasses.replace(self, exact_statistics=True)
 
     def feature_dim(self, d: int) -> int:
