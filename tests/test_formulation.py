@@ -381,6 +381,66 @@ def test_float32_cholesky_e_step_whitens_centred_rows():
     assert float((plain.double() - ref).abs().max()) > 1e-2
 
 
+def test_batched_whitened_sums_match_centred_ones():
+    # float64, full covariances: the E-step's (K, m, D) rows y are weighted in place by sqrt(r) and
+    # summed by batched products; the statistics equal those centred on x itself
+    from bayesclust.inference import em_cholesky
+
+    X, _ = _blobs(n=700, d=5, k=3, offset=50.0)
+    x = torch.from_numpy(X)
+    covs = torch.from_numpy(np.stack([np.eye(5) * s + 0.2 for s in (1.0, 2.0, 0.5)]))
+    params = gaussian.GMMParams(torch.full((3,), 1 / 3, dtype=torch.float64),
+                                torch.from_numpy(np.random.default_rng(0).normal(50, 3, (3, 5))), covs)
+    coef, c = gaussian.cholesky_coefficients(params, "full")
+    P = em_cholesky.factors(coef)
+    z, y = em_cholesky.component_rows(x, coef, P)
+    assert z is y and y.shape == (3, 700, 5)
+    torch.testing.assert_close(y.transpose(0, 1), em_cholesky.whitened(x, coef), rtol=1e-12, atol=1e-10)
+    r = torch.softmax(em_cholesky.weighted_log_prob(x, coef, c), 1)
+    a, b = em_cholesky._Whitened(coef), em_cholesky._Centred(coef.means)
+    a.add_centred(y, r.T)
+    b.add(x, r)
+    torch.testing.assert_close(a.total(), b.total(), rtol=1e-11, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cov_type", ["full", "tied"])
+def test_cholesky_labels_are_the_first_most_probable_component(dtype, cov_type):
+    from bayesclust.inference import em_cholesky
+    from bayesclust.inference.streaming import Features
+
+    X, _ = _blobs(n=5000, d=4, k=3)
+    x = torch.from_numpy(X).to(dtype)
+    cov = torch.eye(4, dtype=dtype) if cov_type == "tied" else torch.eye(4, dtype=dtype).expand(4, 4, 4)
+    means = torch.cat([x[:3], x[:1]])  # components 0 and 3 coincide: ties go to the first
+    params = gaussian.GMMParams(torch.full((4,), 0.25, dtype=dtype), means, cov.clone())
+    coef, c = gaussian.cholesky_coefficients(params, cov_type)
+    feats = Features(x, lambda a, out=None: a, chunk_size=700, cache_bytes=0)
+    labels = em_cholesky.argmax_chunks(feats, coef, c)
+    logits, _ = em_cholesky.log_resp_chunks(feats, coef, c)
+    assert torch.equal(labels, logits.argmax(1))
+    assert int((labels == 3).sum()) == 0 and int((labels == 0).sum()) > 0
+
+
+def test_float32_log_densities_keep_a_tight_far_component():
+    # predict / score_samples in float32 whiten the centred x - mu_k, as the E-step does; x P - b
+    # lost 1e-2 of a log density to cancellation here (|mu| / sigma = 3e5)
+    from bayesclust.inference import em_cholesky
+
+    g = torch.Generator().manual_seed(2)
+    X = (torch.randn(2000, 6, generator=g, dtype=torch.float64) * 1e-4 + 30.0).float().double()
+    means = torch.stack([X.mean(0), -X.mean(0)]).float().double()  # the same values in both dtypes
+    params = [gaussian.GMMParams(torch.tensor([0.5, 0.5], dtype=dt), means.to(dt),
+                                 torch.stack([torch.eye(6) * 1e-8, torch.eye(6)]).double())
+              for dt in (torch.float64, torch.float32)]
+    (coef64, c64), (coef32, c32) = (gaussian.cholesky_coefficients(p, "full") for p in params)
+    ref = em_cholesky.weighted_log_prob(X, coef64, c64)[:, 0]
+    ours = em_cholesky.weighted_log_prob(X.float(), coef32, c32)[:, 0].double()
+    plain = em_cholesky._log_prob(em_cholesky.whitened(X.float(), coef32), c32)[:, 0].double()
+    assert float((ours - ref).abs().max()) < 1e-4 * float(ref.abs().max())
+    assert float((plain - ref).abs().max()) > 1e-2
+
+
 def test_float32_feature_statistics_do_not_lose_digits_with_n():
     # the float32 blocks' sums go into a float64 G: summed in float32 across blocks, the error grew
     # with N (1.2e-4 relative here, 6.7e-5 at N = 1e6 in the speed grid); now 1.3e-5 (4.3e-6)

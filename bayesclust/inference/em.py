@@ -23,7 +23,8 @@ from .streaming import Features, reduce_statistics, weighted_statistics
 
 
 def block_rows(q: int, itemsize: int, chunk_size: int) -> int:
-    """Rows per block so one block of phi (rows x q) stays in cache (~4 MiB) across both matmuls."""
+    """Rows per block of phi (rows x q, about 4 MiB): both of a block's products read it while it
+    is in cache, and each product is large enough to run at the BLAS rate."""
     return max(256, min(chunk_size, (1 << 22) // (q * itemsize)))
 
 
@@ -34,11 +35,11 @@ def e_step(
     float64: each block's sums are added in float64 (float32 data: the block's products are float32,
     or float64 with ``exact``).
 
-    ``feats(slice)`` returns phi of those rows (a view of a cache or computed on the fly). In
-    float32, rows are taken in cache-sized blocks so that the E-step matmul and the M-step
+    ``feats(slice)`` returns phi of those rows (a view of a cache or computed on the fly). Rows are
+    taken in cache-sized blocks (:func:`block_rows`) so that the E-step matmul and the M-step
     statistics matmul read the same block of phi while it is still in cache: both products are
-    memory-bound there, so this halves the traffic to main memory. Coefficients in the Cholesky
-    form go to :func:`em_cholesky.e_step` (G in float64).
+    memory-bound, so this halves the traffic to main memory. Coefficients in the Cholesky form go to
+    :func:`em_cholesky.e_step` (G in float64).
     """
     if isinstance(A, CholeskyCoefficients):
         return em_cholesky.e_step(feats, A, c, accumulate=accumulate)
@@ -46,30 +47,20 @@ def e_step(
     total = torch.zeros((), dtype=torch.float64, device=A.device)
     exact = exact and A.dtype != torch.float64
     G = torch.zeros(A.shape[0] + 1, A.shape[1], dtype=torch.float64, device=A.device) if accumulate else None
-    if A.element_size() >= 8:
-        # float64 products are compute-bound on a CPU (half the SIMD lanes), so cache blocking does
-        # not pay; large chunks in the (K, n) layout are faster there (benchmarks/RESULTS.md, GMM).
-        step, transposed = chunk_size, True
-    else:
-        step, transposed = block_rows(A.shape[0], A.element_size(), chunk_size), False
-    dim = 0 if transposed else 1  # the axis over components
+    step = block_rows(A.shape[0], A.element_size(), chunk_size)
     for start in range(0, n, step):
         phi = feats(slice(start, min(n, start + step)))
-        if transposed:
-            logits = torch.addmm(c[:, None], A.T, phi.T)  # (K, m)
-        else:
-            logits = torch.addmm(c, phi, A)  # (m, K)
-        resp, norm, loglik = exp_normalise_(logits, dim)
+        resp, norm, loglik = exp_normalise_(torch.addmm(c, phi, A), 1)  # (m, K)
         total += loglik
         if G is not None:
             resp.div_(norm)
-            if exact:  # the block's copy in float64 (float32 only: the non-transposed layout)
+            if exact:  # the block's copy in float64
                 phi, resp = phi.double(), resp.double()
             if phi.dtype == G.dtype:
-                G[:-1].addmm_(phi.T, resp.T if transposed else resp)
+                G[:-1].addmm_(phi.T, resp)
             else:  # a float32 block's sums, added in float64: no rounding that grows with N
                 G[:-1] += phi.T @ resp
-            G[-1] += resp.sum(1 - dim)
+            G[-1] += resp.sum(0)
     total = reduce_statistics(total)
     return float(total), None if G is None else reduce_statistics(G).T
 
@@ -97,10 +88,11 @@ def argmax_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> torch.Te
     labels = torch.empty(n, dtype=torch.long, device=A.device)
     step = block_rows(A.shape[0], A.element_size(), chunk_size)
     buf = torch.empty(min(n, step), A.shape[1], dtype=A.dtype, device=A.device)
+    values = torch.empty(min(n, step), dtype=A.dtype, device=A.device)
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
         block = torch.addmm(c, feats(sl), A, out=buf[: sl.stop - start])
-        torch.argmax(block, dim=1, out=labels[sl])
+        torch.max(block, 1, out=(values[: sl.stop - start], labels[sl]))  # 2-3x torch.argmax's speed
     return labels
 
 

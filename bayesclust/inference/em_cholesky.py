@@ -1,17 +1,18 @@
 """EM passes in the Cholesky formulation (full / tied covariances at large D), chunked over the data.
 
 With ``Sigma_k^-1 = P_k P_k^T`` (:class:`~bayesclust.models.gaussian.CholeskyCoefficients`) the
-weighted log density of a block of rows x (m, D) is ``c_k - |x P_k - b_k|^2 / 2``: one
-(m x D) @ (D x K D) product and a squared norm per component, with no D^2 / 2 feature columns to
-build or read. The M-step statistics are accumulated about each component's current mean ``a_k``
-(centred: ``sum r (x - a_k)(x - a_k)^T`` by a batched product), in the data's dtype per block and in
+weighted log density of a block of rows x (m, D) is ``c_k - |(x - mu_k) P_k|^2 / 2``: for full
+covariances one batched (K, m, D) @ (K, D, D) product and a squared norm per component, with no
+D^2 / 2 feature columns to build or read. The M-step statistics are weighted sums over the same
+(K, m, D) array, weighted in place by sqrt(r) so that ``sum r z z^T`` is one batched product
+``(sqrt(r) z)^T (sqrt(r) z)``: in float64 z is y itself and its sums are mapped back through P_k
+(:class:`_Whitened`); in float32 z is ``x - mu_k`` (centred about each component's current mean, so
+float32 loses no digits to uncentred second moments, and y keeps the digits that ``x P_k - b_k``
+loses to cancellation for a tight component). Sums are taken in the data's dtype per block and in
 float64 across blocks, then turned into the feature layout G (K, Q + 1) of
-:func:`bayesclust.models.gaussian.unpack_stats` in float64, so the family's M-step is unchanged and
-float32 loses no digits to uncentred second moments. In float32 (full covariances) the E-step whitens
-those same differences, ``y = (x - mu_k) P_k``: one (K, m, D) array serves both, and y keeps the digits
-that ``x P_k - b_k`` loses to cancellation for a tight component. The data comes from
-``feats(slice)``, which is x itself in this formulation (in memory, out of core or one shard of a
-distributed fit).
+:func:`bayesclust.models.gaussian.unpack_stats`, so the family's M-step is unchanged. The data comes
+from ``feats(slice)``, which is x itself in this formulation (in memory, out of core or one shard of
+a distributed fit).
 """
 
 from __future__ import annotations
@@ -38,13 +39,42 @@ def whitened(x: torch.Tensor, coef: CholeskyCoefficients) -> torch.Tensor:
     return (x @ coef.W).view(-1, k, d).sub_(coef.b)
 
 
+def factors(coef: CholeskyCoefficients) -> torch.Tensor | None:
+    """The precision factors P (K, D, D) of full covariances, contiguous (None if tied)."""
+    k, d = coef.means.shape
+    return None if coef.tied else coef.W.view(d, k, d).transpose(0, 1).contiguous()
+
+
+def component_rows(
+    x: torch.Tensor, coef: CholeskyCoefficients, P: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, y), both (K, m, D), for rows x (m, D) of full covariances with factors P (K, D, D):
+    ``y_ik = (x_i - mu_k) P_k``, and z the rows whose weighted sums are the M-step statistics.
+
+    float64: ``y = x P_k - b_k`` by one batched product, and z = y (:class:`_Whitened` maps its sums
+    back). float32: z = x - mu_k, so y keeps the digits that ``x P_k - b_k`` loses to cancellation for
+    a tight component, and the statistics are centred (:class:`_Centred`)."""
+    k = P.shape[0]
+    if x.dtype == torch.float64:
+        y = torch.baddbmm(coef.b.unsqueeze(1), x.expand(k, *x.shape), P, beta=-1)
+        return y, y
+    z = x.unsqueeze(0) - coef.means.unsqueeze(1)
+    return z, torch.bmm(z, P)
+
+
 def _log_prob(y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return c - 0.5 * torch.linalg.vector_norm(y, dim=-1).square_()  # one reduction, no (m, K, D) temp
 
 
-def weighted_log_prob(x: torch.Tensor, coef: CholeskyCoefficients, c: torch.Tensor) -> torch.Tensor:
-    """``log w_k + log N(x_i | mu_k, Sigma_k)`` (m, K) of the rows x (m, D)."""
-    return _log_prob(whitened(x, coef), c)
+def weighted_log_prob(
+    x: torch.Tensor, coef: CholeskyCoefficients, c: torch.Tensor, P: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``log w_k + log N(x_i | mu_k, Sigma_k)`` (m, K) of the rows x (m, D) (``P``: ``factors(coef)``,
+    taken once by a caller looping over blocks)."""
+    if coef.tied:
+        return _log_prob(whitened(x, coef), c)
+    P = factors(coef) if P is None else P
+    return _log_prob(component_rows(x, coef, P)[1], c[:, None]).T
 
 
 def _layout(n: torch.Tensor, s1: torch.Tensor, S: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -77,9 +107,11 @@ class _Centred:
 
     def add_centred(self, diff: torch.Tensor, rT: torch.Tensor) -> None:
         """Differences ``diff_kid = x_id - ref_kd`` (K, m, D) with weights rT (K, m)."""
+        if self.exact:
+            diff, rT = diff.double(), rT.double()
         weighted = diff * rT.unsqueeze(-1)  # (K, m, D)
         self.n += rT.sum(1).double()
-        self.s1 += weighted.sum(1).double()
+        self.s1 += weighted.sum(1).double()  # a pairwise sum: a (K, 1, m) product loses float32 digits
         self.S += torch.bmm(weighted.transpose(1, 2), diff).double()
 
     def add_block(self, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> None:
@@ -107,6 +139,15 @@ class _Whitened(_Centred):
         W = coef.W.double()
         self.P = W if coef.tied else W.view(d, k, d).transpose(0, 1)  # (D, D) or (K, D, D), upper
 
+    def add_centred(self, diff: torch.Tensor, rT: torch.Tensor) -> None:
+        """Whitened rows y (K, m, D), overwritten, with weights rT (K, m): in float64 the sums are
+        batched products, ``sum r y y^T = (sqrt(r) y)^T (sqrt(r) y)`` with y weighted in place."""
+        self.n += rT.sum(1)
+        root = rT.sqrt().unsqueeze(1)  # (K, 1, m)
+        weighted = diff.mul_(root.transpose(1, 2))
+        self.s1 += torch.bmm(root, weighted).squeeze(1)
+        self.S += torch.bmm(weighted.transpose(1, 2), weighted)
+
     def add_block(self, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> None:
         weighted = y * r.unsqueeze(-1)
         self.n += r.sum(0).double()
@@ -120,39 +161,33 @@ class _Whitened(_Centred):
         return s1, torch.linalg.solve_triangular(P.transpose(-1, -2), Z, upper=False)  # P^-T T P^-1
 
 
-def _centred_block(
-    x: torch.Tensor, means: torch.Tensor, P: torch.Tensor, c: torch.Tensor, stats: _Centred
-) -> torch.Tensor:
-    """One float32 block: ``y_ik = (x_i - mu_k) P_k`` from the differences the centred statistics
-    need anyway (one (K, m, D) array, not two), in the (K, m) layout; returns its log-likelihood."""
-    diff = x.unsqueeze(0) - means.unsqueeze(1)  # (K, m, D)
-    resp, norm, loglik = exp_normalise_(_log_prob(torch.bmm(diff, P), c[:, None]), 0)
-    stats.add_centred(diff, resp.div_(norm))
-    return loglik
-
-
 def e_step(
     feats: Features, coef: CholeskyCoefficients, c: torch.Tensor, *, accumulate: bool = True
 ) -> tuple[float, torch.Tensor | None]:
-    """Total log-likelihood and, if ``accumulate``, G (K, Q + 1) float64 (see the module docstring)."""
+    """Total log-likelihood and, if ``accumulate``, G (K, Q + 1) float64 (see the module docstring).
+
+    Full covariances run in the (K, m, D) layout of :func:`component_rows`, one batched product per
+    block, whose z are weighted in place for the statistics; tied ones whiten x by the one P."""
     k, d = coef.means.shape
     step = block_rows(k, d, coef.element_size(), feats.chunk_size)
     total = torch.zeros((), dtype=torch.float64, device=coef.device)
     stats = None
     if accumulate:
         stats = _Whitened(coef) if coef.dtype == torch.float64 else _Centred(coef.means, coef.exact)
-    centred = type(stats) is _Centred and not (coef.tied or coef.exact)
-    P = coef.W.view(d, k, d).transpose(0, 1).contiguous() if centred else None  # (K, D, D)
+    P = factors(coef)
     for sl in feats.slices(step):
         x = feats(sl)
-        if centred:
-            total += _centred_block(x, coef.means, P, c, stats)
-            continue
-        y = whitened(x, coef)
-        resp, norm, loglik = exp_normalise_(_log_prob(y, c), 1)
+        if P is not None:
+            z, y = component_rows(x, coef, P)
+            resp, norm, loglik = exp_normalise_(_log_prob(y, c[:, None]), 0)
+            if stats is not None:
+                stats.add_centred(z, resp.div_(norm))
+        else:
+            y = whitened(x, coef)
+            resp, norm, loglik = exp_normalise_(_log_prob(y, c), 1)
+            if stats is not None:
+                stats.add_block(x, y, resp.div_(norm))
         total += loglik
-        if stats is not None:
-            stats.add_block(x, y, resp.div_(norm))
     total = reduce_statistics(total)
     return float(total), None if stats is None else stats.total()
 
@@ -163,8 +198,9 @@ def log_resp_chunks(
     """Weighted log densities (N, K) and per-point log-likelihood (N,), block by block."""
     k, d = coef.means.shape
     logits = torch.empty(feats.n, k, dtype=coef.dtype, device=coef.device)
+    P = factors(coef)
     for sl in feats.slices(block_rows(k, d, coef.element_size(), feats.chunk_size)):
-        logits[sl] = weighted_log_prob(feats(sl), coef, c)
+        logits[sl] = weighted_log_prob(feats(sl), coef, c, P)
     return logits, torch.logsumexp(logits, dim=1)
 
 
@@ -172,8 +208,13 @@ def argmax_chunks(feats: Features, coef: CholeskyCoefficients, c: torch.Tensor) 
     """The most probable component of every row (N,), block by block (no (N, K) array)."""
     k, d = coef.means.shape
     labels = torch.empty(feats.n, dtype=torch.long, device=coef.device)
+    P = factors(coef)
     for sl in feats.slices(block_rows(k, d, coef.element_size(), feats.chunk_size)):
-        labels[sl] = weighted_log_prob(feats(sl), coef, c).argmax(1)
+        # torch.max's indices (the first maximum, as argmax) run 2-20x faster than torch.argmax here
+        if P is None:
+            labels[sl] = torch.max(weighted_log_prob(feats(sl), coef, c), 1).indices
+        else:  # in the (K, m) layout
+            labels[sl] = torch.max(_log_prob(component_rows(feats(sl), coef, P)[1], c[:, None]), 0).indices
     return labels
 
 
