@@ -23,12 +23,13 @@ from ..models.gaussian import CholeskyCoefficients
 from .responsibilities import exp_normalise_
 from .streaming import Features, reduce_statistics, weighted_statistics
 
-_BLOCK_BYTES = 8 << 20  # one block's (rows, K, D) products stay near this size
+_BLOCK_BYTES = 4 << 20  # one block's (K, rows, D) arrays stay near this size (two of them live at once)
+_MIN_ROWS = 256  # but no fewer rows: at large K D, 64-128-row products ran 10-20% slower
 
 
 def block_rows(k: int, d: int, itemsize: int, chunk_size: int) -> int:
-    """Rows per block so the block's (rows, K, D) arrays take about ``_BLOCK_BYTES``."""
-    return max(64, min(chunk_size, _BLOCK_BYTES // max(1, k * d * itemsize)))
+    """Rows per block so the block's (K, rows, D) arrays take about ``_BLOCK_BYTES``."""
+    return max(min(_MIN_ROWS, chunk_size), min(chunk_size, _BLOCK_BYTES // max(1, k * d * itemsize)))
 
 
 def whitened(x: torch.Tensor, coef: CholeskyCoefficients) -> torch.Tensor:
@@ -51,12 +52,11 @@ def component_rows(
     """(z, y), both (K, m, D), for rows x (m, D) of full covariances with factors P (K, D, D):
     ``y_ik = (x_i - mu_k) P_k``, and z the rows whose weighted sums are the M-step statistics.
 
-    float64: ``y = x P_k - b_k`` by one batched product, and z = y (:class:`_Whitened` maps its sums
+    float64: ``y = x P_k - b_k`` by one broadcast product, and z = y (:class:`_Whitened` maps its sums
     back). float32: z = x - mu_k, so y keeps the digits that ``x P_k - b_k`` loses to cancellation for
     a tight component, and the statistics are centred (:class:`_Centred`)."""
-    k = P.shape[0]
     if x.dtype == torch.float64:
-        y = torch.baddbmm(coef.b.unsqueeze(1), x.expand(k, *x.shape), P, beta=-1)
+        y = torch.matmul(x, P).sub_(coef.b.unsqueeze(1))  # broadcast: 5-15% faster than baddbmm
         return y, y
     z = x.unsqueeze(0) - coef.means.unsqueeze(1)
     return z, torch.bmm(z, P)
