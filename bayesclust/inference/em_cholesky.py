@@ -106,9 +106,19 @@ class _Centred:
         self.add_centred(x.unsqueeze(0) - self.ref.unsqueeze(1), r.T)
 
     def add_centred(self, diff: torch.Tensor, rT: torch.Tensor) -> None:
-        """Differences ``diff_kid = x_id - ref_kd`` (K, m, D) with weights rT (K, m)."""
+        """Differences ``diff_kid = x_id - ref_kd`` (K, m, D) with weights rT (K, m); float64 ``diff``
+        is overwritten."""
         if self.exact:
             diff, rT = diff.double(), rT.double()
+        if diff.dtype == torch.float64:
+            # diff weighted in place by sqrt(r): sum r z z^T = (sqrt(r) z)^T (sqrt(r) z) and sum r z are
+            # batched products, with no second (K, m, D) array
+            self.n += rT.sum(1)
+            root = rT.sqrt().unsqueeze(1)  # (K, 1, m)
+            weighted = diff.mul_(root.transpose(1, 2))
+            self.s1 += torch.bmm(root, weighted).squeeze(1)
+            self.S += torch.bmm(weighted.transpose(1, 2), weighted)
+            return
         weighted = diff * rT.unsqueeze(-1)  # (K, m, D)
         self.n += rT.sum(1).double()
         self.s1 += weighted.sum(1).double()  # a pairwise sum: a (K, 1, m) product loses float32 digits
@@ -138,15 +148,6 @@ class _Whitened(_Centred):
         k, d = coef.means.shape
         W = coef.W.double()
         self.P = W if coef.tied else W.view(d, k, d).transpose(0, 1)  # (D, D) or (K, D, D), upper
-
-    def add_centred(self, diff: torch.Tensor, rT: torch.Tensor) -> None:
-        """Whitened rows y (K, m, D), overwritten, with weights rT (K, m): in float64 the sums are
-        batched products, ``sum r y y^T = (sqrt(r) y)^T (sqrt(r) y)`` with y weighted in place."""
-        self.n += rT.sum(1)
-        root = rT.sqrt().unsqueeze(1)  # (K, 1, m)
-        weighted = diff.mul_(root.transpose(1, 2))
-        self.s1 += torch.bmm(root, weighted).squeeze(1)
-        self.S += torch.bmm(weighted.transpose(1, 2), weighted)
 
     def add_block(self, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> None:
         weighted = y * r.unsqueeze(-1)
