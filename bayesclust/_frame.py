@@ -59,13 +59,16 @@ def _positive(scale: float) -> float:
 def standard_frame(X: torch.Tensor) -> Frame:
     """Per-feature mean and one scalar scale, sqrt(mean_j var_j), of X (N, D) (1 for constant data);
     two passes in float64 blocks (no float64 copy of X)."""
-    if rows_supported(X) and X.dim() == 2 and X.shape[0]:
-        mean, var = column_moments(X)  # compiled: both passes per cache-sized block
-    else:
-        mean, var = _chunked_moments(X)
-    frame = frame_from_moments(mean, var)
+    frame = frame_from_moments(*data_moments(X))
     _warn_if_float32_lost_digits(X, frame)
     return frame
+
+
+def data_moments(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and (biased) variance (D,) float64 of X (N, D), N >= 1, in float64 blocks."""
+    if rows_supported(X) and X.dim() == 2:
+        return column_moments(X)  # compiled: both passes per cache-sized block
+    return _chunked_moments(X)
 
 
 def _chunked_moments(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

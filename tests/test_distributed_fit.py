@@ -87,6 +87,11 @@ def _summary(name: str, model) -> dict[str, np.ndarray]:
     return out
 
 
+def _far_rows() -> np.ndarray:
+    """Rows far from the origin against their spread: raw second moments would lose the variance."""
+    return np.random.default_rng(3).normal(size=(700, 3)) * 1e-3 + 1e6
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
@@ -100,6 +105,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             for name, model in _models(WORLD).items()
         }
         results["reduce_after"] = streaming.is_reducing()  # the all-reduce is uninstalled after fit
+        with distributed.fit_context():  # unequal shards, one of them empty on rank 1
+            results["moments"] = streaming.global_moments(torch.from_numpy(_far_rows()[:700 * (1 - rank)]))
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -211,6 +218,16 @@ def test_distributed_dti_matches_one_process(ranks, single):
     np.testing.assert_allclose(ranks[0]["dti"]["prototypes"], single["dti"]["prototypes"], atol=1e-4)
     labels = np.concatenate([r["dti"]["labels"] for r in ranks])
     np.testing.assert_array_equal(labels, single["dti"]["labels"])
+
+
+def test_distributed_global_moments_merge_per_process_moments(ranks):
+    # each process's own mean and variance, merged across processes (Chan et al.); rank 1 has no rows
+    X = _far_rows()
+    for r in ranks:
+        n, mean, var = r["moments"]
+        assert n == len(X)
+        np.testing.assert_allclose(mean.numpy(), X.mean(0), rtol=0, atol=1e-8)  # 1e-5 of the spread
+        np.testing.assert_allclose(var.numpy(), X.var(0), rtol=1e-8)  # raw moments: 1e-4 / 1e-6 off
 
 
 def test_distributed_reduce_is_removed_after_fit(ranks):

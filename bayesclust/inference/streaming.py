@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._frame import data_moments
+
 FEATURE_CACHE_BYTES = 1 << 30  # cache phi(X) whole when it takes at most 1 GiB
 
 
@@ -144,18 +146,25 @@ def is_reducing() -> bool:
     return _reduce is not None
 
 
-def global_moments(X: torch.Tensor, chunk_size: int = 65536) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(N, mean (D,), variance (D,)) float64 of the rows of X (n, D) over every process, in two
-    reduced passes (sum, then the centred sum of squares), chunk by chunk (no float64 copy of X)."""
-    n = int(reduce_statistics(torch.tensor(float(X.shape[0]), dtype=torch.float64, device=X.device)))
-    total = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
-    for start in range(0, X.shape[0], chunk_size):
-        total += X[start : start + chunk_size].double().sum(0)
-    mean = reduce_statistics(total) / n
-    sq = torch.zeros_like(total)
-    for start in range(0, X.shape[0], chunk_size):
-        sq += ((X[start : start + chunk_size].double() - mean) ** 2).sum(0)
-    return n, mean, reduce_statistics(sq) / n
+def global_moments(X: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(N, mean (D,), variance (D,)) float64 of the rows of X (n, D) over every process.
+
+    Each process takes its own mean and variance in one pass (:func:`bayesclust._frame.data_moments`);
+    they are merged by Chan, Golub and LeVeque's pairwise formula, ``M2 = sum_p [n_p var_p + n_p
+    (mean_p - mean)^2]``, in two small reductions: no raw second moments are summed. A process may hold
+    no rows.
+    """
+    kw = {"dtype": torch.float64, "device": X.device}
+    n_local = X.shape[0]
+    if n_local:
+        mean_p, var_p = (t.to(X.device) for t in data_moments(X))
+    else:
+        mean_p = var_p = torch.zeros(X.shape[1], **kw)
+    first = reduce_statistics(torch.cat([torch.tensor([float(n_local)], **kw), n_local * mean_p]))
+    n = int(first[0])
+    mean = first[1:] / n
+    m2 = reduce_statistics(n_local * (var_p + (mean_p - mean) ** 2))
+    return n, mean, m2 / n
 
 
 def moment_proxy(mean: torch.Tensor, var: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
