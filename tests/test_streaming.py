@@ -212,3 +212,25 @@ def test_cuda_dpgmm_out_of_core_equals_in_memory(X):
     ref = _dpgmm(device="cuda").fit(X)
     got = _dpgmm(device="cuda").fit([X[:400], X[400:]])
     _assert_same_dpgmm(got, ref)
+
+
+def test_large_feature_cache_on_a_huge_page_mapping(monkeypatch):
+    # host arrays from HUGE_PAGE_BYTES on are anonymous mappings advised for transparent huge pages
+    import mmap
+
+    from bayesclust import _device
+    from bayesclust.models.gaussian import feature_map
+
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        pytest.skip("this OS offers no MADV_HUGEPAGE")
+    monkeypatch.setattr(_device, "HUGE_PAGE_BYTES", 1 << 16)
+    X = torch.randn(3000, 5, dtype=torch.float64)
+    feats = streaming.Features(X, lambda x, out=None: feature_map(x, "full", out=out))
+    assert feats.cached and feats.cache.is_contiguous() and feats.cache.shape == (3000, 20)
+    torch.testing.assert_close(feats(slice(0, 3000)), feature_map(X, "full"), rtol=0, atol=0)
+    small = _device.empty_rows(10, 4, X)  # below the threshold: torch's own allocation
+    assert small.shape == (10, 4) and small.dtype == torch.float64
+    big = _device.empty_rows(4000, 5, X)
+    assert big.shape == (4000, 5) and big.is_contiguous() and big.data_ptr() % mmap.PAGESIZE == 0
+    big.fill_(2.0)
+    assert float(big.sum()) == 40000.0

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._device import empty_rows
 from .._frame import data_moments
 
 FEATURE_CACHE_BYTES = 1 << 30  # cache phi(X) whole when it takes at most 1 GiB
@@ -72,7 +73,7 @@ class Features:
         self.cache: torch.Tensor | None = None
         self._buf: torch.Tensor | None = None
         if cache_fits(self.n, self.q, X.element_size(), cache_bytes):
-            self.cache = feature_fn(X, out=X.new_empty(self.n, self.q))
+            self.cache = feature_fn(X, out=empty_rows(self.n, self.q, X))
 
     @property
     def cached(self) -> bool:
