@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 import random
 from typing import Any
 
@@ -102,10 +103,17 @@ def empty_rows(n: int, q: int, like: torch.Tensor) -> torch.Tensor:
     A large host array (``HUGE_PAGE_BYTES`` and up, where the OS offers ``MADV_HUGEPAGE``) is an
     anonymous mapping advised for transparent huge pages: its first writes fault in 2 MiB pages instead
     of 4 KiB ones, which halves the time to fill a fresh (1e5, 560) float64 feature cache
-    (benchmarks/RESULTS.md, speed). The mapping is freed with the tensor.
+    (benchmarks/RESULTS.md, speed). The mapping is freed with the tensor. Where the kernel compacts
+    memory on such faults (``defrag`` = madvise) a fragmented machine may stall the first write; the
+    environment variable ``BAYESCLUST_NO_HUGE_PAGES=1`` turns this off.
     """
     nbytes = n * q * like.element_size()
-    if like.device.type != "cpu" or nbytes < HUGE_PAGE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+    if (
+        like.device.type != "cpu"
+        or nbytes < HUGE_PAGE_BYTES
+        or not hasattr(mmap, "MADV_HUGEPAGE")
+        or os.environ.get("BAYESCLUST_NO_HUGE_PAGES", "") not in ("", "0")
+    ):
         return like.new_empty(n, q)
     buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     buf.madvise(mmap.MADV_HUGEPAGE)

@@ -230,7 +230,14 @@ def test_large_feature_cache_on_a_huge_page_mapping(monkeypatch):
     torch.testing.assert_close(feats(slice(0, 3000)), feature_map(X, "full"), rtol=0, atol=0)
     small = _device.empty_rows(10, 4, X)  # below the threshold: torch's own allocation
     assert small.shape == (10, 4) and small.dtype == torch.float64
+    maps = []
+    real_mmap = mmap.mmap
+    monkeypatch.setattr(_device.mmap, "mmap", lambda *a, **kw: maps.append(a) or real_mmap(*a, **kw))
+    monkeypatch.setenv("BAYESCLUST_NO_HUGE_PAGES", "1")  # the opt-out: torch's own allocation
+    assert _device.empty_rows(4000, 5, X).shape == (4000, 5) and not maps
+    monkeypatch.delenv("BAYESCLUST_NO_HUGE_PAGES")
     big = _device.empty_rows(4000, 5, X)
+    assert len(maps) == 1
     assert big.shape == (4000, 5) and big.is_contiguous() and big.data_ptr() % mmap.PAGESIZE == 0
     big.fill_(2.0)
     assert float(big.sum()) == 40000.0
