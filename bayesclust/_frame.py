@@ -65,8 +65,9 @@ def standard_frame(X: torch.Tensor) -> Frame:
 
 
 def data_moments(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature mean and (biased) variance (D,) float64 of X (N, D), N >= 1, in float64 blocks."""
-    if rows_supported(X) and X.dim() == 2:
+    """Per-feature mean and (biased) variance (D,) float64 of X (N, D) in float64 blocks (zeros for
+    N = 0)."""
+    if rows_supported(X) and X.dim() == 2 and X.shape[0]:
         return column_moments(X)  # compiled: both passes per cache-sized block
     return _chunked_moments(X)
 

@@ -88,11 +88,10 @@ def argmax_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> torch.Te
     labels = torch.empty(n, dtype=torch.long, device=A.device)
     step = block_rows(A.shape[0], A.element_size(), chunk_size)
     buf = torch.empty(min(n, step), A.shape[1], dtype=A.dtype, device=A.device)
-    values = torch.empty(min(n, step), dtype=A.dtype, device=A.device)
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
         block = torch.addmm(c, feats(sl), A, out=buf[: sl.stop - start])
-        torch.max(block, 1, out=(values[: sl.stop - start], labels[sl]))  # 2-3x torch.argmax's speed
+        labels[sl] = torch.max(block, 1).indices  # the first maximum, as argmax, at 2-3x its speed
     return labels
 
 

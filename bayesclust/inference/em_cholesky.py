@@ -73,8 +73,14 @@ def weighted_log_prob(
     taken once by a caller looping over blocks)."""
     if coef.tied:
         return _log_prob(whitened(x, coef), c)
-    P = factors(coef) if P is None else P
-    return _log_prob(component_rows(x, coef, P)[1], c[:, None]).T
+    return _component_log_prob(x, coef, c, factors(coef) if P is None else P).T
+
+
+def _component_log_prob(
+    x: torch.Tensor, coef: CholeskyCoefficients, c: torch.Tensor, P: torch.Tensor
+) -> torch.Tensor:
+    """``log w_k + log N(x_i | mu_k, Sigma_k)`` (K, m) of full covariances (factors P (K, D, D))."""
+    return _log_prob(component_rows(x, coef, P)[1], c[:, None])
 
 
 def _layout(n: torch.Tensor, s1: torch.Tensor, S: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -215,7 +221,7 @@ def argmax_chunks(feats: Features, coef: CholeskyCoefficients, c: torch.Tensor) 
         if P is None:
             labels[sl] = torch.max(weighted_log_prob(feats(sl), coef, c), 1).indices
         else:  # in the (K, m) layout
-            labels[sl] = torch.max(_log_prob(component_rows(feats(sl), coef, P)[1], c[:, None]), 0).indices
+            labels[sl] = torch.max(_component_log_prob(feats(sl), coef, c, P), 0).indices
     return labels
 
 

@@ -155,13 +155,10 @@ def global_moments(X: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
     (mean_p - mean)^2]``, in two small reductions: no raw second moments are summed. A process may hold
     no rows.
     """
-    kw = {"dtype": torch.float64, "device": X.device}
     n_local = X.shape[0]
-    if n_local:
-        mean_p, var_p = (t.to(X.device) for t in data_moments(X))
-    else:
-        mean_p = var_p = torch.zeros(X.shape[1], **kw)
-    first = reduce_statistics(torch.cat([torch.tensor([float(n_local)], **kw), n_local * mean_p]))
+    mean_p, var_p = data_moments(X)  # zeros on a process without rows
+    count = torch.tensor([float(n_local)], dtype=torch.float64, device=X.device)
+    first = reduce_statistics(torch.cat([count, n_local * mean_p]))
     n = int(first[0])
     mean = first[1:] / n
     m2 = reduce_statistics(n_local * (var_p + (mean_p - mean) ** 2))
