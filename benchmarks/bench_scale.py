@@ -119,6 +119,11 @@ def _rank_main(rank: int, world: int, port: int, model: str, n: int, iters: int,
     res = timed_fit(model, X, iters)
     Path(out, f"rank{rank}.json").write_text(json.dumps(res))
     dist.destroy_process_group()
+    # torch's C++ teardown at interpreter exit now and then aborts a finished gloo worker (SIGABRT,
+    # "terminate called without an active exception"); the result is written, so skip finalisation
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def child(model: str, mode: str, n: int, iters: int) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -110,6 +111,18 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    _leave()
+
+
+def _leave() -> None:
+    """End a worker whose results are on disk without the interpreter's finalisation: torch's C++
+    teardown at exit (seen here: gloo with its thread pools) aborts a finished worker now and then
+    ("terminate called without an active exception", SIGABRT after ``destroy_process_group``), and
+    the exit code would fail a run whose results are complete. An error before this point still
+    propagates (torch.multiprocessing reports it)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port() -> int:
