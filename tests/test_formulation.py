@@ -200,9 +200,11 @@ def test_whitened_statistics_equal_centred_ones_in_float64(cov_type):
     coef, c = gaussian.cholesky_coefficients(params, cov_type)
     r = torch.softmax(em_cholesky.weighted_log_prob(x, coef, c), 1)
     a, b = em_cholesky._Whitened(coef), em_cholesky._Centred(coef.means)
-    y = em_cholesky.whitened(x, coef)
-    a.add_block(x, y, r)
-    b.add_block(x, y, r)
+    z, y = em_cholesky.component_rows(x, coef, em_cholesky.factors(coef))
+    assert z is y and y.shape == (3, 500, 5)
+    torch.testing.assert_close(y.transpose(0, 1), em_cholesky.whitened(x, coef), rtol=1e-12, atol=1e-10)
+    a.add_centred(y, r.T)
+    b.add(x, r)
     torch.testing.assert_close(a.total(), b.total(), rtol=1e-11, atol=1e-9)
 
 

@@ -40,26 +40,35 @@ def whitened(x: torch.Tensor, coef: CholeskyCoefficients) -> torch.Tensor:
     return (x @ coef.W).view(-1, k, d).sub_(coef.b)
 
 
-def factors(coef: CholeskyCoefficients) -> torch.Tensor | None:
-    """The precision factors P (K, D, D) of full covariances, contiguous (None if tied)."""
+def factors(coef: CholeskyCoefficients) -> torch.Tensor:
+    """The precision factors P, contiguous: (K, D, D) for full covariances, the shared (D, D) if tied."""
     k, d = coef.means.shape
-    return None if coef.tied else coef.W.view(d, k, d).transpose(0, 1).contiguous()
+    return coef.W.contiguous() if coef.tied else coef.W.view(d, k, d).transpose(0, 1).contiguous()
 
 
 def component_rows(
     x: torch.Tensor, coef: CholeskyCoefficients, P: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z, y), both (K, m, D), for rows x (m, D) of full covariances with factors P (K, D, D):
+    """(z, y), both (K, m, D), for rows x (m, D) with factors P (:func:`factors`):
     ``y_ik = (x_i - mu_k) P_k``, and z the rows whose weighted sums are the M-step statistics.
 
     float64: ``y = x P_k - b_k`` by one broadcast product, and z = y (:class:`_Whitened` maps its sums
     back). float32: z = x - mu_k, so y keeps the digits that ``x P_k - b_k`` loses to cancellation for
-    a tight component, and the statistics are centred (:class:`_Centred`)."""
+    a tight component, and the statistics are centred (:class:`_Centred`). Tied covariances whiten x
+    once, ``y = x P - b_k``, in both dtypes."""
+    if P.dim() == 2:
+        y = _tied_rows(x, coef, P)
+        return (y if x.dtype == torch.float64 else x.unsqueeze(0) - coef.means.unsqueeze(1)), y
     if x.dtype == torch.float64:
         y = torch.matmul(x, P).sub_(coef.b.unsqueeze(1))  # broadcast: 5-15% faster than baddbmm
         return y, y
     z = x.unsqueeze(0) - coef.means.unsqueeze(1)
     return z, torch.bmm(z, P)
+
+
+def _tied_rows(x: torch.Tensor, coef: CholeskyCoefficients, P: torch.Tensor) -> torch.Tensor:
+    """y (K, m, D) = x P - b_k for the rows x (m, D) and the shared factor P (D, D)."""
+    return torch.matmul(x, P).unsqueeze(0) - coef.b.unsqueeze(1)
 
 
 def _log_prob(y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -79,8 +88,9 @@ def weighted_log_prob(
 def _component_log_prob(
     x: torch.Tensor, coef: CholeskyCoefficients, c: torch.Tensor, P: torch.Tensor
 ) -> torch.Tensor:
-    """``log w_k + log N(x_i | mu_k, Sigma_k)`` (K, m) of full covariances (factors P (K, D, D))."""
-    return _log_prob(component_rows(x, coef, P)[1], c[:, None])
+    """``log w_k + log N(x_i | mu_k, Sigma_k)`` (K, m) (factors P of :func:`factors`)."""
+    y = _tied_rows(x, coef, P) if P.dim() == 2 else component_rows(x, coef, P)[1]
+    return _log_prob(y, c[:, None])
 
 
 def _layout(n: torch.Tensor, s1: torch.Tensor, S: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -130,10 +140,6 @@ class _Centred:
         self.s1 += weighted.sum(1).double()  # a pairwise sum: a (K, 1, m) product loses float32 digits
         self.S += torch.bmm(weighted.transpose(1, 2), diff).double()
 
-    def add_block(self, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> None:
-        """An E-step block: rows x (m, D), their whitened rows y (m, K, D), weights r (m, K)."""
-        self.add(x, r)
-
     def _centred(self, s1: torch.Tensor, S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The accumulated first and second moments as moments about ``ref``."""
         return s1, S
@@ -155,12 +161,6 @@ class _Whitened(_Centred):
         W = coef.W.double()
         self.P = W if coef.tied else W.view(d, k, d).transpose(0, 1)  # (D, D) or (K, D, D), upper
 
-    def add_block(self, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> None:
-        weighted = y * r.unsqueeze(-1)
-        self.n += r.sum(0).double()
-        self.s1 += weighted.sum(0).double()
-        self.S += torch.bmm(weighted.permute(1, 2, 0), y.transpose(0, 1)).double()
-
     def _centred(self, s1: torch.Tensor, S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         P = self.P  # sum r y = s1 P and sum r y y^T = P^T S P
         s1 = torch.linalg.solve_triangular(P, s1.unsqueeze(-2), upper=True, left=False).squeeze(-2)
@@ -173,8 +173,8 @@ def e_step(
 ) -> tuple[float, torch.Tensor | None]:
     """Total log-likelihood and, if ``accumulate``, G (K, Q + 1) float64 (see the module docstring).
 
-    Full covariances run in the (K, m, D) layout of :func:`component_rows`, one batched product per
-    block, whose z are weighted in place for the statistics; tied ones whiten x by the one P."""
+    Every block runs in the (K, m, D) layout of :func:`component_rows`, whose z are weighted in place
+    for the statistics."""
     k, d = coef.means.shape
     step = block_rows(k, d, coef.element_size(), feats.chunk_size)
     total = torch.zeros((), dtype=torch.float64, device=coef.device)
@@ -183,17 +183,10 @@ def e_step(
         stats = _Whitened(coef) if coef.dtype == torch.float64 else _Centred(coef.means, coef.exact)
     P = factors(coef)
     for sl in feats.slices(step):
-        x = feats(sl)
-        if P is not None:
-            z, y = component_rows(x, coef, P)
-            resp, norm, loglik = exp_normalise_(_log_prob(y, c[:, None]), 0)
-            if stats is not None:
-                stats.add_centred(z, resp.div_(norm))
-        else:
-            y = whitened(x, coef)
-            resp, norm, loglik = exp_normalise_(_log_prob(y, c), 1)
-            if stats is not None:
-                stats.add_block(x, y, resp.div_(norm))
+        z, y = component_rows(feats(sl), coef, P)
+        resp, norm, loglik = exp_normalise_(_log_prob(y, c[:, None]), 0)
+        if stats is not None:
+            stats.add_centred(z, resp.div_(norm))
         total += loglik
     total = reduce_statistics(total)
     return float(total), None if stats is None else stats.total()
@@ -217,11 +210,9 @@ def argmax_chunks(feats: Features, coef: CholeskyCoefficients, c: torch.Tensor) 
     labels = torch.empty(feats.n, dtype=torch.long, device=coef.device)
     P = factors(coef)
     for sl in feats.slices(block_rows(k, d, coef.element_size(), feats.chunk_size)):
-        # torch.max's indices (the first maximum, as argmax) run 2-20x faster than torch.argmax here
-        if P is None:
-            labels[sl] = torch.max(weighted_log_prob(feats(sl), coef, c), 1).indices
-        else:  # in the (K, m) layout
-            labels[sl] = torch.max(_component_log_prob(feats(sl), coef, c, P), 0).indices
+        # in the (K, m) layout; torch.max's indices (the first maximum, as argmax) run 2-20x faster
+        # than torch.argmax here
+        labels[sl] = torch.max(_component_log_prob(feats(sl), coef, c, P), 0).indices
     return labels
 
 
