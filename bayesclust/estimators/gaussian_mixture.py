@@ -87,6 +87,14 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
     and ``relabel_fraction_``. Attributes are in the fit's dtype, except full / tied covariance
     matrices (``covariances_``, ``precisions_``, ``precisions_cholesky_``), which are float64: the
     float32 copy of a thin component's covariance can round to an indefinite matrix.
+
+    Notes
+    -----
+    A component whose expected count falls to the rounding error of N (``N_k <= eps N``, eps of the
+    statistics' dtype) keeps its previous mean and covariance, with a weight of about zero.
+    scikit-learn updates such a component from its vanishing sums, and it can come back as a spike on
+    a few points whose covariance sits at the ``reg_covar`` floor. From the same start the two fits
+    agree until a component empties (``benchmarks/gmm_trajectory.py`` shows a case).
     """
 
     def __init__(
