@@ -32,14 +32,6 @@ def block_rows(k: int, d: int, itemsize: int, chunk_size: int) -> int:
     return max(min(_MIN_ROWS, chunk_size), min(chunk_size, _BLOCK_BYTES // max(1, k * d * itemsize)))
 
 
-def whitened(x: torch.Tensor, coef: CholeskyCoefficients) -> torch.Tensor:
-    """y (m, K, D) with ``y_ik = x_i P_k - b_k = (x_i - mu_k) P_k`` for the rows x (m, D)."""
-    k, d = coef.means.shape
-    if coef.tied:
-        return (x @ coef.W).unsqueeze(1) - coef.b
-    return (x @ coef.W).view(-1, k, d).sub_(coef.b)
-
-
 def factors(coef: CholeskyCoefficients) -> torch.Tensor:
     """The precision factors P, contiguous: (K, D, D) for full covariances, the shared (D, D) if tied."""
     k, d = coef.means.shape
@@ -75,7 +67,7 @@ def component_rows(
     (:class:`Workspace`)."""
     y_out, z_out = (None, None) if out is None else out
     if P.dim() == 2:
-        y = torch.sub(torch.matmul(x, P).unsqueeze(0), coef.b.unsqueeze(1), out=y_out)
+        y = _tied_rows(x, coef, P, y_out)
         if x.dtype == torch.float64:
             return y, y
         return torch.sub(x.unsqueeze(0), coef.means.unsqueeze(1), out=z_out), y
@@ -84,6 +76,13 @@ def component_rows(
         return y, y
     z = torch.sub(x.unsqueeze(0), coef.means.unsqueeze(1), out=z_out)
     return z, torch.bmm(z, P, out=y_out)
+
+
+def _tied_rows(
+    x: torch.Tensor, coef: CholeskyCoefficients, P: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y (K, m, D) = x P - b_k for the rows x (m, D) and the shared factor P (D, D) (into ``out``)."""
+    return torch.sub(torch.matmul(x, P).unsqueeze(0), coef.b.unsqueeze(1), out=out)
 
 
 def _log_prob(y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -95,8 +94,6 @@ def weighted_log_prob(
 ) -> torch.Tensor:
     """``log w_k + log N(x_i | mu_k, Sigma_k)`` (m, K) of the rows x (m, D) (``P``: ``factors(coef)``,
     taken once by a caller looping over blocks)."""
-    if coef.tied:
-        return _log_prob(whitened(x, coef), c)
     return _component_log_prob(x, coef, c, factors(coef) if P is None else P).T
 
 
@@ -106,8 +103,7 @@ def _component_log_prob(
 ) -> torch.Tensor:
     """``log w_k + log N(x_i | mu_k, Sigma_k)`` (K, m) (factors P of :func:`factors`)."""
     if P.dim() == 2:  # tied: y alone (float32 need not centre x)
-        y_out = None if out is None else out[0]
-        y = torch.sub(torch.matmul(x, P).unsqueeze(0), coef.b.unsqueeze(1), out=y_out)
+        y = _tied_rows(x, coef, P, None if out is None else out[0])
     else:
         y = component_rows(x, coef, P, out)[1]
     return _log_prob(y, c[:, None])
