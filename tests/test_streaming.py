@@ -79,6 +79,22 @@ def test_out_of_core_features_hold_no_copy_of_the_data(X):
     np.testing.assert_allclose(again(slice(250, 350)).numpy(), X[250:350] + 1)
 
 
+def test_identity_map_reads_the_data_itself():
+    """The Cholesky formulation's map is x itself: no cached copy, no per-block copy, at any cache size;
+    a map that copies is still cached (or computed per block with no cache)."""
+    X = torch.randn(500, 4, dtype=torch.float64)
+    family = bc.models.gaussian.GaussianFamily("full", formulation="cholesky")
+    for cache_bytes in (0, 1e9):
+        feats = streaming.Features(X, family.feature_map, chunk_size=64, cache_bytes=cache_bytes)
+        block = feats(slice(100, 164))
+        assert feats.cached and block.data_ptr() == X[100].data_ptr() and torch.equal(block, X[100:164])
+    copying = streaming.Features(X, lambda x, out=None: x.clone(), chunk_size=64)
+    assert copying.cached and copying.cache.data_ptr() != X.data_ptr()
+    assert torch.equal(copying(slice(3, 9)), X[3:9])
+    per_block = streaming.Features(X, lambda x, out=None: x * 1.0, chunk_size=64, cache_bytes=0)
+    assert not per_block.cached and torch.equal(per_block(slice(3, 9)), X[3:9])
+
+
 def test_plain_nested_lists_stay_in_memory():
     assert not streaming.is_chunk_source([[1.0, 2.0], [3.0, 4.0]])
     assert not streaming.is_chunk_source(np.zeros((4, 2)))

@@ -23,7 +23,7 @@ from ..models.gaussian import CholeskyCoefficients
 from .responsibilities import exp_normalise_
 from .streaming import Features, reduce_statistics, weighted_statistics
 
-_BLOCK_BYTES = 4 << 20  # one block's (K, rows, D) arrays stay near this size (two of them live at once)
+_BLOCK_BYTES = 2 << 20  # one block's (K, rows, D) arrays stay near this size (two of them live at once)
 _MIN_ROWS = 256  # but no fewer rows: at large K D, 64-128-row products ran 10-20% slower
 
 

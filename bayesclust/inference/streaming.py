@@ -53,9 +53,10 @@ def reduce_statistics(total: torch.Tensor) -> torch.Tensor:
 class Features:
     """Chunked access to ``phi(X)`` (n, Q).
 
-    ``feature_fn(X, out=None)`` computes phi of a block of rows. The map is cached whole when
-    ``n * Q`` elements fit in ``cache_bytes``; otherwise each call computes its rows into one reused
-    buffer, whose content is valid until the next call.
+    ``feature_fn(X, out=None)`` computes phi of a block of rows. A map that returns its input itself
+    (the Cholesky formulation reads x) is read from X, with no copy. Any other map is cached whole
+    when ``n * Q`` elements fit in ``cache_bytes``; otherwise each call computes its rows into one
+    reused buffer, whose content is valid until the next call.
     """
 
     def __init__(
@@ -69,10 +70,13 @@ class Features:
         self.n, self.d = X.shape
         self.feature_fn = feature_fn
         self.chunk_size = max(1, int(chunk_size))
-        self.q = int(feature_fn(X[:1]).shape[1])
+        probe = feature_fn(X[:1])
+        self.q = int(probe.shape[1])
         self.cache: torch.Tensor | None = None
         self._buf: torch.Tensor | None = None
-        if cache_fits(self.n, self.q, X.element_size(), cache_bytes):
+        if _is_identity(probe, X):
+            self.cache = X  # phi(X) is X: a copy would cost a pass and N D elements
+        elif cache_fits(self.n, self.q, X.element_size(), cache_bytes):
             self.cache = feature_fn(X, out=empty_rows(self.n, self.q, X))
 
     @property
@@ -105,6 +109,12 @@ class Features:
         if self._buf is None or self._buf.shape[0] < rows:
             self._buf = self.X.new_empty(rows, self.q)
         return self.feature_fn(self.X[sl], out=self._buf)
+
+
+def _is_identity(probe: torch.Tensor, X: torch.Tensor) -> bool:
+    """Whether ``probe`` (the map of ``X[:1]``) is that row itself, not a copy."""
+    row = X[:1]
+    return probe.shape == row.shape and probe.data_ptr() == row.data_ptr() and probe.stride() == row.stride()
 
 
 def map_rows(fn: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, chunk_size: int) -> torch.Tensor:
