@@ -1,7 +1,5 @@
 """``python -m bayesclust``: the command line (see :mod:`bayesclust.cli`)."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

@@ -15,6 +15,7 @@ stderr and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -586,7 +587,25 @@ def main(argv: list[str] | None = None) -> int:
 
         if dist.is_available() and dist.is_initialized():  # a torchrun launch: close the group
             dist.destroy_process_group()
+            _closed_group.append(True)
+
+
+_closed_group: list[bool] = []  # set when main closed a torch.distributed process group
+
+
+def run() -> None:
+    """The process entry point (``bayesclust`` and ``python -m bayesclust``): exits with
+    :func:`main`'s status. After a torchrun launch the process leaves without the interpreter's
+    finalisation, once its output is flushed: torch's C++ teardown of a closed gloo group aborts a
+    finished process now and then (SIGABRT, "terminate called without an active exception"), which
+    would turn a complete run's exit status nonzero."""
+    status = main()
+    if _closed_group:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 PEERS = ("pomegranate", "tgmm")
+LIBRARIES = ("bayesclust", "sklearn", *PEERS)
 
 
 def read_rows(paths: list[str]) -> dict[tuple, dict[str, list[str]]]:
@@ -22,6 +23,8 @@ def read_rows(paths: list[str]) -> dict[tuple, dict[str, list[str]]]:
                 if not line.startswith("| 1e"):
                     continue
                 cells = [c.strip() for c in line.strip().strip("|").split("|")]
+                if len(cells) < 11 or cells[5] not in LIBRARIES:  # another table's row
+                    continue
                 n, d, k, dtype, iters, lib = cells[:6]
                 cases.setdefault((float(n), int(d), int(k), dtype, int(iters)), {})[lib] = cells
     return cases

@@ -227,3 +227,34 @@ def test_fit_under_torchrun_two_processes(tmp_path):
     two = np.loadtxt(tmp_path / "two.csv", delimiter=",", skiprows=1)[:, 0]
     one = np.loadtxt(tmp_path / "one.csv", delimiter=",", skiprows=1)[:, 0]
     assert len(two) == 300 and adjusted_rand_index(one, two) > 0.99
+
+
+def test_run_exits_with_main_status(capsys):
+    """``run`` (the console script and ``python -m bayesclust``) exits with main's status."""
+    from bayesclust.cli import run
+
+    sys_argv = sys.argv
+    sys.argv = ["bayesclust", "fit", "no-such-file.csv"]
+    try:
+        with pytest.raises(SystemExit) as exc:
+            run()
+    finally:
+        sys.argv = sys_argv
+    assert exc.value.code == 2 and "bayesclust: error:" in capsys.readouterr().err
+
+
+def test_run_after_a_process_group_leaves_without_finalisation():
+    """After main closed a process group, run flushes its output and leaves with main's status, without
+    the interpreter's finalisation (an atexit handler does not run)."""
+    code = (
+        "import atexit, bayesclust.cli as cli\n"
+        "atexit.register(lambda: print('finalised'))\n"
+        "def fake():\n"
+        "    print('fitted', end='')\n"
+        "    cli._closed_group.append(True)\n"
+        "    return 3\n"
+        "cli.main = fake\n"
+        "cli.run()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and r.stdout == "fitted", (r.returncode, r.stdout, r.stderr[-500:])
