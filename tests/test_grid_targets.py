@@ -36,3 +36,23 @@ def test_targets_by_shape():
     assert grid_targets.target(1e5, 32) == 10.0
     assert grid_targets.target(1e4, 32) is None
     assert grid_targets.target(1e4, 128) == 3.0
+
+
+def test_a_fast_case_off_scikit_learns_log_likelihood_is_not_met(tmp_path, capsys):
+    rows = """\
+| 1e+05 | 32 | 64 | float32 | 50 | bayesclust | 4.841 (4.794-4.888) | - | -51.012332 | 1.9e-04 | ok |
+| 1e+05 | 32 | 64 | float32 | 50 | sklearn | 86.073 (84.050-88.095) | 17.78 | -51.022092 | 0.0e+00 | ok |
+| 1e+05 | 32 | 4 | float64 | 5 | bayesclust | 0.300 (0.300-0.300) | - | -40.1 | 2.0e-04 | ok |
+| 1e+05 | 32 | 4 | float64 | 5 | sklearn | 1.500 (1.500-1.500) | 5.00 | -40.1 | 0.0e+00 | ok |
+| 1e+04 | 8 | 4 | float64 | 5 | bayesclust | 0.010 (0.010-0.010) | - | -10.0 | 5.0e-05 | ok |
+| 1e+04 | 8 | 4 | float64 | 5 | sklearn | 0.100 (0.100-0.100) | 10.00 | -10.0 | 0.0e+00 | ok |
+| 1e+06 | 32 | 4 | a row of another table |
+"""
+    out = tmp_path / "grid.out"
+    out.write_text(rows)
+    grid_targets.main([str(out)])
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert len(lines) == 3
+    assert lines[0].endswith("| 10x | **log-lik no** |")
+    assert lines[1].endswith("| 10x | **no, log-lik no** |")
+    assert lines[2].endswith("| - | - |")  # no speed target at N = 1e4, D = 8; log-lik within 1e-4
