@@ -95,7 +95,8 @@ def main() -> None:
         print(f"\n## {name} N={len(X)}: DPGMM() seed {a.seed}, K = {m.n_components_}, alpha mean "
               f"{m.alpha_mean_:.3f}\n")
         table(z, y)
-        Xs = m._standardise(torch.from_numpy(X).double())
+        # the fit's standardised frame, in which its prior is stated
+        Xs = (torch.from_numpy(X).double() - m.data_mean_.double()) / m.data_scale_.double()
         base = {k: v.double() for k, v in m.prior_.items()}
         d = X.shape[1]
         priors = [("default", base)]
