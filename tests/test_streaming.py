@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import bayesclust as bc
-from bayesclust.inference import streaming
+from bayesclust.inference import em, streaming
 
 
 def _blobs(n: int = 900, d: int = 3, seed: int = 0) -> np.ndarray:
@@ -93,6 +93,30 @@ def test_identity_map_reads_the_data_itself():
     assert torch.equal(copying(slice(3, 9)), X[3:9])
     per_block = streaming.Features(X, lambda x, out=None: x * 1.0, chunk_size=64, cache_bytes=0)
     assert not per_block.cached and torch.equal(per_block(slice(3, 9)), X[3:9])
+
+
+def test_scratch_buffers_are_kept_across_passes():
+    """Block arrays come from per-fit scratch buffers: the same storage at every pass (a fresh array
+    per pass is fresh pages past glibc's mmap threshold); a larger request or another dtype replaces it."""
+    X = torch.randn(3000, 3, dtype=torch.float64)
+    feats = streaming.Features(X, bc.models.gaussian.GaussianFamily("full").feature_map, chunk_size=1000)
+    a = feats.scratch("s", 10, X)
+    assert a.numel() >= 10 and feats.scratch("s", 8, X).data_ptr() == a.data_ptr()
+    assert feats.scratch("s", 20, X).numel() >= 20 and feats.scratch("s", 5, X.float()).dtype == torch.float32
+    gm = bc.GaussianMixture(3, max_iter=2, random_state=0).fit(X.numpy())
+    params = bc.models.gaussian.GMMParams(*(torch.as_tensor(v, dtype=torch.float64) for v in (
+        gm.weights_, gm.means_, gm.covariances_)))
+    for form in ("features", "cholesky"):
+        family = bc.models.gaussian.GaussianFamily("full", formulation=form)
+        f = streaming.Features(X, family.feature_map, chunk_size=1000)
+        A, c = family.log_prob_coefficients(params)
+        first = em.e_step(f, A, c)
+        ptrs = {k: v.data_ptr() for k, v in f._scratch.items()}
+        again = em.e_step(f, A, c)
+        assert ptrs and {k: v.data_ptr() for k, v in f._scratch.items()} == ptrs
+        assert first[0] == again[0] and torch.equal(first[1], again[1])
+        labels = em.argmax_chunks(f, A, c)
+        assert labels.shape == (3000,) and {k: v.data_ptr() for k, v in f._scratch.items()} == ptrs
 
 
 def test_plain_nested_lists_stay_in_memory():

@@ -39,14 +39,19 @@ def factors(coef: CholeskyCoefficients) -> torch.Tensor:
 
 
 class Workspace:
-    """Two flat buffers, reused by every block of a pass, for the (K, m, D) arrays of
-    :func:`component_rows`. A fresh array of the same size per block is, in glibc's malloc, a fresh
-    mmap whenever the allocator's dynamic threshold sits at or below that size (for instance after a
-    large ``np.load``), and the page faults then cost a third of a fit."""
+    """Two flat buffers, reused by every block of a pass (and by every pass of a fit, through
+    :meth:`Features.scratch`), for the (K, m, D) arrays of :func:`component_rows`. A fresh array of
+    the same size per block is, in glibc's malloc, a fresh mmap whenever the allocator's dynamic
+    threshold sits at or below that size (for instance after a large ``np.load``), and the page
+    faults then cost a third of a fit."""
 
-    def __init__(self, k: int, rows: int, d: int, like: torch.Tensor) -> None:
+    def __init__(self, k: int, rows: int, d: int, like: torch.Tensor, feats: Features | None = None) -> None:
         self.shape = (k, d)
-        self.bufs = [torch.empty(k * rows * d, dtype=like.dtype, device=like.device) for _ in range(2)]
+        numel = k * rows * d
+        self.bufs = [
+            torch.empty(numel, dtype=like.dtype, device=like.device) if feats is None
+            else feats.scratch(slot, numel, like) for slot in ("rows", "rows2")
+        ]
 
     def __call__(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         k, d = self.shape
@@ -197,7 +202,7 @@ def e_step(
     stats = None
     if accumulate:
         stats = _Whitened(coef) if coef.dtype == torch.float64 else _Centred(coef.means, coef.exact)
-    P, work = factors(coef), Workspace(k, step, d, coef.means)
+    P, work = factors(coef), Workspace(k, step, d, coef.means, feats)
     for sl in feats.slices(step):
         z, y = component_rows(feats(sl), coef, P, work(sl.stop - sl.start))
         resp, norm, loglik = exp_normalise_(_log_prob(y, c[:, None]), 0)
@@ -225,7 +230,7 @@ def argmax_chunks(feats: Features, coef: CholeskyCoefficients, c: torch.Tensor) 
     k, d = coef.means.shape
     labels = torch.empty(feats.n, dtype=torch.long, device=coef.device)
     step = block_rows(k, d, coef.element_size(), feats.chunk_size)
-    P, work = factors(coef), Workspace(k, step, d, coef.means)
+    P, work = factors(coef), Workspace(k, step, d, coef.means, feats)
     for sl in feats.slices(step):
         # in the (K, m) layout; torch.max's indices (the first maximum, as argmax) run 2-20x faster
         # than torch.argmax here
