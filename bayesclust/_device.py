@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-HUGE_PAGE_BYTES = 64 << 20  # host arrays from this size on ask the kernel for transparent huge pages
+HUGE_PAGE_BYTES = 8 << 20  # host arrays from this size on ask the kernel for transparent huge pages
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
