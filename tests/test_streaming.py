@@ -100,9 +100,10 @@ def test_scratch_buffers_are_kept_across_passes():
     per pass is fresh pages past glibc's mmap threshold); a larger request or another dtype replaces it."""
     X = torch.randn(3000, 3, dtype=torch.float64)
     feats = streaming.Features(X, bc.models.gaussian.GaussianFamily("full").feature_map, chunk_size=1000)
-    a = feats.scratch("s", 10, X)
-    assert a.numel() >= 10 and feats.scratch("s", 8, X).data_ptr() == a.data_ptr()
-    assert feats.scratch("s", 20, X).numel() >= 20 and feats.scratch("s", 5, X.float()).dtype == torch.float32
+    a = feats.scratch("s", (2, 5), X)
+    assert a.shape == (2, 5) and feats.scratch("s", (8,), X).data_ptr() == a.data_ptr()
+    assert feats.scratch("s", (4, 5), X).shape == (4, 5)
+    assert feats.scratch("s", (5,), X.float()).dtype == torch.float32
     gm = bc.GaussianMixture(3, max_iter=2, random_state=0).fit(X.numpy())
     params = bc.models.gaussian.GMMParams(*(torch.as_tensor(v, dtype=torch.float64) for v in (
         gm.weights_, gm.means_, gm.covariances_)))

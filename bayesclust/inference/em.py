@@ -48,10 +48,9 @@ def e_step(
     exact = exact and A.dtype != torch.float64
     G = torch.zeros(A.shape[0] + 1, A.shape[1], dtype=torch.float64, device=A.device) if accumulate else None
     step = block_rows(A.shape[0], A.element_size(), chunk_size)
-    buf = feats.scratch("logits", min(n, step) * A.shape[1], A)
     for start in range(0, n, step):
         phi = feats(slice(start, min(n, start + step)))
-        logits = buf[: phi.shape[0] * A.shape[1]].view(phi.shape[0], A.shape[1])
+        logits = feats.scratch("logits", (phi.shape[0], A.shape[1]), A)
         resp, norm, loglik = exp_normalise_(torch.addmm(c, phi, A, out=logits), 1)  # (m, K)
         total += loglik
         if G is not None:
@@ -89,10 +88,9 @@ def argmax_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> torch.Te
     n, chunk_size = feats.n, feats.chunk_size
     labels = torch.empty(n, dtype=torch.long, device=A.device)
     step = block_rows(A.shape[0], A.element_size(), chunk_size)
-    buf = feats.scratch("logits", min(n, step) * A.shape[1], A)
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
-        out = buf[: (sl.stop - start) * A.shape[1]].view(sl.stop - start, A.shape[1])
+        out = feats.scratch("logits", (sl.stop - start, A.shape[1]), A)
         block = torch.addmm(c, feats(sl), A, out=out)
         labels[sl] = torch.max(block, 1).indices  # the first maximum, as argmax, at 2-3x its speed
     return labels

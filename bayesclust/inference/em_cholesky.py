@@ -38,24 +38,11 @@ def factors(coef: CholeskyCoefficients) -> torch.Tensor:
     return coef.W.contiguous() if coef.tied else coef.W.view(d, k, d).transpose(0, 1).contiguous()
 
 
-class Workspace:
-    """Two flat buffers, reused by every block of a pass (and by every pass of a fit, through
-    :meth:`Features.scratch`), for the (K, m, D) arrays of :func:`component_rows`. A fresh array of
-    the same size per block is, in glibc's malloc, a fresh mmap whenever the allocator's dynamic
-    threshold sits at or below that size (for instance after a large ``np.load``), and the page
-    faults then cost a third of a fit."""
-
-    def __init__(self, k: int, rows: int, d: int, like: torch.Tensor, feats: Features | None = None) -> None:
-        self.shape = (k, d)
-        numel = k * rows * d
-        self.bufs = [
-            torch.empty(numel, dtype=like.dtype, device=like.device) if feats is None
-            else feats.scratch(slot, numel, like) for slot in ("rows", "rows2")
-        ]
-
-    def __call__(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-        k, d = self.shape
-        return tuple(b[: k * m * d].view(k, m, d) for b in self.bufs)  # type: ignore[return-value]
+def _block_arrays(feats: Features, m: int, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (K, m, D) arrays in ``means``' (K, D) dtype for :func:`component_rows`'s ``out``, kept for
+    the fit (:meth:`Features.scratch`)."""
+    shape = (means.shape[0], m, means.shape[1])
+    return feats.scratch("rows", shape, means), feats.scratch("rows2", shape, means)
 
 
 def component_rows(
@@ -69,7 +56,7 @@ def component_rows(
     back). float32: z = x - mu_k, so y keeps the digits that ``x P_k - b_k`` loses to cancellation for
     a tight component, and the statistics are centred (:class:`_Centred`). Tied covariances whiten x
     once, ``y = x P - b_k``, in both dtypes. ``out``: two (K, m, D) arrays to write y and z into
-    (:class:`Workspace`)."""
+    (:func:`_block_arrays`)."""
     y_out, z_out = (None, None) if out is None else out
     if P.dim() == 2:
         y = _tied_rows(x, coef, P, y_out)
@@ -202,9 +189,9 @@ def e_step(
     stats = None
     if accumulate:
         stats = _Whitened(coef) if coef.dtype == torch.float64 else _Centred(coef.means, coef.exact)
-    P, work = factors(coef), Workspace(k, step, d, coef.means, feats)
+    P = factors(coef)
     for sl in feats.slices(step):
-        z, y = component_rows(feats(sl), coef, P, work(sl.stop - sl.start))
+        z, y = component_rows(feats(sl), coef, P, _block_arrays(feats, sl.stop - sl.start, coef.means))
         resp, norm, loglik = exp_normalise_(_log_prob(y, c[:, None]), 0)
         if stats is not None:
             stats.add_centred(z, resp.div_(norm))
@@ -229,13 +216,12 @@ def argmax_chunks(feats: Features, coef: CholeskyCoefficients, c: torch.Tensor) 
     """The most probable component of every row (N,), block by block (no (N, K) array)."""
     k, d = coef.means.shape
     labels = torch.empty(feats.n, dtype=torch.long, device=coef.device)
-    step = block_rows(k, d, coef.element_size(), feats.chunk_size)
-    P, work = factors(coef), Workspace(k, step, d, coef.means, feats)
-    for sl in feats.slices(step):
+    P = factors(coef)
+    for sl in feats.slices(block_rows(k, d, coef.element_size(), feats.chunk_size)):
+        out = _block_arrays(feats, sl.stop - sl.start, coef.means)
         # in the (K, m) layout; torch.max's indices (the first maximum, as argmax) run 2-20x faster
         # than torch.argmax here
-        logp = _component_log_prob(feats(sl), coef, c, P, work(sl.stop - sl.start))
-        labels[sl] = torch.max(logp, 0).indices
+        labels[sl] = torch.max(_component_log_prob(feats(sl), coef, c, P, out), 0).indices
     return labels
 
 

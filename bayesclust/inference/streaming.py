@@ -16,6 +16,7 @@ sufficient statistics over the data through :func:`reduce_statistics`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -74,6 +75,7 @@ class Features:
         self.q = int(probe.shape[1])
         self.cache: torch.Tensor | None = None
         self._buf: torch.Tensor | None = None
+        self._scratch: dict[str, torch.Tensor] = {}
         if _is_identity(probe, X):
             self.cache = X  # phi(X) is X: a copy would cost a pass and N D elements
         elif cache_fits(self.n, self.q, X.element_size(), cache_bytes):
@@ -97,16 +99,17 @@ class Features:
         """The data rows ``sl`` (m, D) (of X, not phi)."""
         return self.X[sl]
 
-    def scratch(self, slot: str, numel: int, like: torch.Tensor) -> torch.Tensor:
-        """A flat buffer of at least ``numel`` elements of ``like``'s dtype and device, the same one at
-        every call with this ``slot`` while it is large enough: the passes' block arrays. A fresh array
-        per pass is, past glibc's mmap threshold, fresh pages every pass (a fifth to a third of a short
-        fit's time in page faults, measured)."""
-        store = self.__dict__.setdefault("_scratch", {})
-        buf = store.get(slot)
+    def scratch(self, slot: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised array of ``shape`` in ``like``'s dtype and device for a pass's block arrays:
+        a view of one flat buffer per ``slot``, kept for the fit and replaced only when too small. A
+        fresh array per block or per pass is, in glibc's malloc, fresh pages whenever the allocator's
+        dynamic mmap threshold sits at or below its size (for instance after a large ``np.load``):
+        page faults then took a fifth to a third of a short fit (benchmarks/RESULTS.md, speed)."""
+        numel = math.prod(shape)
+        buf = self._scratch.get(slot)
         if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
-            buf = store[slot] = torch.empty(numel, dtype=like.dtype, device=like.device)
-        return buf
+            buf = self._scratch[slot] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return buf[:numel].view(shape)
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
         """The data rows at ``index`` (m,) (any order), (m, D)."""
@@ -309,6 +312,7 @@ class SourceFeatures(Features):
         self.q = int(feature_fn(self.X.new_zeros(1, self.d)).shape[1])
         self.cache = None
         self._buf = None
+        self._scratch = {}
 
     def remapped(self, feature_fn: FeatureFn) -> SourceFeatures:
         return SourceFeatures(self.source, feature_fn, self.shift, self.chunk_size, scale=self.scale,
