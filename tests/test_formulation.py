@@ -207,11 +207,11 @@ def test_whitened_statistics_equal_centred_ones_in_float64(cov_type):
                                 torch.from_numpy(rng.normal(50, 3, (3, 5))), cov)
     coef, c = gaussian.cholesky_coefficients(params, cov_type)
     r = torch.softmax(em_cholesky.weighted_log_prob(x, coef, c), 1)
-    a, b = em_cholesky._Whitened(coef), em_cholesky._Centred(coef.means)
+    a, b = em_cholesky._Whitened(coef), em_cholesky.CentredSums(coef.means)
     z, y = em_cholesky.component_rows(x, coef, em_cholesky.factors(coef))
     assert z is y and y.shape == (3, 500, 5)
     torch.testing.assert_close(y.transpose(0, 1), _whitened(x, coef), rtol=1e-12, atol=1e-10)
-    a.add_centred(y, r.T)
+    a.add_centred(y, r.T.clone())  # overwrites its weights
     b.add(x, r)
     torch.testing.assert_close(a.total(), b.total(), rtol=1e-11, atol=1e-9)
 
@@ -313,8 +313,8 @@ def test_exact_statistics_sum_float32_blocks_in_float64():
     x64 = torch.randn(500, 5, generator=g, dtype=torch.float64) * 0.01 + 300.0  # far and tight
     r64 = torch.softmax(torch.randn(500, 3, generator=g, dtype=torch.float64), 1)
     ref = x64[:3].clone()
-    exact, plain, truth = (em_cholesky._Centred(ref.float(), True), em_cholesky._Centred(ref.float()),
-                           em_cholesky._Centred(ref.float().double()))
+    exact, plain, truth = (em_cholesky.CentredSums(ref.float(), True), em_cholesky.CentredSums(ref.float()),
+                           em_cholesky.CentredSums(ref.float().double()))
     exact.add(x64.float(), r64.float())
     plain.add(x64.float(), r64.float())
     truth.add(x64.float().double(), r64.float().double())
@@ -391,24 +391,31 @@ def test_float32_cholesky_e_step_whitens_centred_rows():
     assert float((plain.double() - ref).abs().max()) > 1e-2
 
 
-def test_batched_whitened_sums_match_centred_ones():
+@pytest.mark.parametrize("d", [5, 8, 11])
+def test_batched_whitened_sums_match_centred_ones(d):
     # float64, full covariances: the E-step's (K, m, D) rows y are weighted in place by sqrt(r) and
-    # summed by batched products; the statistics equal those centred on x itself
+    # summed by batched products (from D = 8 over column halves, the symmetric block once); the
+    # statistics equal those centred on x itself
     from bayesclust.inference import em_cholesky
 
-    X, _ = _blobs(n=700, d=5, k=3, offset=50.0)
+    X, _ = _blobs(n=700, d=d, k=3, offset=50.0)
     x = torch.from_numpy(X)
-    covs = torch.from_numpy(np.stack([np.eye(5) * s + 0.2 for s in (1.0, 2.0, 0.5)]))
+    rng = np.random.default_rng(0)
+    covs = []
+    for s in (1.0, 2.0, 0.5):
+        L = np.tril(rng.normal(0, 0.3, (d, d)), -1) + np.eye(d) * s
+        covs.append(L @ L.T)
     params = gaussian.GMMParams(torch.full((3,), 1 / 3, dtype=torch.float64),
-                                torch.from_numpy(np.random.default_rng(0).normal(50, 3, (3, 5))), covs)
+                                torch.from_numpy(rng.normal(50, 3, (3, d))), torch.from_numpy(np.stack(covs)))
     coef, c = gaussian.cholesky_coefficients(params, "full")
     P = em_cholesky.factors(coef)
     z, y = em_cholesky.component_rows(x, coef, P)
-    assert z is y and y.shape == (3, 700, 5)
+    assert z is y and y.shape == (3, 700, d)
     torch.testing.assert_close(y.transpose(0, 1), _whitened(x, coef), rtol=1e-12, atol=1e-10)
     r = torch.softmax(em_cholesky.weighted_log_prob(x, coef, c), 1)
-    a, b = em_cholesky._Whitened(coef), em_cholesky._Centred(coef.means)
-    a.add_centred(y, r.T)
+    a, b = em_cholesky._Whitened(coef), em_cholesky.CentredSums(coef.means)
+    assert a.h == (d // 2 if d >= 8 else 0)
+    a.add_centred(y, r.T.clone())  # overwrites its weights
     b.add(x, r)
     torch.testing.assert_close(a.total(), b.total(), rtol=1e-11, atol=1e-9)
 

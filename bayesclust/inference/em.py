@@ -46,24 +46,28 @@ def e_step(
     n, chunk_size = feats.n, feats.chunk_size
     total = torch.zeros((), dtype=torch.float64, device=A.device)
     exact = exact and A.dtype != torch.float64
-    G = torch.zeros(A.shape[0] + 1, A.shape[1], dtype=torch.float64, device=A.device) if accumulate else None
+    # the statistics as (K, Q) rows: r^T phi streams phi's rows, 1.5-2.5x faster than phi^T r
+    GT = torch.zeros(A.shape[1], A.shape[0], dtype=torch.float64, device=A.device) if accumulate else None
+    counts = torch.zeros(A.shape[1], dtype=torch.float64, device=A.device)
     step = block_rows(A.shape[0], A.element_size(), chunk_size)
     for start in range(0, n, step):
         phi = feats(slice(start, min(n, start + step)))
         logits = feats.scratch("logits", (phi.shape[0], A.shape[1]), A)
         resp, norm, loglik = exp_normalise_(torch.addmm(c, phi, A, out=logits), 1)  # (m, K)
         total += loglik
-        if G is not None:
+        if GT is not None:
             resp.div_(norm)
             if exact:  # the block's copy in float64
                 phi, resp = phi.double(), resp.double()
-            if phi.dtype == G.dtype:
-                G[:-1].addmm_(phi.T, resp)
+            if phi.dtype == GT.dtype:
+                GT.addmm_(resp.T, phi)
             else:  # a float32 block's sums, added in float64: no rounding that grows with N
-                G[:-1] += phi.T @ resp
-            G[-1] += resp.sum(0)
+                GT += resp.T @ phi
+            counts += resp.sum(0)
     total = reduce_statistics(total)
-    return float(total), None if G is None else reduce_statistics(G).T
+    if GT is None:
+        return float(total), None
+    return float(total), reduce_statistics(torch.cat([GT, counts[:, None]], 1))
 
 
 def log_resp_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
