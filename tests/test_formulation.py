@@ -163,17 +163,15 @@ def _many_components(n=100_000, d=8, k=64, seed=0):
     return X
 
 
-def test_float32_feature_map_falls_back_to_float64_sums_when_a_covariance_breaks(monkeypatch):
-    """The grid case N=1e5, D=8, K=64, float32, 50 iterations: the feature map's float32 statistics
-    give a covariance that is not positive definite; EM redoes that M-step with the same statistics
-    summed in float64 and goes on in that form (the cached map kept), where every other float32
-    library of the grid failed. The Cholesky form, next in the chain, costs several times more here."""
-    X = _many_components()
+def _many_components_fit_kwargs(X):
     rng = np.random.default_rng(1)
     means = X[rng.choice(X.shape[0], 64, replace=False)]
     covs = np.stack([np.cov(X[:20000].T) + 1e-6 * np.eye(8)] * 64)
-    kw = dict(prior=None, tol=0, max_iter=50, init=means, weights_init=np.full(64, 1 / 64),
-              covariances_init=covs, reg_covar=1e-6 / float(X.var(0).mean()))
+    return dict(prior=None, tol=0, max_iter=50, init=means, weights_init=np.full(64, 1 / 64),
+                covariances_init=covs, reg_covar=1e-6 / float(X.var(0).mean()))
+
+
+def _spy_fallback(monkeypatch) -> list:
     chain, fallback = [], gaussian.GaussianFamily.fallback
 
     def spy(self, d, dtype=torch.float64):
@@ -182,6 +180,19 @@ def test_float32_feature_map_falls_back_to_float64_sums_when_a_covariance_breaks
         return new
 
     monkeypatch.setattr(gaussian.GaussianFamily, "fallback", spy)
+    return chain
+
+
+def test_float32_feature_map_falls_back_to_float64_sums_when_a_covariance_breaks(monkeypatch):
+    """The grid case N=1e5, D=8, K=64, float32, 50 iterations, without the centred statistics of
+    cancelling components (next test): the feature map's float32 statistics give a covariance that is
+    not positive definite; EM redoes that M-step with the same statistics summed in float64 and goes
+    on in that form (the cached map kept). The Cholesky form, next in the chain, costs several times
+    more here."""
+    X = _many_components()
+    kw = _many_components_fit_kwargs(X)
+    chain = _spy_fallback(monkeypatch)
+    monkeypatch.setattr(gaussian.GaussianFamily, "centred_components", lambda self, params: None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         f32 = bc.GaussianMixture(64, dtype="float32", formulation="features", **kw).fit(X.astype(np.float32))
@@ -190,7 +201,44 @@ def test_float32_feature_map_falls_back_to_float64_sums_when_a_covariance_breaks
     assert chain == [("features", True)]  # float64 needed none
     assert f32.formulation_ == f64.formulation_ == "features"
     np.testing.assert_array_equal(f32.labels_, f32.predict(X.astype(np.float32)))
-    assert f32.score(X) == pytest.approx(f64.score(X), rel=1e-5)
+
+
+def test_float32_feature_map_centres_the_statistics_of_cancelling_components(monkeypatch):
+    """The same fit with the centring on: the tight components far from the frame's origin (|b|^2 =
+    mu^T Sigma^-1 mu large) take their statistics centred on their means, the rest from the feature
+    map; no covariance breaks, no fallback is needed, and the fit stays near the float64 one."""
+    X = _many_components()
+    kw = _many_components_fit_kwargs(X)
+    chain = _spy_fallback(monkeypatch)
+    picked, pick = [], gaussian.GaussianFamily.centred_components
+
+    def spy(self, params):
+        idx = pick(self, params)
+        picked.append(0 if idx is None else idx.numel())
+        return idx
+
+    monkeypatch.setattr(gaussian.GaussianFamily, "centred_components", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f32 = bc.GaussianMixture(64, dtype="float32", formulation="features", **kw).fit(X.astype(np.float32))
+        f64 = bc.GaussianMixture(64, dtype="float64", **kw).fit(X)
+    assert chain == [] and f32.formulation_ == "features"
+    assert len(picked) == 100 and 0 < max(picked[:50]) < 64 and max(picked[50:]) == 0  # float64: none
+    ll32, ll64 = f32.score(X), f64.score(X)
+    assert abs(ll32 - ll64) <= 1e-5 * abs(ll64)
+
+
+def test_cancelling_components_are_the_float32_full_ones_past_the_limit():
+    means = torch.tensor([[0.0, 0.0], [1.0, 0.0], [300.0, 0.0]])
+    covs = torch.eye(2, dtype=torch.float64).expand(3, 2, 2).clone()
+    covs[1] *= 1e-6  # |b|^2 = 1e6: u |b|^2 = 0.06
+    covs[2] *= 1.0  # |b|^2 = 9e4: 0.0054
+    params = gaussian.GMMParams(torch.full((3,), 1 / 3), means, covs)
+    assert gaussian.cancelling_components(params, "full").tolist() == [1, 2]
+    wide = gaussian.GMMParams(params.weights.double(), means.double(), covs)
+    assert gaussian.cancelling_components(wide, "full") is None  # float64: 9e12 before 0.1%
+    assert gaussian.cancelling_components(params, "tied") is None
+    assert gaussian.GaussianFamily("full", formulation="cholesky").centred_components(params) is None
 
 
 @pytest.mark.parametrize("cov_type", ["full", "tied"])

@@ -45,6 +45,9 @@ FORMULATIONS = ("auto", "features", "cholesky")
 # Cholesky when D >= 32 and K <= D / CHOLESKY_D_PER_K[case], or D >= CHOLESKY_MIN_D.
 CHOLESKY_MIN_D = 256
 CHOLESKY_D_PER_K = {"cached": 4.0, "float32": 4.0, "float64": 2.0}
+# the share of a covariance that the feature map's float32 sums may lose to cancellation (worst case)
+# before the component's statistics are taken centred on its mean (:func:`cancelling_components`)
+CANCELLATION_LIMIT = 1e-3
 
 
 def choose_formulation(covariance_type: str, d: int, k: int, itemsize: int, cached: bool) -> str:
@@ -227,6 +230,24 @@ def log_prob_coefficients(params: GMMParams, covariance_type: str) -> tuple[torc
         A = torch.cat([-0.5 * prec, pmu], dim=1).T
     c = log_w + log_det - 0.5 * const - 0.5 * d * math.log(2 * math.pi)
     return A.contiguous(), c
+
+
+def cancelling_components(params: GMMParams, covariance_type: str) -> torch.Tensor | None:
+    """Indices (T,) of the full-covariance components whose feature-map statistics, summed in the
+    means' dtype, may lose more than ``CANCELLATION_LIMIT`` of their covariance; None if there are
+    none, and always in float64.
+
+    ``sum r x x^T - n mu mu^T`` cancels by ``|b_k|^2 = mu_k^T Sigma_k^-1 mu_k`` (the mean's Mahalanobis
+    length from the working frame's origin), so rounding at unit roundoff u loses up to u |b_k|^2 of
+    Sigma_k: float32 reaches 0.1% at |b_k|^2 = 1.7e4 (a small, tight component away from the data's
+    centre), float64 only at 9e12."""
+    if covariance_type != "full" or params.means.dtype != torch.float32:
+        return None
+    P = precisions_cholesky(params.covariances.double(), "full")
+    b2 = (params.means.double().unsqueeze(1) @ P).squeeze(1).square().sum(-1)
+    u = torch.finfo(params.means.dtype).eps / 2
+    idx = torch.nonzero(b2 * u > CANCELLATION_LIMIT).flatten()
+    return idx if idx.numel() else None
 
 
 @dataclass
@@ -467,6 +488,13 @@ class GaussianFamily:
 
     def feature_dim(self, d: int) -> int:
         return d if self.uses_cholesky(d) else feature_dim(d, self.covariance_type)
+
+    def centred_components(self, params: GMMParams) -> torch.Tensor | None:
+        """The components whose statistics the E-step takes centred on their means, not from the
+        feature map (:func:`cancelling_components`); None in the Cholesky form, which centres all."""
+        if self.uses_cholesky(params.means.shape[1]):
+            return None
+        return cancelling_components(params, self.covariance_type)
 
     def feature_map(self, X: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         if self.uses_cholesky(X.shape[1]):
