@@ -41,16 +41,16 @@ def e_step(
     statistics matmul read the same block of phi while it is still in cache: both products are
     memory-bound, so this halves the traffic to main memory. ``centred``: (indices (T,), means (T, D))
     of components whose statistics are taken from the rows x centred on those means
-    (:class:`em_cholesky.CentredSums`) in place of phi's uncentred sums, which cancel for them
-    (``GaussianFamily.centred_components``). Coefficients in the Cholesky form go to
-    :func:`em_cholesky.e_step` (G in float64).
+    (:class:`em_cholesky.CentredSums`; an out-of-core source is read again for them) in place of phi's
+    uncentred sums, which cancel for them (``GaussianFamily.centred_components``). Coefficients in
+    the Cholesky form go to :func:`em_cholesky.e_step` (G in float64).
     """
     if isinstance(A, CholeskyCoefficients):
         return em_cholesky.e_step(feats, A, c, accumulate=accumulate)
     n, chunk_size = feats.n, feats.chunk_size
     total = torch.zeros((), dtype=torch.float64, device=A.device)
     exact = exact and A.dtype != torch.float64
-    # the statistics as (K, Q) rows: r^T phi streams phi's rows, 1.5-2.5x faster than phi^T r
+    # the statistics as (K, Q) rows: r^T phi streams phi's rows, 1.2-2.5x faster than phi^T r
     GT = torch.zeros(A.shape[1], A.shape[0], dtype=torch.float64, device=A.device) if accumulate else None
     counts = torch.zeros(A.shape[1], dtype=torch.float64, device=A.device)
     sums = None if centred is None or GT is None else em_cholesky.CentredSums(centred[1], exact)
