@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bayesclust.inference import em_cholesky  # noqa: E402
 from bayesclust.inference.streaming import cache_fits  # noqa: E402
 from bayesclust.models import gaussian  # noqa: E402
 
@@ -51,16 +52,18 @@ def _timed(fn) -> float:
 def iteration_cost(n: int, d: int, k: int, itemsize: int) -> tuple[str, float, float]:
     """(formulation, FLOPs, bytes) of one EM iteration on full covariances.
 
-    Features: the E-step's (n x Q) @ (Q x K) and the statistics' (Q x n) @ (n x K) products, 4 n Q K
+    Features: the E-step's (n x Q) @ (Q x K) and the statistics' (K x n) @ (n x Q) products, 4 n Q K
     FLOPs; phi(X) read by both (plus written once an iteration when it is not cached). Cholesky: the
-    E-step's (n x D) @ (D x K D) and the centred per-component scatter, 4 n K D^2 FLOPs; the (n, K D)
-    product written and read, X read three times."""
+    E-step's (n x D) @ (D x K D) (2 n K D^2 FLOPs) and the per-component scatter (2 n K D^2 in
+    float32; 1.5 n K D^2 in float64, whose symmetric sums skip a quarter); the (n, K D) product written
+    and read, X read three times."""
     q = gaussian.feature_dim(d, "full")
     cached = cache_fits(n, q, itemsize)
     form = gaussian.choose_formulation("full", d, k, itemsize, cached)
     if form == "features":
         return form, 4.0 * n * q * k, (2 + (0 if cached else 1)) * n * q * itemsize
-    return form, 4.0 * n * k * d * d, (3 * n * d + 2 * n * k * d) * itemsize
+    scatter = 1.5 if itemsize == 8 and d >= em_cholesky.SPLIT_MIN_D else 2.0
+    return form, (2.0 + scatter) * n * k * d * d, (3 * n * d + 2 * n * k * d) * itemsize
 
 
 def main() -> None:

@@ -157,7 +157,7 @@ class CentredSums:
         return _layout(n, s1, S, self.ref)
 
 
-_SPLIT_MIN_D = 8  # from this D on, sum r y y^T is taken over column halves (:class:`_Whitened`)
+SPLIT_MIN_D = 8  # from this D on, sum r y y^T is taken over column halves (:class:`_Whitened`)
 
 
 class _Whitened:
@@ -171,7 +171,7 @@ class _Whitened:
         k, d = coef.means.shape
         self.ref, W = coef.means.double(), coef.W.double()
         self.P = W if coef.tied else W.view(d, k, d).transpose(0, 1)  # (D, D) or (K, D, D), upper
-        self.h = d // 2 if d >= _SPLIT_MIN_D else 0
+        self.h = d // 2 if d >= SPLIT_MIN_D else 0
         kw = {"dtype": torch.float64, "device": W.device}
         self.n, self.s1 = torch.zeros(k, **kw), torch.zeros(k, 1, d, **kw)
         self.Sa, self.Sb = torch.zeros(k, self.h, self.h, **kw), torch.zeros(k, d, d - self.h, **kw)
