@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 
 import bayesclust as bc
 from bayesclust.inference import distributed, streaming
+from bayesclust.models import gaussian
 
 WORLD = 2
 TIMEOUT_S = 300  # generous: a slow or loaded CI machine must not fail a correct run
@@ -31,6 +32,20 @@ def _data() -> np.ndarray:
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0, 0, 0], [8, 0, 0, 0], [0, 8, 0, 0]])
     X = np.concatenate([rng.normal(size=(200, 4)) + c for c in centres]).astype(np.float32)
+    return X[rng.permutation(len(X))]
+
+
+TIGHT_CENTRE = np.array([16.0, 16.0, 0.0, 0.0])
+TIGHT_INIT = np.array([[0.0, 0, 0, 0], [8, 0, 0, 0], [0, 8, 0, 0], TIGHT_CENTRE])  # the same on every rank
+
+
+def _tight_data() -> np.ndarray:
+    """_data() and a fourth cluster of 60 points, 100 times tighter, away from the centre: in float32
+    its feature-map sums would cancel, so its statistics are taken centred on its mean (fitted without
+    a prior, whose scale would widen it)."""
+    rng = np.random.default_rng(1)
+    tight = (rng.normal(size=(60, 4)) * 0.01 + TIGHT_CENTRE).astype(np.float32)
+    X = np.concatenate([_data(), tight])
     return X[rng.permutation(len(X))]
 
 
@@ -62,6 +77,8 @@ def _models(world: int) -> dict[str, object]:
     return {
         "gmm": bc.GaussianMixture(3, random_state=0, tol=1e-7, max_iter=300),
         "gmm-cholesky": bc.GaussianMixture(3, random_state=0, tol=1e-7, max_iter=300, formulation="cholesky"),
+        "gmm-tight": bc.GaussianMixture(4, init=TIGHT_INIT, prior=None, tol=1e-7, max_iter=300,
+                                        dtype="float32", formulation="features"),
         "dpgmm": bc.DPGMM(random_state=0, max_iter=40),
         "vi": bc.DPGMM(inference="vi", truncation=4, random_state=0, max_iter=300, tol=1e-6),
         "head": bc.EntropyClustering(3, head="linear", max_iter=60, batch_size=None, random_state=0, tol=0),
@@ -73,7 +90,7 @@ def _models(world: int) -> dict[str, object]:
 
 
 def _data_for(name: str) -> np.ndarray:
-    return _glyphs() if name == "dti" else _data()
+    return {"dti": _glyphs, "gmm-tight": _tight_data}.get(name, _data)()
 
 
 def _summary(name: str, model) -> dict[str, np.ndarray]:
@@ -190,6 +207,17 @@ def test_distributed_gmm_em_matches_one_process(ranks, single):
 
 def test_distributed_gmm_cholesky_formulation_matches_one_process(ranks, single):
     _check_mixture("gmm-cholesky", ranks, single, atol=1e-3)
+
+
+def test_distributed_gmm_centred_components_match_one_process(ranks, single):
+    # the tight cluster qualifies: u |b|^2 past the limit in the working frame (mean 0, one scale)
+    X = _tight_data().astype(np.float64)
+    frame_scale = np.sqrt(X.var(0).mean())
+    i = int(np.argmin(single["gmm-tight"]["covariances"].trace(axis1=1, axis2=2)))
+    mu = (single["gmm-tight"]["means"][i] - X.mean(0)) / frame_scale
+    cov = single["gmm-tight"]["covariances"][i] / frame_scale ** 2
+    assert mu @ np.linalg.solve(cov, mu) * 2.0 ** -24 > gaussian.CANCELLATION_LIMIT
+    _check_mixture("gmm-tight", ranks, single, atol=1e-3)
 
 
 def test_distributed_dpgmm_splitmerge_matches_one_process(ranks, single):
