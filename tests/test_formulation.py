@@ -205,8 +205,9 @@ def test_float32_feature_map_falls_back_to_float64_sums_when_a_covariance_breaks
 
 def test_float32_feature_map_centres_the_statistics_of_cancelling_components(monkeypatch):
     """The same fit with the centring on: the tight components far from the frame's origin (|b|^2 =
-    mu^T Sigma^-1 mu large) take their statistics centred on their means, the rest from the feature
-    map; no covariance breaks, no fallback is needed, and the fit stays near the float64 one."""
+    mu^T Sigma^-1 mu large) take their log densities and statistics centred on their means, the rest
+    from the feature map; no covariance breaks, no fallback is needed, and the fit (its score and its
+    own lower bound) stays near the float64 one."""
     X = _many_components()
     kw = _many_components_fit_kwargs(X)
     chain = _spy_fallback(monkeypatch)
@@ -223,9 +224,11 @@ def test_float32_feature_map_centres_the_statistics_of_cancelling_components(mon
         f32 = bc.GaussianMixture(64, dtype="float32", formulation="features", **kw).fit(X.astype(np.float32))
         f64 = bc.GaussianMixture(64, dtype="float64", **kw).fit(X)
     assert chain == [] and f32.formulation_ == "features"
-    assert len(picked) == 100 and 0 < max(picked[:50]) < 64 and max(picked[50:]) == 0  # float64: none
+    # 50 E-steps and the labels pass per fit; float64 takes none
+    assert len(picked) == 102 and 0 < max(picked[:51]) < 64 and max(picked[51:]) == 0
     ll32, ll64 = f32.score(X), f64.score(X)
     assert abs(ll32 - ll64) <= 1e-5 * abs(ll64)
+    assert abs(f32.lower_bound_ - f64.lower_bound_) <= 1e-5 * abs(f64.lower_bound_)  # the fit's own logits
 
 
 def test_cancelling_components_are_the_float32_full_ones_past_the_limit():
@@ -526,3 +529,33 @@ def test_float32_feature_statistics_do_not_lose_digits_with_n():
     f32 = bc.GaussianMixture(16, dtype="float32", **kw).fit(X.astype(np.float32))
     f64 = bc.GaussianMixture(16, dtype="float64", **kw).fit(X)
     assert loglik(f32) == pytest.approx(loglik(f64), rel=3e-5)
+
+
+def test_centred_components_take_log_densities_and_statistics_from_centred_rows():
+    # a 40-point cluster of spread 1e-3 at 30 (|b|^2 ~ 3e9): its uncentred float32 logits and sums
+    # cancel; the centred set gives float64's log-likelihood and statistics
+    from bayesclust.inference import em
+    from bayesclust.inference.streaming import Features
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(300, 3)), rng.normal(size=(40, 3)) * 1e-3 + 30.0])
+    parts = (X[:300], X[300:])
+    fam = gaussian.GaussianFamily("full", formulation="features")
+
+    def params(dtype):
+        return gaussian.GMMParams(torch.tensor([300 / 340, 40 / 340], dtype=dtype),
+                                  torch.tensor(np.stack([p.mean(0) for p in parts]), dtype=dtype),
+                                  torch.tensor(np.stack([np.cov(p.T) for p in parts])))
+
+    p32, p64 = params(torch.float32), params(torch.float64)
+    assert fam.centred_components(p32).tolist() == [1] and fam.centred_components(p64) is None
+    ll64, G64 = em.e_step(Features(torch.from_numpy(X), fam.feature_map), *fam.log_prob_coefficients(p64))
+    feats = Features(torch.from_numpy(X.astype(np.float32)), fam.feature_map)
+    A, c = fam.log_prob_coefficients(p32)
+    plain, _ = em.e_step(feats, A, c)
+    centred = em.centred_set(fam, p32)
+    ll, G = em.e_step(feats, A, c, centred=centred)
+    assert abs(ll - ll64) <= 1e-5 * abs(ll64) < abs(plain - ll64)
+    torch.testing.assert_close(G[1], G64[1], rtol=1e-5, atol=1e-6)
+    labels = em.argmax_chunks(feats, A, c, centred)
+    assert (labels.numpy() == np.repeat([0, 1], [300, 40])).all()

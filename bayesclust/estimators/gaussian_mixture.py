@@ -434,7 +434,7 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             family = family.centred(feats.d) or family  # labels in the form predict() uses
             feats = feats.remapped(family.feature_map)
         A, c = family.log_prob_coefficients(params)
-        self.labels_ = em.argmax_chunks(feats, A, c).cpu().numpy()
+        self.labels_ = em.argmax_chunks(feats, A, c, em.centred_set(family, params)).cpu().numpy()
 
     @property
     def _fit_frame(self) -> Frame:

@@ -11,15 +11,31 @@ Python loop over components. :func:`em_step` is the engine Step; the totals go t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ..models.family import EMFamily
-from ..models.gaussian import CholeskyCoefficients, NotPositiveDefiniteError
+from ..models.gaussian import CholeskyCoefficients, GMMParams, NotPositiveDefiniteError, cholesky_coefficients
 from . import em_cholesky
 from .responsibilities import exp_normalise_
 from .streaming import Features, reduce_statistics, weighted_statistics
+
+
+class Centred(NamedTuple):
+    """Components (indices (T,)) whose log densities and statistics the feature form takes from x
+    centred on their means, in the Cholesky form (coefficients, c (T,), factors P), because their
+    uncentred float32 forms cancel (``GaussianFamily.centred_components``)."""
+
+    idx: torch.Tensor
+    coef: CholeskyCoefficients
+    c: torch.Tensor
+    P: torch.Tensor
+
+    def overwrite(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``logits`` (m, K) with the centred components' columns recomputed from the rows x (m, D)."""
+        logits[:, self.idx] = em_cholesky.weighted_log_prob(x, self.coef, self.c, self.P)
+        return logits
 
 
 def block_rows(q: int, itemsize: int, chunk_size: int) -> int:
@@ -30,7 +46,7 @@ def block_rows(q: int, itemsize: int, chunk_size: int) -> int:
 
 def e_step(
     feats: Features, A: torch.Tensor, c: torch.Tensor, *, accumulate: bool = True, exact: bool = False,
-    centred: tuple[torch.Tensor, torch.Tensor] | None = None,
+    centred: Centred | None = None,
 ) -> tuple[float, torch.Tensor | None]:
     """Chunked E-step: total log-likelihood and, if ``accumulate``, G = r^T [phi, 1] (K, Q + 1)
     float64: each block's sums are added in float64 (float32 data: the block's products are float32,
@@ -39,11 +55,11 @@ def e_step(
     ``feats(slice)`` returns phi of those rows (a view of a cache or computed on the fly). Rows are
     taken in cache-sized blocks (:func:`block_rows`) so that the E-step matmul and the M-step
     statistics matmul read the same block of phi while it is still in cache: both products are
-    memory-bound, so this halves the traffic to main memory. ``centred``: (indices (T,), means (T, D))
-    of components whose statistics are taken from the rows x centred on those means
-    (:class:`em_cholesky.CentredSums`; an out-of-core source is read again for them) in place of phi's
-    uncentred sums, which cancel for them (``GaussianFamily.centred_components``). Coefficients in
-    the Cholesky form go to :func:`em_cholesky.e_step` (G in float64).
+    memory-bound, so this halves the traffic to main memory. ``centred``: components whose log
+    densities and statistics are taken from the rows x centred on their means (:class:`Centred`,
+    :class:`em_cholesky.CentredSums`; an out-of-core source is read again for them) in place of
+    phi's uncentred forms, which cancel for them. Coefficients in the Cholesky form go to
+    :func:`em_cholesky.e_step` (G in float64).
     """
     if isinstance(A, CholeskyCoefficients):
         return em_cholesky.e_step(feats, A, c, accumulate=accumulate)
@@ -53,17 +69,21 @@ def e_step(
     # the statistics as (K, Q) rows: r^T phi streams phi's rows, 1.2-2.5x faster than phi^T r
     GT = torch.zeros(A.shape[1], A.shape[0], dtype=torch.float64, device=A.device) if accumulate else None
     counts = torch.zeros(A.shape[1], dtype=torch.float64, device=A.device)
-    sums = None if centred is None or GT is None else em_cholesky.CentredSums(centred[1], exact)
+    sums = None if centred is None or GT is None else em_cholesky.CentredSums(centred.coef.means, exact)
     step = block_rows(A.shape[0], A.element_size(), chunk_size)
     for start in range(0, n, step):
-        phi = feats(slice(start, min(n, start + step)))
-        logits = feats.scratch("logits", (phi.shape[0], A.shape[1]), A)
-        resp, norm, loglik = exp_normalise_(torch.addmm(c, phi, A, out=logits), 1)  # (m, K)
+        sl = slice(start, min(n, start + step))
+        phi = feats(sl)
+        logits = torch.addmm(c, phi, A, out=feats.scratch("logits", (phi.shape[0], A.shape[1]), A))
+        x = None if centred is None else feats.rows(sl)
+        if centred is not None:
+            centred.overwrite(logits, x)
+        resp, norm, loglik = exp_normalise_(logits, 1)  # (m, K)
         total += loglik
         if GT is not None:
             resp.div_(norm)
             if sums is not None:
-                sums.add(feats.rows(slice(start, start + phi.shape[0])), resp[:, centred[0]])
+                sums.add(x, resp[:, centred.idx])
             if exact:  # the block's copy in float64
                 phi, resp = phi.double(), resp.double()
             if phi.dtype == GT.dtype:
@@ -76,7 +96,7 @@ def e_step(
         return float(total), None
     G = reduce_statistics(torch.cat([GT, counts[:, None]], 1))
     if sums is not None:
-        G[centred[0]] = sums.total()
+        G[centred.idx] = sums.total()
     return float(total), G
 
 
@@ -95,8 +115,11 @@ def log_resp_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> tuple[
     return logits, ll
 
 
-def argmax_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """argmax_k of phi(x) . A[:, k] + c[k] for every row (N,), block by block (no (N, K) array)."""
+def argmax_chunks(
+    feats: Features, A: torch.Tensor, c: torch.Tensor, centred: Centred | None = None
+) -> torch.Tensor:
+    """argmax_k of phi(x) . A[:, k] + c[k] for every row (N,), block by block (no (N, K) array);
+    the ``centred`` components' log densities from x centred on their means (:class:`Centred`)."""
     if isinstance(A, CholeskyCoefficients):
         return em_cholesky.argmax_chunks(feats, A, c)
     n, chunk_size = feats.n, feats.chunk_size
@@ -106,6 +129,8 @@ def argmax_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> torch.Te
         sl = slice(start, min(n, start + step))
         out = feats.scratch("logits", (sl.stop - start, A.shape[1]), A)
         block = torch.addmm(c, feats(sl), A, out=out)
+        if centred is not None:
+            centred.overwrite(block, feats.rows(sl))
         labels[sl] = torch.max(block, 1).indices  # the first maximum, as argmax, at 2-3x its speed
     return labels
 
@@ -127,7 +152,7 @@ def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Ca
             A, c = checked["coefficients"]
         else:
             A, c = fam.log_prob_coefficients(params)
-        loglik, G = e_step(fts, A, c, exact=_exact(fam), centred=_centred(fam, params))
+        loglik, G = e_step(fts, A, c, exact=_exact(fam), centred=centred_set(fam, params))
         objective = (loglik + fam.log_prior(params)) / n
         while True:
             try:
@@ -147,7 +172,7 @@ def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Ca
                     state["formulation"] = "cholesky"
                 current[:] = [fam, fts]
                 _, G = e_step(fts, *fam.log_prob_coefficients(params), exact=_exact(fam),
-                              centred=_centred(fam, params))
+                              centred=centred_set(fam, params))
         checked.update(params=new, coefficients=coefficients)
         state["params"] = new
         return objective
@@ -155,11 +180,16 @@ def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Ca
     return step
 
 
-def _centred(family: EMFamily, params: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(indices, means) of the components whose statistics are centred (``centred_components``)."""
+def centred_set(family: EMFamily, params: Any) -> Centred | None:
+    """The components that the feature form takes centred (the family's ``centred_components``), in
+    the Cholesky form of :func:`bayesclust.models.gaussian.cholesky_coefficients`; None if none."""
     pick = getattr(family, "centred_components", None)
     idx = None if pick is None else pick(params)
-    return None if idx is None else (idx, params.means[idx])
+    if idx is None:
+        return None
+    sub = GMMParams(params.weights[idx], params.means[idx], params.covariances[idx])
+    coef, c = cholesky_coefficients(sub, "full")
+    return Centred(idx, coef, c, em_cholesky.factors(coef))
 
 
 def _exact(family: EMFamily) -> bool:
