@@ -75,12 +75,12 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         map), "cholesky" (Cholesky solves on centred data) or "auto" (chosen from D, K, dtype and
         whether the feature map fits its cache: ``models.gaussian.choose_formulation``; the choice is
         in ``formulation_``). Same model and answers; only speed and float32 digits differ. In float32
-        the feature map takes the statistics of a component whose uncentred sums would cancel (a
-        small, tight component far from the data's centre: ``models.gaussian.cancelling_components``)
-        centred on its mean. When a float32 M-step still gives a covariance that is not positive
-        definite, EM redoes it and goes on with the statistics summed in float64, then in the
-        Cholesky form (``formulation_`` says so), then that form's statistics in float64, before it
-        raises.
+        the feature map takes the log densities and statistics of a component whose uncentred forms
+        would cancel (a small, tight component far from the data's centre:
+        ``models.gaussian.cancelling_components``) centred on its mean. When a float32 M-step still
+        gives a covariance that is not positive definite, EM redoes it and goes on with the
+        statistics summed in float64, then in the Cholesky form (``formulation_`` says so), then that
+        form's statistics in float64, before it raises.
 
     Attributes
     ----------

@@ -490,8 +490,9 @@ class GaussianFamily:
         return d if self.uses_cholesky(d) else feature_dim(d, self.covariance_type)
 
     def centred_components(self, params: GMMParams) -> torch.Tensor | None:
-        """The components whose statistics the E-step takes centred on their means, not from the
-        feature map (:func:`cancelling_components`); None in the Cholesky form, which centres all."""
+        """The components whose log densities and statistics the E-step takes centred on their
+        means, not from the feature map (:func:`cancelling_components`); None in the Cholesky form,
+        which centres all."""
         if self.uses_cholesky(params.means.shape[1]):
             return None
         return cancelling_components(params, self.covariance_type)
