@@ -2,13 +2,14 @@
 bayesclust, scikit-learn, pomegranate and tgmm from the same initialisation (``bench_gmm.py --grid``).
 
 Every fit runs in its own subprocess, so a peer that runs out of memory, fails or passes ``--cap``
-seconds is reported as such and the grid goes on. Fits of the libraries are interleaved (repeat 1 of
-every library, then repeat 2, ...); a library that fails or times out on a case is not repeated on it
-and is skipped on the larger N of the same (D, K, dtype, iterations). Each worker warms its library
-up on max(2,000, 4 K D) rows before the timed fit; pomegranate and tgmm get X as a torch tensor made
-before the clock starts (their native input), scikit-learn and bayesclust the numpy array. Log-likelihoods
-are computed here, in float64, from each library's fitted weights, means and covariances, so every
-library is scored by the same code.
+seconds is reported as such and the grid goes on; for a peer stopped at the cap, the cap over our
+median is printed as a lower bound on its time over ours ("> x"). Fits of the libraries are
+interleaved (repeat 1 of every library, then repeat 2, ...); a library that fails or times out on a
+case is not repeated on it and is skipped on the larger N of the same (D, K, dtype, iterations). Each
+worker warms its library up on max(2,000, 4 K D) rows before the timed fit; pomegranate and tgmm get
+X as a torch tensor made before the clock starts (their native input), scikit-learn and bayesclust
+the numpy array. Log-likelihoods are computed here, in float64, from each library's fitted weights,
+means and covariances, so every library is scored by the same code.
 
     flock /tmp/bayesclust_bench.lock .venv/bin/python benchmarks/bench_gmm.py --grid [--ns 1e4,1e5 ...]
 """
@@ -192,6 +193,14 @@ def run_case(n: int, d: int, k: int, dtype: str, iters: int, a, skip: set, tmp: 
     return rows
 
 
+def _past_cap(r: dict, ours: dict) -> str:
+    """A peer stopped at the cap: its time over ours is at least the cap over our median ("> x")."""
+    if not r["status"].startswith("timeout > ") or not ours.get("times") or ours["status"] != "ok":
+        return "-"
+    cap = float(r["status"].split()[2])
+    return f"> {cap / float(np.median(ours['times'])):.2f}"
+
+
 def print_rows(rows: list[dict]) -> None:
     by = {r["lib"]: r for r in rows}
     ours, sk = by.get("bayesclust", {}), by.get("sklearn", {})
@@ -199,7 +208,7 @@ def print_rows(rows: list[dict]) -> None:
         t = r["times"]
         case = f"| {r['n']:.0e} | {r['d']} | {r['k']} | {r['dtype']} | {r['iters']} | {r['lib']} |"
         if not t or r["status"] != "ok":
-            print(f"{case} - | - | - | - | {r['status']} |", flush=True)
+            print(f"{case} - | {_past_cap(r, ours)} | - | - | {r['status']} |", flush=True)
             continue
         med = float(np.median(t))
         ratio = "-"

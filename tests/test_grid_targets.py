@@ -56,3 +56,38 @@ def test_a_fast_case_off_scikit_learns_log_likelihood_is_not_met(tmp_path, capsy
     assert lines[0].endswith("| 10x | **log-lik no** |")
     assert lines[1].endswith("| 10x | **no, log-lik no** |")
     assert lines[2].endswith("| - | - |")  # no speed target at N = 1e4, D = 8; log-lik within 1e-4
+
+
+def test_scikit_learn_stopped_at_the_cap_gives_a_lower_bound(tmp_path, capsys):
+    # the grid prints "> cap / ours" for a peer stopped at --cap; the verdict reads it as a lower bound
+    rows = """\
+| 1e+06 | 128 | 64 | float64 | 5 | bayesclust | 150.000 (150.000-150.000) | - | -200.0 | - | ok |
+| 1e+06 | 128 | 64 | float64 | 5 | sklearn | - | > 4.00 | - | - | timeout > 600 s |
+| 1e+06 | 128 | 16 | float64 | 50 | bayesclust | 400.000 (400.000-400.000) | - | -200.0 | - | ok |
+| 1e+06 | 128 | 16 | float64 | 50 | sklearn | - | > 1.50 | - | - | timeout > 600 s |
+"""
+    out = tmp_path / "grid.out"
+    out.write_text(rows)
+    grid_targets.main([str(out)])
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert "| > 4.00 |" in lines[0]
+    assert lines[0].endswith("| 3x | speed yes (scikit-learn stopped at the cap: > 4.00x); "
+                             "log-lik not compared |")
+    assert lines[1].endswith("| 3x | speed not shown (scikit-learn stopped at the cap: > 1.50x); "
+                             "log-lik not compared |")
+
+
+def test_the_grid_prints_the_cap_over_our_time_for_a_peer_stopped_at_it(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "gmm_grid", Path(__file__).resolve().parents[1] / "benchmarks" / "gmm_grid.py")
+    gmm_grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gmm_grid)
+    case = {"n": 1e6, "d": 128, "k": 64, "dtype": "float64", "iters": 5}
+    gmm_grid.print_rows([
+        {**case, "lib": "bayesclust", "times": [140.0, 160.0, 150.0], "status": "ok", "ll": -200.0},
+        {**case, "lib": "sklearn", "times": [], "status": "timeout > 600 s"},
+        {**case, "lib": "tgmm", "times": [], "status": "failed: out of memory"},
+    ])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "| 1e+06 | 128 | 64 | float64 | 5 | sklearn | - | > 4.00 | - | - | timeout > 600 s |"
+    assert lines[2] == "| 1e+06 | 128 | 64 | float64 | 5 | tgmm | - | - | - | - | failed: out of memory |"
