@@ -559,3 +559,30 @@ def test_centred_components_take_log_densities_and_statistics_from_centred_rows(
     torch.testing.assert_close(G[1], G64[1], rtol=1e-5, atol=1e-6)
     labels = em.argmax_chunks(feats, A, c, centred)
     assert (labels.numpy() == np.repeat([0, 1], [300, 40])).all()
+
+
+def test_out_of_core_centred_components_read_each_block_once():
+    # the centred components' densities and sums come from the rows of the block just mapped: the
+    # source is read once a block, and the E-step equals the in-memory one
+    from bayesclust.inference import em, streaming
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(300, 3)), rng.normal(size=(40, 3)) * 1e-3 + 30.0]).astype(np.float32)
+    fam = gaussian.GaussianFamily("full", formulation="features")
+    p32 = gaussian.GMMParams(torch.tensor([300 / 340, 40 / 340]), torch.tensor([[0.0] * 3, [30.0] * 3]),
+                             torch.stack([torch.eye(3), torch.eye(3) * 1e-6]).double())
+    A, c = fam.log_prob_coefficients(p32)
+    centred = em.centred_set(fam, p32)
+    source = streaming.ChunkSource([X[:200], X[200:]])
+    reads = []
+    rows = source.rows
+    source.rows = lambda start, stop: reads.append((start, stop)) or rows(start, stop)
+    feats = streaming.SourceFeatures(source, fam.feature_map, torch.zeros(3), chunk_size=64)
+    ll, G = em.e_step(feats, A, c, centred=centred)
+    assert reads == [(0, 256), (256, 340)]  # blocks of at least 256 rows (em.block_rows)
+    ll_mem, G_mem = em.e_step(streaming.Features(torch.from_numpy(X), fam.feature_map), A, c, centred=centred)
+    assert ll == pytest.approx(ll_mem, rel=1e-6)
+    torch.testing.assert_close(G, G_mem, rtol=1e-5, atol=1e-4)
+    reads.clear()
+    assert (em.argmax_chunks(feats, A, c, centred).numpy() == np.repeat([0, 1], [300, 40])).all()
+    assert reads == [(0, 256), (256, 340)]

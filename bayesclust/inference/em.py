@@ -57,7 +57,7 @@ def e_step(
     statistics matmul read the same block of phi while it is still in cache: both products are
     memory-bound, so this halves the traffic to main memory. ``centred``: components whose log
     densities and statistics are taken from the rows x centred on their means (:class:`Centred`,
-    :class:`em_cholesky.CentredSums`; an out-of-core source is read again for them) in place of
+    :class:`em_cholesky.CentredSums`, from the rows of the block just mapped) in place of
     phi's uncentred forms, which cancel for them. Coefficients in the Cholesky form go to
     :func:`em_cholesky.e_step` (G in float64).
     """

@@ -313,6 +313,7 @@ class SourceFeatures(Features):
         self.cache = None
         self._buf = None
         self._scratch = {}
+        self._last: tuple[int, int, torch.Tensor] | None = None  # (start, stop, rows) of the last call
 
     def remapped(self, feature_fn: FeatureFn) -> SourceFeatures:
         return SourceFeatures(self.source, feature_fn, self.shift, self.chunk_size, scale=self.scale,
@@ -331,7 +332,13 @@ class SourceFeatures(Features):
         start, stop, _ = sl.indices(self.n)
         return self._frame(self.source.rows(start, stop))
 
-    rows = read
+    def rows(self, sl: slice) -> torch.Tensor:
+        """The centred rows ``sl`` (m, D), as :meth:`read`; the rows of the last ``self(sl)`` are not
+        read again (the feature form's E-step takes the centred components' densities from them)."""
+        start, stop, _ = sl.indices(self.n)
+        if self._last is not None and self._last[:2] == (start, stop):
+            return self._last[2]
+        return self.read(sl)
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
         """The centred rows at ``index`` (m,) (any order), read from the source, (m, D)."""
@@ -344,6 +351,7 @@ class SourceFeatures(Features):
 
     def __call__(self, sl: slice) -> torch.Tensor:
         x = self.read(sl)
+        self._last = (*sl.indices(self.n)[:2], x)
         if self._buf is None or self._buf.shape[0] < x.shape[0]:
             self._buf = x.new_empty(x.shape[0], self.q)
         return self.feature_fn(x, out=self._buf)
