@@ -151,6 +151,13 @@ class CentredSums:
         self.s1 += weighted.sum(1).double()  # a pairwise sum: a (K, 1, m) product loses float32 digits
         self.S += torch.bmm(weighted.transpose(1, 2), diff).double()
 
+    def absorb(self, other: CentredSums) -> CentredSums:
+        """These sums plus ``other``'s (same reference)."""
+        self.n += other.n
+        self.s1 += other.s1
+        self.S += other.S
+        return self
+
     def total(self) -> torch.Tensor:
         """G (K, Q + 1) float64, summed over processes."""
         n, s1, S = (reduce_statistics(t) for t in (self.n, self.s1, self.S))

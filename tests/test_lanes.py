@@ -1,0 +1,140 @@
+"""inference.lanes: a pass's blocks dealt over lanes run by threads of single-threaded torch."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from bayesclust.inference import em, em_cholesky, lanes
+from bayesclust.inference.streaming import ChunkSource, Features, SourceFeatures
+from bayesclust.models import gaussian
+
+
+def _identity(x, out=None):
+    return x
+
+
+def _blocks(n, step):
+    return [slice(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    # lanes run in threads with exactly two torch threads, from MIN_WORK FLOPs a pass (0 here: the
+    # tests' passes are small)
+    monkeypatch.setattr(lanes, "MIN_WORK", 0.0)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_blocks_are_dealt_round_robin_and_results_come_in_lane_order(two_threads):
+    feats = Features(torch.zeros(1000, 2), _identity)
+    seen = {}
+
+    def lane(i, blocks):
+        seen[i] = (blocks, threading.get_ident(), torch.get_num_threads())
+        return i * 10
+
+    slices = _blocks(1000, 100)
+    assert lanes.threaded(feats, len(slices))
+    assert lanes.run(feats, slices, lane) == [0, 10]
+    assert seen[0][0] == slices[0::2] and seen[1][0] == slices[1::2]
+    assert seen[0][1] != seen[1][1]  # two threads
+    assert seen[0][2] == seen[1][2] == 1  # one intra-op thread each
+    assert torch.get_num_threads() == 2  # restored
+
+
+def test_lanes_run_in_order_on_the_callers_thread_where_blocks_could_share_a_buffer(two_threads):
+    X = torch.zeros(1000, 2)
+    uncached = Features(X, lambda x, out=None: torch.cat([x, x], 1), cache_bytes=0)
+    source = SourceFeatures(ChunkSource(X.numpy()), _identity, torch.zeros(2))
+    slices = _blocks(1000, 100)
+    for feats in (uncached, source):
+        assert not lanes.threaded(feats, len(slices))
+    cached = Features(X, _identity)
+    assert not lanes.threaded(cached, lanes.MIN_BLOCKS - 1)
+    lanes.MIN_WORK = 1e9
+    assert not lanes.threaded(cached, len(slices), work=5e8) and lanes.threaded(cached, len(slices), work=1e9)
+    for threads in (1, 3):  # only the case measured: exactly two torch threads
+        torch.set_num_threads(threads)
+        assert not lanes.threaded(cached, len(slices))
+    order = []
+    lanes.run(uncached, slices, lambda i, blocks: order.append((i, threading.get_ident())))
+    assert order == [(0, threading.get_ident()), (1, threading.get_ident())]
+
+
+def test_an_error_in_a_lane_is_raised_on_the_caller_and_the_thread_count_restored(two_threads):
+    feats = Features(torch.zeros(1000, 2), _identity)
+
+    def lane(i, blocks):
+        if i == 1:
+            raise ValueError("lane 1 failed")
+        return i
+
+    with pytest.raises(ValueError, match="lane 1 failed"):
+        lanes.run(feats, _blocks(1000, 100), lane)
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_threaded_e_step_equals_the_lanes_run_in_turn(two_threads, monkeypatch, dtype):
+    # the same blocks summed in the same order: equal to rounding inside the blocks' operations
+    rng = np.random.default_rng(0)
+    X = torch.from_numpy(rng.normal(size=(5000, 6))).to(dtype)
+    fam = gaussian.GaussianFamily("full", formulation="features")
+    params = gaussian.GMMParams(torch.full((3,), 1 / 3, dtype=dtype), X[:3].clone(),
+                                torch.eye(6, dtype=torch.float64).repeat(3, 1, 1))
+    A, c = fam.log_prob_coefficients(params)
+    feats = Features(X, fam.feature_map, chunk_size=256)
+    assert lanes.threaded(feats, 20, em._work(feats, A, 2))
+    ll, G = em.e_step(feats, A, c)
+    labels = em.argmax_chunks(feats, A, c)
+    monkeypatch.setattr(lanes, "threaded", lambda *args: False)
+    ll_seq, G_seq = em.e_step(feats, A, c)
+    assert ll == pytest.approx(ll_seq, rel=1e-12 if dtype == torch.float64 else 1e-6)
+    torch.testing.assert_close(G, G_seq, rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=1e-8)
+    assert torch.equal(labels, em.argmax_chunks(feats, A, c))
+
+
+def test_absorbed_centred_sums_equal_one_pass():
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.normal(size=(600, 4)))
+    r = torch.softmax(torch.from_numpy(rng.normal(size=(600, 3))), 1)
+    params = gaussian.GMMParams(torch.full((3,), 1 / 3, dtype=torch.float64), x[:3].clone(),
+                                torch.eye(4, dtype=torch.float64).repeat(3, 1, 1))
+    coef, _ = gaussian.cholesky_coefficients(params, "full")
+    one, a, b = (em_cholesky.CentredSums(coef.means) for _ in range(3))
+    one.add(x, r)
+    a.add(x[:250], r[:250])
+    b.add(x[250:], r[250:])
+    torch.testing.assert_close(a.absorb(b).total(), one.total(), rtol=1e-12, atol=1e-10)
+
+
+def test_threaded_e_step_with_centred_components_equals_the_lanes_run_in_turn(two_threads, monkeypatch):
+    # float32, a tight far cluster taken centred (em.Centred): each lane keeps its own centred sums
+    rng = np.random.default_rng(2)
+    X = np.concatenate([rng.normal(size=(4000, 3)), rng.normal(size=(400, 3)) * 1e-3 + 30.0])
+    fam = gaussian.GaussianFamily("full", formulation="features")
+    p32 = gaussian.GMMParams(torch.tensor([0.9, 0.1]), torch.tensor([[0.0] * 3, [30.0] * 3]),
+                             torch.stack([torch.eye(3), torch.eye(3) * 1e-6]).double())
+    A, c = fam.log_prob_coefficients(p32)
+    centred = em.centred_set(fam, p32)
+    assert centred is not None
+    feats = Features(torch.from_numpy(X.astype(np.float32)), fam.feature_map, chunk_size=256)
+    ll, G = em.e_step(feats, A, c, centred=centred)
+    monkeypatch.setattr(lanes, "threaded", lambda *args: False)
+    ll_seq, G_seq = em.e_step(feats, A, c, centred=centred)
+    assert ll == pytest.approx(ll_seq, rel=1e-6)
+    torch.testing.assert_close(G, G_seq, rtol=1e-5, atol=1e-4)
+
+
+def test_pass_work_counts_float32_flops_as_half():
+    feats = Features(torch.zeros(1000, 4, dtype=torch.float64), _identity)
+    A64 = torch.zeros(14, 3, dtype=torch.float64)
+    assert em._work(feats, A64, 2) == 2 * 2 * 1000 * 14 * 3
+    assert em._work(feats, A64.float(), 1) == 1000 * 14 * 3
