@@ -138,3 +138,38 @@ def test_pass_work_counts_float32_flops_as_half():
     A64 = torch.zeros(14, 3, dtype=torch.float64)
     assert em._work(feats, A64, 2) == 2 * 2 * 1000 * 14 * 3
     assert em._work(feats, A64.float(), 1) == 1000 * 14 * 3
+
+
+def test_a_pass_runs_its_lanes_in_turn_while_another_pass_has_switched_the_thread_count(two_threads):
+    # the thread count is global: a second threaded pass at the same time (a fit in another thread)
+    # must not switch it, or it could restore one thread for good
+    feats = Features(torch.zeros(1000, 2), _identity)
+    callers = []
+    with lanes._SWITCH:
+        lanes.run(feats, _blocks(1000, 100), lambda i, blocks: callers.append(threading.get_ident()))
+        assert torch.get_num_threads() == 2
+    assert callers == [threading.get_ident()] * 2
+    callers.clear()
+    lanes.run(feats, _blocks(1000, 100), lambda i, blocks: callers.append(threading.get_ident()))
+    assert len(set(callers)) == 2 and not lanes._SWITCH.locked()
+
+
+def test_fits_in_two_user_threads_leave_the_thread_count_as_it_was(two_threads):
+    import bayesclust as bc
+
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(size=(3000, 6)), rng.normal(size=(3000, 6)) + 5.0])
+
+    def fit():
+        return bc.GaussianMixture(2, covariance_type="full", formulation="features", chunk_size=256,
+                                  max_iter=5, tol=0, random_state=0).fit(X)
+
+    alone = fit().labels_
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(fit().labels_)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert torch.get_num_threads() == 2
+    assert len(results) == 2 and all((r == alone).all() for r in results)

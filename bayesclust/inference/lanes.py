@@ -34,6 +34,7 @@ MIN_BLOCKS = 4  # fewer blocks than this run in one lane's order on the caller's
 # and 7.2e9 in float32, losses at 1.0e9 and 1.8e9)
 MIN_WORK = 2e9
 T = TypeVar("T")
+_SWITCH = threading.Lock()  # held while a pass has switched torch's thread count
 
 
 def threaded(feats: Features, n_blocks: int, work: float = float("inf")) -> bool:
@@ -58,8 +59,18 @@ def run(
     counted as half) with one intra-op thread each, else one lane after the other. ``lane`` must keep
     its buffers to itself (``Features.scratch`` slots named by the lane)."""
     parts = [list(slices[i::LANES]) for i in range(LANES)]
-    if not threaded(feats, len(slices), work):
+    # one threaded pass at a time in the process: the thread count is global, and two passes switching
+    # it at once (fits in two of the user's threads) could restore it to one
+    if not threaded(feats, len(slices), work) or not _SWITCH.acquire(blocking=False):
         return [lane(i, part) for i, part in enumerate(parts)]
+    try:
+        return _in_threads(parts, lane)
+    finally:
+        _SWITCH.release()
+
+
+def _in_threads(parts: list[list[slice]], lane: Callable[[int, list[slice]], T]) -> list[T]:
+    """The lanes in threads of one intra-op thread each (lane 0 on the caller's thread)."""
     results: list = [None] * LANES
     errors: list[BaseException] = []
 
