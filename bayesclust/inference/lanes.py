@@ -1,14 +1,14 @@
 """A pass's blocks dealt over a fixed number of lanes, the lanes run by threads of single-threaded torch.
 
-A block of an EM pass is some 25 torch operations. The few large ones (the products, the (K, m, D)
-elementwise passes) split over torch's intra-op threads; the many small (K, m) ones fall under
-torch's grain size and run on one core while the others wait, and each split operation pays a fork
-and a join. Running whole blocks side by side instead, one lane a thread with one intra-op thread
-each, keeps every core busy and pays no fork per operation (torch releases the GIL inside its kernels).
+A block of an EM pass is a few large torch operations (the products) and many small ones on (m, K)
+arrays. The large ones split over torch's intra-op threads, each paying a fork and a join; the small
+ones fall under torch's grain size and run on one core while the others wait. Running whole blocks
+side by side instead, one lane a thread with one intra-op thread each, keeps every core busy and pays
+no fork per operation (torch releases the GIL inside its kernels).
 
-The feature form's passes (:func:`bayesclust.inference.em.e_step`, ``argmax_chunks``) take lanes: a
-few large products a block. The Cholesky form's blocks, some 25 operations on (K, m) and (K, m, D)
-arrays, ran no faster in lanes (benchmarks/results/speed.md), and stay on torch's threads.
+The feature form's passes (:func:`bayesclust.inference.em.e_step`, ``argmax_chunks``) take lanes. The
+Cholesky form's blocks, some 25 operations on (K, m) and (K, m, D) arrays, ran no faster in lanes
+(benchmarks/results/speed.md), and stay on torch's threads.
 
 Block ``b`` goes to lane ``b % LANES``, each lane sums its blocks in order and the callers add the
 lanes' sums in lane order: the blocks' sums are added in one order whether the lanes ran in threads
