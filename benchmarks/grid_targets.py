@@ -70,8 +70,8 @@ def verdict(ours: float | None, sk: float | None, sk_cells: list[str] | None, go
         floor = past_cap(sk_cells)
         if floor is None or goal is None:
             return sk_cells[10] if sk_cells else "-"
-        verdict = "speed yes" if floor >= goal else "speed not shown"
-        return f"{verdict} (scikit-learn stopped at the cap: > {floor:.2f}x); log-lik not compared"
+        speed = "speed yes" if floor >= goal else "speed not shown"
+        return f"{speed} (scikit-learn stopped at the cap: > {floor:.2f}x); log-lik not compared"
     off = rel not in ("", "-") and float(rel) > LOGLIK_REL
     if goal is None:
         return "**log-lik no**" if off else "-"
