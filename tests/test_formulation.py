@@ -103,6 +103,11 @@ def test_choose_formulation_follows_the_measured_crossover():
     assert choose("full", 64, 32, 8, cached=False) == "cholesky"
     assert choose("full", 64, 32, 4, cached=False) == "features"
     assert choose("tied", 16, 2, 8, cached=False) == "features"  # below D = 32: always the map
+    assert choose("full", 16, 2, 4, cached=True) == "features"
+    # ... but from D = 16 for float64 full covariances (the fused Cholesky passes)
+    assert choose("full", 16, 4, 8, cached=True) == "cholesky"
+    assert choose("full", 16, 8, 8, cached=True) == "features"
+    assert choose("full", 8, 2, 8, cached=True) == "features"
     assert choose("full", gaussian.CHOLESKY_MIN_D, 10_000, 4, cached=True) == "cholesky"
     assert choose("diag", 512, 1, 8, cached=False) == "features"
 

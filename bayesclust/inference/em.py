@@ -10,7 +10,7 @@ Python loop over components. :func:`em_step` is the engine Step; the totals go t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import torch
@@ -154,7 +154,7 @@ def argmax_chunks(
         return em_cholesky.argmax_chunks(feats, A, c)
     labels = torch.empty(feats.n, dtype=torch.long, device=A.device)
 
-    def lane(i: int, blocks: list[slice]) -> None:
+    def lane(i: int, blocks: Iterable[slice]) -> None:
         for sl in blocks:
             out = feats.scratch(f"logits{i}", (sl.stop - sl.start, A.shape[1]), A)
             block = torch.addmm(c, feats(sl), A, out=out)
@@ -163,7 +163,7 @@ def argmax_chunks(
             labels[sl] = torch.max(block, 1).indices  # the first maximum, as argmax, at 2-3x its speed
 
     lanes.run(feats, list(feats.slices(block_rows(A.shape[0], A.element_size(), feats.chunk_size))), lane,
-              _work(feats, A, 1))
+              _work(feats, A, 1), shared=True)
     return labels
 
 
@@ -178,6 +178,10 @@ def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Ca
     checked: dict[str, Any] = {"params": None, "coefficients": None}  # the last M-step's, validated
 
     def step(state: dict[str, Any], iteration: int) -> float:
+        with lanes.hold():  # a pass in lanes keeps torch at one thread through the (small) M-step
+            return _step(state)
+
+    def _step(state: dict[str, Any]) -> float:
         fam, fts = current
         params = state["params"]
         if checked["params"] is params:

@@ -13,23 +13,39 @@ float64 across blocks, then turned into the feature layout G (K, Q + 1) of
 :func:`bayesclust.models.gaussian.unpack_stats`, so the family's M-step is unchanged. The data comes
 from ``feats(slice)``, which is x itself in this formulation (in memory, out of core or one shard of
 a distributed fit).
+
+float64 full covariances in memory on the CPU run their passes in :mod:`lanes` (from
+``LANE_MIN_ELEMENTS``): each block is the product ``u = x P_k`` and the statistics' products in torch,
+and between them one compiled kernel (:func:`_cholesky_kernels.e_block`) in place of some twenty torch
+operations, each a pass over its array and a dispatch under the GIL.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
+import numpy as np
 import torch
 
 from ..models.gaussian import CholeskyCoefficients
-from .responsibilities import exp_normalise_
+from . import _cholesky_kernels as kernels
+from . import lanes
+from .responsibilities import EXP_FLOOR, exp_normalise_
 from .streaming import Features, reduce_statistics, weighted_statistics
 
 _BLOCK_BYTES = 2 << 20  # one block's (K, rows, D) arrays stay near this size (two of them live at once)
+_LANE_BLOCK_BYTES = 1 << 20  # in lanes, one core's share of L2 holds its lane's block
 _MIN_ROWS = 256  # but no fewer rows: at large K D, 64-128-row products ran 10-20% slower
+# fused passes in lanes from this many elements N K D of a pass's rows u: what the kernels save grows
+# with them, and the lanes' fixed cost (waking a thread, two switches of the thread count) lost at
+# N K D = 1.3e6 (whole float64 fits, 0.92x at N = 10^4, D = 32, K = 4) and gained from 2.6e6 (1.05x;
+# 1.29x at N = 10^5, D = 8, K = 4; benchmarks/results/speed.md)
+LANE_MIN_ELEMENTS = 2.5e6
 
 
-def block_rows(k: int, d: int, itemsize: int, chunk_size: int) -> int:
-    """Rows per block so the block's (K, rows, D) arrays take about ``_BLOCK_BYTES``."""
-    return max(min(_MIN_ROWS, chunk_size), min(chunk_size, _BLOCK_BYTES // max(1, k * d * itemsize)))
+def block_rows(k: int, d: int, itemsize: int, chunk_size: int, block_bytes: int = _BLOCK_BYTES) -> int:
+    """Rows per block so the block's (K, rows, D) arrays take about ``block_bytes``."""
+    return max(min(_MIN_ROWS, chunk_size), min(chunk_size, block_bytes // max(1, k * d * itemsize)))
 
 
 def factors(coef: CholeskyCoefficients) -> torch.Tensor:
@@ -189,10 +205,22 @@ class _Whitened:
         root = rT.sqrt_().unsqueeze(1)  # (K, 1, m)
         w = y.mul_(root.transpose(1, 2))
         self.s1.baddbmm_(root, w)
+        self.add_products(w)
+
+    def add_products(self, w: torch.Tensor) -> None:
+        """``sum w w^T`` of the weighted rows w (K, m, D), in its two blocks."""
         h = self.h
         if h:
             self.Sa.baddbmm_(w[:, :, :h].transpose(1, 2), w[:, :, :h])
         self.Sb.baddbmm_(w.transpose(1, 2), w[:, :, h:])
+
+    def absorb(self, other: _Whitened) -> _Whitened:
+        """These sums plus ``other``'s (same coefficients)."""
+        self.n += other.n
+        self.s1 += other.s1
+        self.Sa += other.Sa
+        self.Sb += other.Sb
+        return self
 
     def total(self) -> torch.Tensor:
         """G (K, Q + 1) float64, summed over processes."""
@@ -216,12 +244,15 @@ def e_step(
     Every block runs in the (K, m, D) layout of :func:`component_rows`, whose z are weighted in place
     for the statistics."""
     k, d = coef.means.shape
+    P = factors(coef)
+    fused = _lane_pass(feats, coef)
+    if fused is not None:
+        return _fused_e_step(feats, coef, c, P, fused, accumulate)
     step = block_rows(k, d, coef.element_size(), feats.chunk_size)
     total = torch.zeros((), dtype=torch.float64, device=coef.device)
     stats = None
     if accumulate:
         stats = _Whitened(coef) if coef.dtype == torch.float64 else CentredSums(coef.means, coef.exact)
-    P = factors(coef)
     for sl in feats.slices(step):
         z, y = component_rows(feats(sl), coef, P, _block_arrays(feats, sl.stop - sl.start, coef.means, P))
         resp, norm, loglik = exp_normalise_(_log_prob(y, c[:, None]), 0)
@@ -230,6 +261,74 @@ def e_step(
         total += loglik
     total = reduce_statistics(total)
     return float(total), None if stats is None else stats.total()
+
+
+def _lane_pass(feats: Features, coef: CholeskyCoefficients) -> tuple[list[slice], float] | None:
+    """The blocks and elements N K D of a fused pass in lanes, or None where the pass runs on torch's
+    threads: fused passes take float64 full covariances whose lanes run in threads
+    (:func:`lanes.threaded`, from ``LANE_MIN_ELEMENTS``)."""
+    k, d = coef.means.shape
+    if coef.dtype != torch.float64 or coef.tied:
+        return None
+    slices = list(feats.slices(block_rows(k, d, 8, feats.chunk_size, _LANE_BLOCK_BYTES)))
+    work = float(feats.n * k * d)
+    return (slices, work) if lanes.threaded(feats, len(slices), work, LANE_MIN_ELEMENTS) else None
+
+
+def _fused_block(feats: Features, sl: slice, P: torch.Tensor, lane: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``u = x P_k`` (K, m, D) of the rows ``sl`` and an uninitialised (K, m) array for their
+    log densities, in lane ``lane``'s buffers (float64, CPU)."""
+    k, d = P.shape[0], P.shape[1]
+    m = sl.stop - sl.start
+    u = torch.matmul(feats(sl), P, out=feats.scratch(f"rows{lane}", (k, m, d), P))
+    return u, feats.scratch(f"logits{lane}", (k, m), P)
+
+
+def _fused_e_step(
+    feats: Features, coef: CholeskyCoefficients, c: torch.Tensor, P: torch.Tensor,
+    fused: tuple[list[slice], float], accumulate: bool,
+) -> tuple[float, torch.Tensor | None]:
+    """:func:`e_step` in lanes, each block a product, :func:`kernels.e_block` and, if ``accumulate``,
+    the products of the statistics."""
+    b, cv = coef.b.numpy(), c.contiguous().numpy()
+    floor = EXP_FLOOR[8]
+
+    def lane(i: int, blocks: list[slice]) -> tuple[float, _Whitened]:
+        stats = _Whitened(coef)
+        n, s1 = stats.n.numpy(), stats.s1.view(stats.s1.shape[0], -1).numpy()
+        rows = max((sl.stop - sl.start for sl in blocks), default=0)
+        work, bits = np.empty((2, rows)), np.empty(rows, dtype=np.int64)
+        total = 0.0
+        for sl in blocks:
+            u, logits = _fused_block(feats, sl, P, i)
+            total += kernels.e_block(u.numpy(), b, cv, floor, logits.numpy(), work, bits, n, s1, accumulate)
+            if accumulate:
+                stats.add_products(u)
+        return total, stats
+
+    parts = lanes.run(feats, fused[0], lane, fused[1], LANE_MIN_ELEMENTS)
+    total = float(reduce_statistics(torch.tensor(sum(p[0] for p in parts), dtype=torch.float64)))
+    if not accumulate:
+        return total, None
+    stats = parts[0][1]
+    for p in parts[1:]:
+        stats.absorb(p[1])
+    return total, stats.total()
+
+
+def _fused_labels(
+    feats: Features, coef: CholeskyCoefficients, c: torch.Tensor, P: torch.Tensor, labels: torch.Tensor
+) -> Callable[[int, Iterable[slice]], None]:
+    """:func:`argmax_chunks`'s lane, fused."""
+    b, cv = coef.b.numpy(), c.contiguous().numpy()
+
+    def lane(i: int, blocks: Iterable[slice]) -> None:
+        for sl in blocks:
+            u, logits = _fused_block(feats, sl, P, i)
+            kernels.log_density(u.numpy(), b, cv, logits.numpy())
+            labels[sl] = torch.max(logits, 0).indices
+
+    return lane
 
 
 def log_resp_chunks(
@@ -249,6 +348,11 @@ def argmax_chunks(feats: Features, coef: CholeskyCoefficients, c: torch.Tensor) 
     k, d = coef.means.shape
     labels = torch.empty(feats.n, dtype=torch.long, device=coef.device)
     P = factors(coef)
+    fused = _lane_pass(feats, coef)
+    if fused is not None:
+        lane = _fused_labels(feats, coef, c, P, labels)
+        lanes.run(feats, fused[0], lane, fused[1], LANE_MIN_ELEMENTS, shared=True)
+        return labels
     for sl in feats.slices(block_rows(k, d, coef.element_size(), feats.chunk_size)):
         out = _block_arrays(feats, sl.stop - sl.start, coef.means, P)
         # in the (K, m) layout; torch.max's indices (the first maximum, as argmax) run 2-20x faster

@@ -45,6 +45,10 @@ FORMULATIONS = ("auto", "features", "cholesky")
 # Cholesky when D >= 32 and K <= D / CHOLESKY_D_PER_K[case], or D >= CHOLESKY_MIN_D.
 CHOLESKY_MIN_D = 256
 CHOLESKY_D_PER_K = {"cached": 4.0, "float32": 4.0, "float64": 2.0}
+# and from this D; 16 for float64 full covariances, whose Cholesky passes have fused kernels
+# (em_cholesky) and took D = 16, K = 4 at 1.30x the cached feature form's step (benchmarks/results/speed.md)
+CHOLESKY_FLOOR_D = 32
+CHOLESKY_FLOOR_D_FULL64 = 16
 # the share of a covariance that the feature map's float32 sums may lose to cancellation (worst case)
 # before the component's statistics are taken centred on its mean (:func:`cancelling_components`)
 CANCELLATION_LIMIT = 1e-3
@@ -58,7 +62,8 @@ def choose_formulation(covariance_type: str, d: int, k: int, itemsize: int, cach
     if d >= CHOLESKY_MIN_D:
         return "cholesky"
     case = "cached" if cached else ("float64" if itemsize >= 8 else "float32")
-    return "cholesky" if d >= 32 and k * CHOLESKY_D_PER_K[case] <= d else "features"
+    floor = CHOLESKY_FLOOR_D_FULL64 if covariance_type == "full" and itemsize >= 8 else CHOLESKY_FLOOR_D
+    return "cholesky" if d >= floor and k * CHOLESKY_D_PER_K[case] <= d else "features"
 
 
 def covariance_shape(covariance_type: str, k: int, d: int) -> tuple[int, ...]:

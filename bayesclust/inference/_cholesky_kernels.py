@@ -1,0 +1,127 @@
+"""Fused elementwise passes of the float64 Cholesky E-step (:mod:`bayesclust.inference.em_cholesky`),
+compiled by Numba: single-threaded and without the GIL, so that each lane of :mod:`lanes` runs them
+beside its own single-threaded torch products.
+
+A block's products ``u = x P_k`` (K, m, D) and ``sum w w^T`` stay in torch (BLAS). Between them the
+torch path takes about a dozen operations (the ``b_k`` subtraction, the norm, its scaling, the square
+root of r, the weighting, ``sum r y``, the counts), each a pass over its array and a dispatch. Here
+:func:`log_density` reads u once and :func:`weigh_rows` reads and writes it once; the softmax over
+(K, m) stays in torch, whose vectorised exp Numba does not have without SVML.
+
+Sums run in a fixed order (rows in order within a block), so results do not depend on threads. The
+fast-math flags allow reassociation and contraction only, so the D-wide sums vectorise and infinities
+and NaNs keep their meaning.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_FLAGS = {"reassoc", "contract", "nsz"}
+
+
+@njit(nogil=True, fastmath=_FLAGS, cache=True)
+def log_density(u, b, c, out):  # pragma: no cover - compiled
+    """``out[k, i] = c[k] - |u[k, i] - b[k]|^2 / 2`` for u (K, m, D), b (K, D), c (K,), out (K, m)."""
+    k_, m, d_ = u.shape
+    for k in range(k_):
+        for i in range(m):
+            s = 0.0
+            for d in range(d_):
+                v = u[k, i, d] - b[k, d]
+                s += v * v
+            out[k, i] = c[k] - 0.5 * s
+
+
+@njit(nogil=True, fastmath=_FLAGS, cache=True)
+def weigh_rows(u, r, b, n, s1):  # pragma: no cover - compiled
+    """For u (K, m, D) and responsibilities r (K, m): ``u[k, i] <- sqrt(r[k, i]) (u[k, i] - b[k])`` in
+    place, ``n[k] += sum_i r[k, i]`` and ``s1[k] += sum_i r[k, i] (u[k, i] - b[k])`` (n (K,), s1 (K, D))."""
+    k_, m, d_ = u.shape
+    for k in range(k_):
+        nk = 0.0
+        for i in range(m):
+            rv = r[k, i]
+            nk += rv
+            root = math.sqrt(rv)
+            for d in range(d_):
+                v = (u[k, i, d] - b[k, d]) * root
+                u[k, i, d] = v
+                s1[k, d] += root * v
+        n[k] += nk
+
+
+# exp(x) = 2^t exp(r), t = round(x / ln 2), r = x - t ln 2 in [-ln 2 / 2, ln 2 / 2] (ln 2 in two parts,
+# Cody and Waite 1980), exp(r) by its Taylor series to r^13 / 13! (the next term is below 5e-18)
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_C = tuple(1.0 / math.factorial(j) for j in range(14))
+_C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = _C[2:]
+
+
+@njit(nogil=True, fastmath={"contract"}, cache=True)  # no reassociation: it would undo the reduction
+def _exp_rows(x, floor, bits):  # pragma: no cover - compiled
+    """``x[i] <- exp(max(x[i], floor))`` for x (m,) <= 0 and ``floor >= -1000``, vectorised (no libm
+    call); ``bits`` (m,) int64 is a work array."""
+    m = x.shape[0]
+    for i in range(m):
+        v = max(x[i], floor)
+        t = np.floor(v * _LOG2E + 0.5)
+        r = (v - t * _LN2_HI) - t * _LN2_LO
+        p = _C12 + r * _C13
+        p = _C11 + r * p
+        p = _C10 + r * p
+        p = _C9 + r * p
+        p = _C8 + r * p
+        p = _C7 + r * p
+        p = _C6 + r * p
+        p = _C5 + r * p
+        p = _C4 + r * p
+        p = _C3 + r * p
+        p = _C2 + r * p
+        p = 1.0 + r * p
+        x[i] = 1.0 + r * p
+        bits[i] = (np.int64(t) + 1023) << 52
+    two_t = bits.view(np.float64)
+    for i in range(m):
+        x[i] *= two_t[i]
+
+
+@njit(nogil=True, fastmath=_FLAGS, cache=True)
+def e_block(u, b, c, floor, logits, work, bits, n, s1, weigh):  # pragma: no cover - compiled
+    """One block of the float64 E-step from ``u = x P_k`` (K, m, D): the responsibilities r (K, m) of
+    ``c_k - |u_k - b_k|^2 / 2`` into ``logits`` (relative ones below ``exp(floor)`` floored, as
+    :func:`bayesclust.inference.responsibilities.exp_normalise_`) and, if ``weigh``, u overwritten by
+    ``sqrt(r) (u - b_k)``, ``n += sum_i r`` and ``s1 += sum_i r (u - b_k)``; returns the block's
+    log-likelihood. ``work`` (2, >= m) float64 and ``bits`` (>= m,) int64 are work arrays."""
+    k_, m, _ = u.shape
+    log_density(u, b, c, logits)
+    peak, norm = work[0], work[1]
+    for i in range(m):
+        peak[i] = logits[0, i]
+        norm[i] = 0.0
+    for k in range(1, k_):
+        for i in range(m):
+            peak[i] = max(peak[i], logits[k, i])
+    for k in range(k_):
+        row = logits[k]
+        for i in range(m):
+            row[i] -= peak[i]
+        _exp_rows(row, floor, bits)
+        for i in range(m):
+            norm[i] += row[i]
+    total = 0.0
+    for i in range(m):
+        total += peak[i] + math.log(norm[i])
+    for i in range(m):
+        norm[i] = 1.0 / norm[i]
+    for k in range(k_):
+        for i in range(m):
+            logits[k, i] *= norm[i]
+    if weigh:
+        weigh_rows(u, logits, b, n, s1)
+    return total

@@ -1,0 +1,206 @@
+"""The float64 Cholesky passes in lanes: fused kernels (inference._cholesky_kernels), lanes.hold, shared
+block queues and the lane threads kept for the process."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bayesclust.inference import _cholesky_kernels as kernels
+from bayesclust.inference import em_cholesky, lanes
+from bayesclust.inference.responsibilities import EXP_FLOOR, exp_normalise_
+from bayesclust.inference.streaming import ChunkSource, Features, SourceFeatures
+from bayesclust.models import gaussian
+
+
+def _identity(x, out=None):
+    return x
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    # fused passes run in lanes with exactly two torch threads, from LANE_MIN_ELEMENTS (0 here: the
+    # tests' passes are small)
+    monkeypatch.setattr(em_cholesky, "LANE_MIN_ELEMENTS", 0.0)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def _problem(n=3000, d=5, k=3, seed=0, dtype=torch.float64):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * 4
+    X = torch.from_numpy(centres[rng.integers(0, k, n)] + rng.normal(size=(n, d))).to(dtype)
+    A = torch.from_numpy(rng.normal(size=(k, d, d))) * 0.3
+    covs = A @ A.transpose(1, 2) + torch.eye(d, dtype=torch.float64)
+    params = gaussian.GMMParams(torch.from_numpy(rng.dirichlet(np.ones(k))).to(dtype),
+                                torch.from_numpy(centres).to(dtype), covs.to(dtype))
+    coef, c = gaussian.cholesky_coefficients(params, "full")
+    return X, params, coef, c
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-1000.0, 0.0), min_size=1, max_size=300), st.sampled_from([-700.0, -80.0, -5.0]))
+def test_exp_rows_is_exp_of_the_floored_values_to_two_ulps(values, floor):
+    x = np.array(values)
+    out = x.copy()
+    kernels._exp_rows(out, floor, np.empty(len(x), dtype=np.int64))
+    ref = np.exp(np.maximum(x, floor))
+    assert np.all(np.abs(out - ref) <= 2 * np.spacing(ref))
+
+
+def test_e_block_equals_the_torch_block():
+    X, _, coef, c = _problem()
+    P = em_cholesky.factors(coef)
+    u = torch.matmul(X[:200], P)
+    y = u - coef.b.unsqueeze(1)
+    logits = em_cholesky._log_prob(y, c[:, None])
+    resp, norm, loglik = exp_normalise_(logits.clone(), 0)
+    r = resp / norm
+    k, d = coef.means.shape
+    n, s1 = np.zeros(k), np.zeros((k, d))
+    out, work, bits = np.empty((k, 200)), np.empty((2, 256)), np.empty(256, dtype=np.int64)
+    w = u.numpy().copy()
+    total = kernels.e_block(w, coef.b.numpy(), c.numpy(), EXP_FLOOR[8], out, work, bits, n, s1, True)
+    assert total == pytest.approx(float(loglik), rel=1e-13)
+    np.testing.assert_allclose(out, r.numpy(), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(w, (r.sqrt().unsqueeze(-1) * y).numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(n, r.sum(1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(s1, (r.unsqueeze(-1) * y).sum(1).numpy(), rtol=1e-10, atol=1e-12)
+    # without weighing: responsibilities and total only, u and the sums untouched
+    w2, n2, s2 = u.numpy().copy(), np.zeros(k), np.zeros((k, d))
+    total2 = kernels.e_block(w2, coef.b.numpy(), c.numpy(), EXP_FLOOR[8], out, work, bits, n2, s2, False)
+    assert total2 == total and np.array_equal(w2, u.numpy()) and not n2.any() and not s2.any()
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_fused_e_step_and_labels_equal_the_torch_passes(two_threads, monkeypatch, accumulate):
+    X, _, coef, c = _problem(n=6000, d=7, k=4, seed=1)
+    feats = Features(X, _identity, chunk_size=512)
+    assert em_cholesky._lane_pass(feats, coef) is not None
+    ll, G = em_cholesky.e_step(feats, coef, c, accumulate=accumulate)
+    labels = em_cholesky.argmax_chunks(feats, coef, c)
+    monkeypatch.setattr(em_cholesky, "LANE_MIN_ELEMENTS", float("inf"))
+    assert em_cholesky._lane_pass(feats, coef) is None
+    ll_t, G_t = em_cholesky.e_step(feats, coef, c, accumulate=accumulate)
+    assert ll == pytest.approx(ll_t, rel=1e-13)
+    if accumulate:
+        torch.testing.assert_close(G, G_t, rtol=1e-11, atol=1e-9)
+    else:
+        assert G is None and G_t is None
+    assert torch.equal(labels, em_cholesky.argmax_chunks(feats, coef, c))
+
+
+def test_fused_passes_take_float64_full_covariances_in_memory_above_the_threshold(two_threads, monkeypatch):
+    X, params, coef, c = _problem(n=4000)
+    feats = Features(X, _identity, chunk_size=256)
+    assert em_cholesky._lane_pass(feats, coef) is not None
+    p32 = gaussian.GMMParams(params.weights.float(), params.means.float(), params.covariances.float())
+    coef32, _ = gaussian.cholesky_coefficients(p32, "full")
+    assert em_cholesky._lane_pass(Features(X.float(), _identity, chunk_size=256), coef32) is None
+    tied = gaussian.GMMParams(params.weights, params.means, params.covariances[0])
+    assert em_cholesky._lane_pass(feats, gaussian.cholesky_coefficients(tied, "tied")[0]) is None
+    source = SourceFeatures(ChunkSource(X.numpy()), _identity, torch.zeros(5, dtype=torch.float64))
+    assert em_cholesky._lane_pass(source, coef) is None  # out of core: blocks share a buffer
+    monkeypatch.setattr(em_cholesky, "LANE_MIN_ELEMENTS", 4000 * 3 * 5 + 1.0)  # N K D
+    assert em_cholesky._lane_pass(feats, coef) is None
+    monkeypatch.setattr(em_cholesky, "LANE_MIN_ELEMENTS", 4000 * 3 * 5)
+    assert em_cholesky._lane_pass(feats, coef) is not None
+
+
+def test_a_fit_with_fused_passes_equals_the_torch_fit(two_threads, monkeypatch):
+    import bayesclust as bc
+
+    X = _problem(n=5000, d=6, k=3, seed=2)[0].numpy()
+
+    def fit():
+        return bc.GaussianMixture(3, covariance_type="full", formulation="cholesky", chunk_size=512,
+                                  max_iter=8, tol=0, random_state=0).fit(X)
+
+    fused = fit()
+    monkeypatch.setattr(em_cholesky, "LANE_MIN_ELEMENTS", float("inf"))
+    plain = fit()
+    assert fused.lower_bound_ == pytest.approx(plain.lower_bound_, rel=1e-12)
+    np.testing.assert_allclose(fused.covariances_, plain.covariances_, rtol=1e-9, atol=1e-12)
+    assert (fused.labels_ == plain.labels_).all()
+    assert torch.get_num_threads() == 2 and not lanes._SWITCH.locked()
+
+
+def test_a_hold_keeps_one_thread_from_a_threaded_pass_to_its_end(two_threads):
+    feats = Features(torch.zeros(1000, 2), _identity)
+    blocks = [slice(s, s + 100) for s in range(0, 1000, 100)]
+    with lanes.hold():
+        lanes.run(feats, blocks, lambda i, b: None, work=1.0, min_work=2.0)  # in turn: nothing changes
+        assert torch.get_num_threads() == 2 and not lanes._SWITCH.locked()
+        lanes.run(feats, blocks, lambda i, b: None)
+        assert torch.get_num_threads() == 1 and lanes._SWITCH.locked()  # the M-step's small work
+        assert lanes.threaded(feats, len(blocks))  # the next pass in the hold still threads
+        seen = []
+        lanes.run(feats, blocks, lambda i, b: seen.append(threading.get_ident()))
+        assert len(set(seen)) == 2
+    assert torch.get_num_threads() == 2 and not lanes._SWITCH.locked()
+
+
+def test_a_hold_restores_the_thread_count_when_its_block_raises(two_threads):
+    feats = Features(torch.zeros(1000, 2), _identity)
+    with pytest.raises(RuntimeError, match="M-step failed"):
+        with lanes.hold():
+            lanes.run(feats, [slice(s, s + 100) for s in range(0, 1000, 100)], lambda i, b: None)
+            raise RuntimeError("M-step failed")
+    assert torch.get_num_threads() == 2 and not lanes._SWITCH.locked()
+
+
+def test_another_threads_pass_runs_in_turn_while_a_hold_keeps_the_switch(two_threads):
+    feats = Features(torch.zeros(1000, 2), _identity)
+    blocks = [slice(s, s + 100) for s in range(0, 1000, 100)]
+    other = []
+    with lanes.hold():
+        lanes.run(feats, blocks, lambda i, b: None)
+
+        def elsewhere():
+            lanes.run(feats, blocks, lambda i, b: other.append(threading.get_ident()))
+
+        t = threading.Thread(target=elsewhere)
+        t.start()
+        t.join()
+    assert len(other) == 2 and len(set(other)) == 1  # both lanes on that thread, one after the other
+
+
+@pytest.mark.parametrize("threads", [True, False])
+def test_a_shared_queue_hands_each_block_to_exactly_one_lane(two_threads, threads):
+    feats = Features(torch.zeros(1000, 2), _identity)
+    blocks = [slice(s, s + 10) for s in range(0, 1000, 10)]
+    taken: dict[int, list[slice]] = {0: [], 1: []}
+
+    def lane(i, queue):
+        for sl in queue:
+            taken[i].append(sl)
+
+    lanes.run(feats, blocks, lane, work=1.0, min_work=0.0 if threads else 2.0, shared=True)
+    got = taken[0] + taken[1]
+    assert sorted(got, key=lambda s: s.start) == blocks
+    if not threads:
+        assert taken[0] == blocks and taken[1] == []  # in turn, lane 0 drains the queue
+
+
+def test_lane_threads_are_kept_and_started_again_in_a_forked_child(two_threads, monkeypatch):
+    feats = Features(torch.zeros(1000, 2), _identity)
+    blocks = [slice(s, s + 100) for s in range(0, 1000, 100)]
+    idents = []
+
+    def lane(i, b):
+        if i:
+            idents.append(threading.get_ident())
+
+    lanes.run(feats, blocks, lane)
+    lanes.run(feats, blocks, lane)
+    assert len(idents) == 2 and idents[0] == idents[1]  # one lane thread, kept
+    pool = lanes._workers()
+    monkeypatch.setattr(lanes.os, "getpid", lambda: -1)  # as a forked child sees itself
+    assert lanes._workers() is not pool
