@@ -204,3 +204,22 @@ def test_lane_threads_are_kept_and_started_again_in_a_forked_child(two_threads, 
     pool = lanes._workers()
     monkeypatch.setattr(lanes.os, "getpid", lambda: -1)  # as a forked child sees itself
     assert lanes._workers() is not pool
+
+
+def test_auto_takes_the_fused_cholesky_form_only_where_its_passes_would_run_fused(two_threads, monkeypatch):
+    import bayesclust as bc
+
+    monkeypatch.setattr(em_cholesky, "LANE_MIN_ELEMENTS", 2.5e6)
+    X = np.random.default_rng(4).normal(size=(5000, 32))  # N K D = 2.56e6 >= LANE_MIN_ELEMENTS at K = 16
+
+    def form(**kw):
+        return bc.GaussianMixture(16, max_iter=1, tol=0, random_state=0, **kw).fit(X).formulation_
+
+    assert em_cholesky.fused_passes(5000, 16, 32, torch.device("cpu"), torch.float64)
+    assert form(dtype="float64") == "cholesky"  # K = D / 2: fused passes, no feature cache to build
+    assert form(dtype="float32") == "features"
+    torch.set_num_threads(1)
+    assert not em_cholesky.fused_passes(5000, 16, 32, torch.device("cpu"), torch.float64)
+    assert form(dtype="float64") == "features"
+    torch.set_num_threads(2)
+    assert not em_cholesky.fused_passes(4000, 16, 32, torch.device("cpu"), torch.float64)  # below it

@@ -103,11 +103,17 @@ def test_choose_formulation_follows_the_measured_crossover():
     assert choose("full", 64, 32, 8, cached=False) == "cholesky"
     assert choose("full", 64, 32, 4, cached=False) == "features"
     assert choose("tied", 16, 2, 8, cached=False) == "features"  # below D = 32: always the map
-    assert choose("full", 16, 2, 4, cached=True) == "features"
-    # ... but from D = 16 for float64 full covariances (the fused Cholesky passes)
-    assert choose("full", 16, 4, 8, cached=True) == "cholesky"
-    assert choose("full", 16, 8, 8, cached=True) == "features"
-    assert choose("full", 8, 2, 8, cached=True) == "features"
+    assert choose("full", 16, 4, 8, cached=True) == "features"
+    # float64 full covariances whose Cholesky passes run fused: from D = 16, and up to K = D / 2 with
+    # phi(X) cached while D <= 32
+    fused = dict(cached=True, fused=True)
+    for d, k, form in ((16, 8, "cholesky"), (16, 9, "features"), (32, 16, "cholesky"), (32, 17, "features"),
+                       (64, 16, "cholesky"), (64, 32, "features")):
+        assert choose("full", d, k, 8, **fused) == form
+    assert choose("full", 8, 2, 8, **fused) == "features"
+    assert choose("full", 32, 16, 4, **fused) == "features"  # float32: no fused passes
+    assert choose("tied", 16, 2, 8, cached=True, fused=True) == "features"
+    assert choose("full", 32, 16, 8, cached=True) == "features"  # not fused: the measured rule
     assert choose("full", gaussian.CHOLESKY_MIN_D, 10_000, 4, cached=True) == "cholesky"
     assert choose("diag", 512, 1, 8, cached=False) == "features"
 

@@ -29,7 +29,7 @@ from .._validation import (
     check_positive_int,
     check_scalar,
 )
-from ..inference import distributed, em, kmeans, streaming
+from ..inference import distributed, em, em_cholesky, kmeans, streaming
 from ..inference.engine import Engine, Step
 from ..inference.streaming import ChunkSource, Features, SourceFeatures
 from ..models import gaussian
@@ -240,7 +240,8 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
             frame = standard_frame(Xin)
             Xc = moments = frame.apply(Xin, dtype)
         prior = self._map_prior(moments, frame)
-        family = self._family(prior, Xc.shape[0], Xc.shape[1], Xc.element_size(), cached=True)
+        fused = em_cholesky.fused_passes(Xc.shape[0], self.n_components, Xc.shape[1], Xc.device, Xc.dtype)
+        family = self._family(prior, Xc.shape[0], Xc.shape[1], Xc.element_size(), cached=True, fused=fused)
         feats = Features(Xc, family.feature_map, int(self.chunk_size))
         warm = bool(self.warm_start and hasattr(self, "means_"))
         data = SimpleNamespace(X=Xin, Xc=Xc, frame=frame, prior=prior, family=family, feats=feats, warm=warm)
@@ -288,16 +289,18 @@ class GaussianMixture(MixtureMixin, ClusterEstimator):
         )
 
     def _family(
-        self, prior: gaussian.MAPPrior | None, n: int, d: int, itemsize: int, cached: bool
+        self, prior: gaussian.MAPPrior | None, n: int, d: int, itemsize: int, cached: bool,
+        fused: bool = False,
     ) -> gaussian.GaussianFamily:
         """The Gaussian family with ``prior`` (working frame) for n x d data; ``reg_covar`` is added in
         that frame, i.e. relative to the data's mean feature variance. Sets ``formulation_``: "auto"
-        resolved for this shape (``cached``: in-memory data, whose phi(X) is cached when it fits)."""
+        resolved for this shape (``cached``: in-memory data, whose phi(X) is cached when it fits;
+        ``fused``: Cholesky passes would run fused, :func:`em_cholesky.fused_passes`)."""
         formulation = getattr(self, "formulation", "auto")  # files saved before the parameter: "auto"
         if formulation == "auto":
             fits = cached and streaming.cache_fits(n, gaussian.feature_dim(d, self.covariance_type), itemsize)
             formulation = gaussian.choose_formulation(
-                self.covariance_type, d, self.n_components, itemsize, fits)
+                self.covariance_type, d, self.n_components, itemsize, fits, fused)
         self.formulation_ = formulation
         return gaussian.GaussianFamily(
             self.covariance_type, None if prior is None else prior.niw,

@@ -263,6 +263,15 @@ def e_step(
     return float(total), None if stats is None else stats.total()
 
 
+def fused_passes(n: int, k: int, d: int, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a fit of n in-memory rows (D features, K full covariances) would run its Cholesky passes
+    fused in lanes (as :func:`_lane_pass` decides for each pass)."""
+    return (
+        torch.device(device).type == "cpu" and dtype == torch.float64
+        and torch.get_num_threads() == lanes.LANES and n * k * d >= LANE_MIN_ELEMENTS
+    )
+
+
 def _lane_pass(feats: Features, coef: CholeskyCoefficients) -> tuple[list[slice], float] | None:
     """The blocks and elements N K D of a fused pass in lanes, or None where the pass runs on torch's
     threads: fused passes take float64 full covariances whose lanes run in threads
