@@ -59,7 +59,9 @@ def iteration_cost(n: int, d: int, k: int, itemsize: int) -> tuple[str, float, f
     and read, X read three times."""
     q = gaussian.feature_dim(d, "full")
     cached = cache_fits(n, q, itemsize)
-    form = gaussian.choose_formulation("full", d, k, itemsize, cached)
+    dtype = torch.float64 if itemsize == 8 else torch.float32
+    fused = em_cholesky.fused_passes(n, k, d, torch.device("cpu"), dtype)  # as the estimator decides
+    form = gaussian.choose_formulation("full", d, k, itemsize, cached, fused)
     if form == "features":
         return form, 4.0 * n * q * k, (2 + (0 if cached else 1)) * n * q * itemsize
     scatter = 1.5 if itemsize == 8 and d >= em_cholesky.SPLIT_MIN_D else 2.0
