@@ -223,3 +223,18 @@ def test_auto_takes_the_fused_cholesky_form_only_where_its_passes_would_run_fuse
     assert form(dtype="float64") == "features"
     torch.set_num_threads(2)
     assert not em_cholesky.fused_passes(4000, 16, 32, torch.device("cpu"), torch.float64)  # below it
+
+
+def test_lanes_run_in_turn_when_no_lane_thread_can_start(two_threads, monkeypatch):
+    # ThreadPoolExecutor.submit raises RuntimeError once the interpreter is shutting down
+    class Closed:
+        def submit(self, *args):
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(lanes, "_workers", lambda: Closed())
+    feats = Features(torch.zeros(1000, 2), _identity)
+    callers = []
+    out = lanes.run(feats, [slice(s, s + 100) for s in range(0, 1000, 100)],
+                    lambda i, b: callers.append(threading.get_ident()) or i)
+    assert out == [0, 1] and callers == [threading.get_ident()] * 2
+    assert torch.get_num_threads() == 2 and not lanes._SWITCH.locked()

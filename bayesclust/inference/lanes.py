@@ -155,7 +155,12 @@ def _in_threads(parts: list[Iterable[slice]], lane: Callable[[int, Iterable[slic
         except BaseException as exc:  # re-raised on the caller's thread
             errors.append(exc)
 
-    pending = [_workers().submit(work, i) for i in range(1, LANES)]
+    try:
+        pending = [_workers().submit(work, i) for i in range(1, LANES)]
+    except RuntimeError:  # no new thread work once the interpreter shuts down: the lanes in turn
+        pending = []
+        for i in range(1, LANES):
+            work(i)
     work(0)
     for p in pending:
         p.result()
