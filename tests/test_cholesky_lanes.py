@@ -79,9 +79,34 @@ def test_e_block_equals_the_torch_block():
     assert total2 == total and np.array_equal(w2, u.numpy()) and not n2.any() and not s2.any()
 
 
+def test_e_block_centred_equals_the_torch_float32_block():
+    X, params, _, _ = _problem(dtype=torch.float32)
+    coef, c = gaussian.cholesky_coefficients(params, "full")
+    P = em_cholesky.factors(coef)
+    z = X[:200].unsqueeze(0) - coef.means.unsqueeze(1)
+    y = torch.bmm(z, P)
+    logits = (c.double()[:, None] - 0.5 * y.double().square().sum(-1))
+    r = torch.softmax(logits, 0)
+    k, d = coef.means.shape
+    n, s1 = np.zeros(k), np.zeros((k, d))
+    out, work, bits = np.empty((k, 200)), np.empty((2, 200)), np.empty(200, dtype=np.int64)
+    w = y.numpy().copy()
+    total = kernels.e_block_centred(w, z.numpy(), c.double().numpy(), EXP_FLOOR[4], out, work, bits, n, s1,
+                                    True)
+    assert total == pytest.approx(float(torch.logsumexp(logits, 0).sum()), rel=1e-12)
+    np.testing.assert_allclose(out, r.numpy(), rtol=1e-10, atol=1e-30)
+    np.testing.assert_allclose(w, (r.unsqueeze(-1) * z.double()).float().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(n, r.sum(1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(s1, (r.unsqueeze(-1) * z.double()).sum(1).numpy(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("accumulate", [True, False])
-def test_fused_e_step_and_labels_equal_the_torch_passes(two_threads, monkeypatch, accumulate):
-    X, _, coef, c = _problem(n=6000, d=7, k=4, seed=1)
+def test_fused_e_step_and_labels_equal_the_torch_passes(two_threads, monkeypatch, accumulate, dtype):
+    # float32: the kernel takes the responsibilities and first moments in float64, the torch path in
+    # float32, so the two agree to float32 rounding
+    X, _, coef, c = _problem(n=6000, d=7, k=4, seed=1, dtype=dtype)
+    tol = dict(rel=1e-13) if dtype == torch.float64 else dict(rel=1e-6)
     feats = Features(X, _identity, chunk_size=512)
     assert em_cholesky._lane_pass(feats, coef) is not None
     ll, G = em_cholesky.e_step(feats, coef, c, accumulate=accumulate)
@@ -89,9 +114,11 @@ def test_fused_e_step_and_labels_equal_the_torch_passes(two_threads, monkeypatch
     monkeypatch.setattr(em_cholesky, "LANE_MIN_ELEMENTS", float("inf"))
     assert em_cholesky._lane_pass(feats, coef) is None
     ll_t, G_t = em_cholesky.e_step(feats, coef, c, accumulate=accumulate)
-    assert ll == pytest.approx(ll_t, rel=1e-13)
-    if accumulate:
+    assert ll == pytest.approx(ll_t, **tol)
+    if accumulate and dtype == torch.float64:
         torch.testing.assert_close(G, G_t, rtol=1e-11, atol=1e-9)
+    elif accumulate:
+        torch.testing.assert_close(G, G_t, rtol=1e-5, atol=1e-6 * float(G_t.abs().max()))
     else:
         assert G is None and G_t is None
     assert torch.equal(labels, em_cholesky.argmax_chunks(feats, coef, c))
@@ -102,8 +129,10 @@ def test_fused_passes_take_float64_full_covariances_in_memory_above_the_threshol
     feats = Features(X, _identity, chunk_size=256)
     assert em_cholesky._lane_pass(feats, coef) is not None
     p32 = gaussian.GMMParams(params.weights.float(), params.means.float(), params.covariances.float())
-    coef32, _ = gaussian.cholesky_coefficients(p32, "full")
-    assert em_cholesky._lane_pass(Features(X.float(), _identity, chunk_size=256), coef32) is None
+    feats32 = Features(X.float(), _identity, chunk_size=256)
+    assert em_cholesky._lane_pass(feats32, gaussian.cholesky_coefficients(p32, "full")[0]) is not None
+    exact32 = gaussian.cholesky_coefficients(p32, "full", exact=True)[0]  # float64 sums: the torch path
+    assert em_cholesky._lane_pass(feats32, exact32) is None
     tied = gaussian.GMMParams(params.weights, params.means, params.covariances[0])
     assert em_cholesky._lane_pass(feats, gaussian.cholesky_coefficients(tied, "tied")[0]) is None
     source = SourceFeatures(ChunkSource(X.numpy()), _identity, torch.zeros(5, dtype=torch.float64))
@@ -112,22 +141,34 @@ def test_fused_passes_take_float64_full_covariances_in_memory_above_the_threshol
     assert em_cholesky._lane_pass(feats, coef) is None
     monkeypatch.setattr(em_cholesky, "LANE_MIN_ELEMENTS", 4000 * 3 * 5)
     assert em_cholesky._lane_pass(feats, coef) is not None
+    coef32 = gaussian.cholesky_coefficients(p32, "full")[0]
+    assert em_cholesky._lane_pass(feats32, coef32) is None  # a float32 element counts as half
+    monkeypatch.setattr(em_cholesky, "LANE_MIN_ELEMENTS", 4000 * 3 * 5 / 2)
+    assert em_cholesky._lane_pass(feats32, coef32) is not None
 
 
-def test_a_fit_with_fused_passes_equals_the_torch_fit(two_threads, monkeypatch):
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_fit_with_fused_passes_equals_the_torch_fit(two_threads, monkeypatch, dtype):
     import bayesclust as bc
 
     X = _problem(n=5000, d=6, k=3, seed=2)[0].numpy()
+    runs = []
+    for name in ("_fused_e_step", "_fused_centred_e_step"):
+        inner = getattr(em_cholesky, name)
+        monkeypatch.setattr(em_cholesky, name, lambda *a, _f=inner, **kw: runs.append(1) or _f(*a, **kw))
 
     def fit():
         return bc.GaussianMixture(3, covariance_type="full", formulation="cholesky", chunk_size=512,
-                                  max_iter=8, tol=0, random_state=0).fit(X)
+                                  max_iter=8, tol=0, random_state=0, dtype=dtype).fit(X)
 
     fused = fit()
+    assert len(runs) == 8  # every E-step took the fused path
     monkeypatch.setattr(em_cholesky, "LANE_MIN_ELEMENTS", float("inf"))
     plain = fit()
-    assert fused.lower_bound_ == pytest.approx(plain.lower_bound_, rel=1e-12)
-    np.testing.assert_allclose(fused.covariances_, plain.covariances_, rtol=1e-9, atol=1e-12)
+    assert len(runs) == 8
+    rel = 1e-12 if dtype == "float64" else 1e-6
+    assert fused.lower_bound_ == pytest.approx(plain.lower_bound_, rel=rel)
+    np.testing.assert_allclose(fused.covariances_, plain.covariances_, rtol=1e3 * rel, atol=1e-12)
     assert (fused.labels_ == plain.labels_).all()
     assert torch.get_num_threads() == 2 and not lanes._SWITCH.locked()
 

@@ -92,14 +92,11 @@ def _exp_rows(x, floor, bits):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, fastmath=_FLAGS, cache=True)
-def e_block(u, b, c, floor, logits, work, bits, n, s1, weigh):  # pragma: no cover - compiled
-    """One block of the float64 E-step from ``u = x P_k`` (K, m, D): the responsibilities r (K, m) of
-    ``c_k - |u_k - b_k|^2 / 2`` into ``logits`` (relative ones below ``exp(floor)`` floored, as
-    :func:`bayesclust.inference.responsibilities.exp_normalise_`) and, if ``weigh``, u overwritten by
-    ``sqrt(r) (u - b_k)``, ``n += sum_i r`` and ``s1 += sum_i r (u - b_k)``; returns the block's
-    log-likelihood. ``work`` (2, >= m) float64 and ``bits`` (>= m,) int64 are work arrays."""
-    k_, m, _ = u.shape
-    log_density(u, b, c, logits)
+def _normalise(logits, floor, work, bits):  # pragma: no cover - compiled
+    """Weighted log densities (K, m) float64 -> responsibilities in place (relative ones below
+    ``exp(floor)`` floored, as :func:`bayesclust.inference.responsibilities.exp_normalise_`); returns
+    the rows' summed log-likelihood. ``work`` (2, >= m) float64, ``bits`` (>= m,) int64."""
+    k_, m = logits.shape
     peak, norm = work[0], work[1]
     for i in range(m):
         peak[i] = logits[0, i]
@@ -122,6 +119,54 @@ def e_block(u, b, c, floor, logits, work, bits, n, s1, weigh):  # pragma: no cov
     for k in range(k_):
         for i in range(m):
             logits[k, i] *= norm[i]
+    return total
+
+
+@njit(nogil=True, fastmath=_FLAGS, cache=True)
+def e_block(u, b, c, floor, logits, work, bits, n, s1, weigh):  # pragma: no cover - compiled
+    """One block of the float64 E-step from ``u = x P_k`` (K, m, D): the responsibilities r (K, m) of
+    ``c_k - |u_k - b_k|^2 / 2`` into ``logits`` (:func:`_normalise`) and, if ``weigh``, u overwritten
+    by ``sqrt(r) (u - b_k)``, ``n += sum_i r`` and ``s1 += sum_i r (u - b_k)``; returns the block's
+    log-likelihood. ``work`` (2, >= m) float64 and ``bits`` (>= m,) int64 are work arrays."""
+    log_density(u, b, c, logits)
+    total = _normalise(logits, floor, work, bits)
     if weigh:
         weigh_rows(u, logits, b, n, s1)
+    return total
+
+
+@njit(nogil=True, fastmath=_FLAGS, cache=True)
+def centred_log_density(y, c, out):  # pragma: no cover - compiled
+    """``out[k, i] = c[k] - |y[k, i]|^2 / 2`` in float64 for whitened rows y (K, m, D) of any float."""
+    k_, m, d_ = y.shape
+    for k in range(k_):
+        for i in range(m):
+            s = 0.0
+            for d in range(d_):
+                v = np.float64(y[k, i, d])
+                s += v * v
+            out[k, i] = c[k] - 0.5 * s
+
+
+@njit(nogil=True, fastmath=_FLAGS, cache=True)
+def e_block_centred(y, z, c, floor, logits, work, bits, n, s1, weigh):  # pragma: no cover - compiled
+    """One block of the E-step of centred rows (float32: :class:`em_cholesky.CentredSums`) from
+    ``z = x - mu_k`` and ``y = z P_k`` (K, m, D): the responsibilities r (K, m) of
+    ``c_k - |y|^2 / 2`` into ``logits`` (float64, :func:`_normalise`) and, if ``weigh``, y overwritten
+    by ``r z``, ``n += sum_i r`` and ``s1 += sum_i r z`` (both float64); returns the block's
+    log-likelihood."""
+    centred_log_density(y, c, logits)
+    total = _normalise(logits, floor, work, bits)
+    if weigh:
+        k_, m, d_ = z.shape
+        for k in range(k_):
+            nk = 0.0
+            for i in range(m):
+                rv = logits[k, i]
+                nk += rv
+                for d in range(d_):
+                    v = rv * z[k, i, d]
+                    y[k, i, d] = v
+                    s1[k, d] += v
+            n[k] += nk
     return total

@@ -14,10 +14,11 @@ float64 across blocks, then turned into the feature layout G (K, Q + 1) of
 from ``feats(slice)``, which is x itself in this formulation (in memory, out of core or one shard of
 a distributed fit).
 
-float64 full covariances in memory on the CPU run their passes in :mod:`lanes` (from
-``LANE_MIN_ELEMENTS``): each block is the product ``u = x P_k`` and the statistics' products in torch,
-and between them one compiled kernel (:func:`_cholesky_kernels.e_block`) in place of some twenty torch
-operations, each a pass over its array and a dispatch under the GIL.
+Full covariances in memory on the CPU run their passes in :mod:`lanes` (from ``LANE_MIN_ELEMENTS``):
+each block is its products in torch (float64: ``u = x P_k``; float32: ``z = x - mu_k`` and
+``y = z P_k``) and the statistics' product, and between them one compiled kernel
+(:func:`_cholesky_kernels.e_block`, ``e_block_centred``) in place of some twenty torch operations, each
+a pass over its array and a dispatch under the GIL.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ from .streaming import Features, reduce_statistics, weighted_statistics
 _BLOCK_BYTES = 2 << 20  # one block's (K, rows, D) arrays stay near this size (two of them live at once)
 _LANE_BLOCK_BYTES = 1 << 20  # in lanes, one core's share of L2 holds its lane's block
 _MIN_ROWS = 256  # but no fewer rows: at large K D, 64-128-row products ran 10-20% slower
-# fused passes in lanes from this many elements N K D of a pass's rows u: what the kernels save grows
-# with them, and the lanes' fixed cost (waking a thread, two switches of the thread count) lost at
-# N K D = 1.3e6 (whole float64 fits, 0.92x at N = 10^4, D = 32, K = 4) and gained from 2.6e6 (1.05x;
-# 1.29x at N = 10^5, D = 8, K = 4; benchmarks/results/speed.md)
+# fused passes in lanes from this many elements N K D of a pass's rows u, a float32 one counted as
+# half: what the kernels save grows with them, and the lanes' fixed cost (waking a thread, two
+# switches of the thread count) lost at N K D = 1.3e6 in float64 (whole fits, 0.92x at N = 10^4,
+# D = 32, K = 4) and gained from 2.6e6 (1.05x; 1.29x at N = 10^5, D = 8, K = 4); float32 lost at
+# 2.6e6 and gained from 6.4e6 (benchmarks/results/speed.md)
 LANE_MIN_ELEMENTS = 2.5e6
 
 
@@ -247,7 +249,8 @@ def e_step(
     P = factors(coef)
     fused = _lane_pass(feats, coef)
     if fused is not None:
-        return _fused_e_step(feats, coef, c, P, fused, accumulate)
+        run = _fused_e_step if coef.dtype == torch.float64 else _fused_centred_e_step
+        return run(feats, coef, c, P, fused, accumulate)
     step = block_rows(k, d, coef.element_size(), feats.chunk_size)
     total = torch.zeros((), dtype=torch.float64, device=coef.device)
     stats = None
@@ -273,14 +276,16 @@ def fused_passes(n: int, k: int, d: int, device: torch.device, dtype: torch.dtyp
 
 
 def _lane_pass(feats: Features, coef: CholeskyCoefficients) -> tuple[list[slice], float] | None:
-    """The blocks and elements N K D of a fused pass in lanes, or None where the pass runs on torch's
-    threads: fused passes take float64 full covariances whose lanes run in threads
-    (:func:`lanes.threaded`, from ``LANE_MIN_ELEMENTS``)."""
+    """The blocks and work (elements N K D, a float32 one counted as half) of a fused pass in lanes, or
+    None where the pass runs on torch's threads: fused passes take full covariances in float64, or in
+    float32 without ``exact`` sums, whose lanes run in threads (:func:`lanes.threaded`, from
+    ``LANE_MIN_ELEMENTS``)."""
     k, d = coef.means.shape
-    if coef.dtype != torch.float64 or coef.tied:
+    if coef.dtype not in (torch.float64, torch.float32) or coef.tied or coef.exact:
         return None
+    # float64: u; float32: z and y, two arrays of half the bytes
     slices = list(feats.slices(block_rows(k, d, 8, feats.chunk_size, _LANE_BLOCK_BYTES)))
-    work = float(feats.n * k * d)
+    work = float(feats.n * k * d) * coef.element_size() / 8  # a float32 element counted as half
     return (slices, work) if lanes.threaded(feats, len(slices), work, LANE_MIN_ELEMENTS) else None
 
 
@@ -325,10 +330,66 @@ def _fused_e_step(
     return total, stats.total()
 
 
+def _centred_block(
+    feats: Features, sl: slice, coef: CholeskyCoefficients, P: torch.Tensor, lane: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``z = x - mu_k`` and ``y = z P_k`` (K, m, D) of the rows ``sl`` in lane ``lane``'s buffers."""
+    k, d = P.shape[0], P.shape[1]
+    m = sl.stop - sl.start
+    z = feats.scratch(f"rows2{lane}", (k, m, d), P)
+    torch.sub(feats(sl).unsqueeze(0), coef.means.unsqueeze(1), out=z)
+    return z, torch.bmm(z, P, out=feats.scratch(f"rows{lane}", (k, m, d), P))
+
+
+def _fused_centred_e_step(
+    feats: Features, coef: CholeskyCoefficients, c: torch.Tensor, P: torch.Tensor,
+    fused: tuple[list[slice], float], accumulate: bool,
+) -> tuple[float, torch.Tensor | None]:
+    """:func:`e_step` in lanes for float32 (rows centred on each component, :class:`CentredSums`),
+    each block two products, :func:`kernels.e_block_centred` and the second moments' product."""
+    cv = c.double().numpy()
+    k = coef.means.shape[0]
+    floor = EXP_FLOOR[4]
+
+    def lane(i: int, blocks: list[slice]) -> tuple[float, CentredSums]:
+        stats = CentredSums(coef.means)
+        rows = max((sl.stop - sl.start for sl in blocks), default=0)
+        flat, work, bits = np.empty(k * rows), np.empty((2, rows)), np.empty(rows, dtype=np.int64)
+        total = 0.0
+        for sl in blocks:
+            z, y = _centred_block(feats, sl, coef, P, i)
+            logits = flat[: k * y.shape[1]].reshape(k, y.shape[1])
+            total += kernels.e_block_centred(y.numpy(), z.numpy(), cv, floor, logits, work, bits,
+                                             stats.n.numpy(), stats.s1.numpy(), accumulate)
+            if accumulate:  # y now holds r z
+                stats.S += torch.bmm(y.transpose(1, 2), z).double()
+        return total, stats
+
+    parts = lanes.run(feats, fused[0], lane, fused[1], LANE_MIN_ELEMENTS)
+    total = float(reduce_statistics(torch.tensor(sum(p[0] for p in parts), dtype=torch.float64)))
+    if not accumulate:
+        return total, None
+    stats = parts[0][1]
+    for p in parts[1:]:
+        stats.absorb(p[1])
+    return total, stats.total()
+
+
 def _fused_labels(
     feats: Features, coef: CholeskyCoefficients, c: torch.Tensor, P: torch.Tensor, labels: torch.Tensor
 ) -> Callable[[int, Iterable[slice]], None]:
     """:func:`argmax_chunks`'s lane, fused."""
+    if coef.dtype != torch.float64:
+        cv, k = c.double().numpy(), coef.means.shape[0]
+
+        def centred(i: int, blocks: Iterable[slice]) -> None:
+            for sl in blocks:
+                y = _centred_block(feats, sl, coef, P, i)[1]
+                logits = np.empty((k, y.shape[1]))
+                kernels.centred_log_density(y.numpy(), cv, logits)
+                labels[sl] = torch.max(torch.from_numpy(logits), 0).indices
+
+        return centred
     b, cv = coef.b.numpy(), c.contiguous().numpy()
 
     def lane(i: int, blocks: Iterable[slice]) -> None:
