@@ -1,12 +1,14 @@
-"""Fused elementwise passes of the float64 Cholesky E-step (:mod:`bayesclust.inference.em_cholesky`),
-compiled by Numba: single-threaded and without the GIL, so that each lane of :mod:`lanes` runs them
-beside its own single-threaded torch products.
+"""Fused elementwise passes of the Cholesky E-step (:mod:`bayesclust.inference.em_cholesky`), compiled by
+Numba: single-threaded and without the GIL, so that each lane of :mod:`lanes` runs them beside its own
+single-threaded torch products.
 
-A block's products ``u = x P_k`` (K, m, D) and ``sum w w^T`` stay in torch (BLAS). Between them the
-torch path takes about a dozen operations (the ``b_k`` subtraction, the norm, its scaling, the square
-root of r, the weighting, ``sum r y``, the counts), each a pass over its array and a dispatch. Here
-:func:`log_density` reads u once and :func:`weigh_rows` reads and writes it once; the softmax over
-(K, m) stays in torch, whose vectorised exp Numba does not have without SVML.
+A block's products stay in torch (BLAS): float64 ``u = x P_k`` (K, m, D) and ``sum w w^T``; float32
+``z = x - mu_k``, ``y = z P_k`` and ``sum (r z) z^T``. Between them the torch path takes about a dozen
+operations (the ``b_k`` subtraction, the norm and its scaling, the softmax, the square root of r, the
+weighting, the first moments, the counts), each a pass over its array and a dispatch. Here one call
+(:func:`e_block`; float32: :func:`e_block_centred`, whose responsibilities and first moments are taken
+in float64) reads the rows once for their log densities and once more to weigh them. Numba has no
+vector exp without SVML, so :func:`_exp_rows` has its own.
 
 Sums run in a fixed order (rows in order within a block), so results do not depend on threads. The
 fast-math flags allow reassociation and contraction only, so the D-wide sums vectorise and infinities
