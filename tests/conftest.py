@@ -36,3 +36,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Two torch threads (restored after), and the lanes' work thresholds at 0 (the tests' passes are
+    small): passes whose rows are in memory run their lanes in threads (inference.lanes), the Cholesky
+    form's fused (inference.em_cholesky)."""
+    from bayesclust.inference import em_cholesky, lanes
+
+    monkeypatch.setattr(lanes, "MIN_WORK", 0.0)
+    monkeypatch.setattr(em_cholesky, "LANE_MIN_ELEMENTS", 0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

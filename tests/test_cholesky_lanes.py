@@ -22,17 +22,6 @@ def _identity(x, out=None):
     return x
 
 
-@pytest.fixture
-def two_threads(monkeypatch):
-    # fused passes run in lanes with exactly two torch threads, from LANE_MIN_ELEMENTS (0 here: the
-    # tests' passes are small)
-    monkeypatch.setattr(em_cholesky, "LANE_MIN_ELEMENTS", 0.0)
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
 def _problem(n=3000, d=5, k=3, seed=0, dtype=torch.float64):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(k, d)) * 4

@@ -21,17 +21,6 @@ def _blocks(n, step):
     return [slice(s, min(n, s + step)) for s in range(0, n, step)]
 
 
-@pytest.fixture
-def two_threads(monkeypatch):
-    # lanes run in threads with exactly two torch threads, from MIN_WORK FLOPs a pass (0 here: the
-    # tests' passes are small)
-    monkeypatch.setattr(lanes, "MIN_WORK", 0.0)
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_blocks_are_dealt_round_robin_and_results_come_in_lane_order(two_threads):
     feats = Features(torch.zeros(1000, 2), _identity)
     seen = {}
