@@ -320,6 +320,15 @@ def _fused_e_step(
                 stats.add_products(u)
         return total, stats
 
+    return _run_lanes(feats, fused, lane, accumulate)
+
+
+def _run_lanes(
+    feats: Features, fused: tuple[list[slice], float],
+    lane: Callable[[int, list[slice]], tuple[float, _Whitened | CentredSums]], accumulate: bool,
+) -> tuple[float, torch.Tensor | None]:
+    """A fused E-step's lanes run (:func:`lanes.run`): the total log-likelihood and, if ``accumulate``,
+    G of the lanes' sums added in lane order (both summed over processes)."""
     parts = lanes.run(feats, fused[0], lane, fused[1], LANE_MIN_ELEMENTS)
     total = float(reduce_statistics(torch.tensor(sum(p[0] for p in parts), dtype=torch.float64)))
     if not accumulate:
@@ -365,14 +374,7 @@ def _fused_centred_e_step(
                 stats.S += torch.bmm(y.transpose(1, 2), z).double()
         return total, stats
 
-    parts = lanes.run(feats, fused[0], lane, fused[1], LANE_MIN_ELEMENTS)
-    total = float(reduce_statistics(torch.tensor(sum(p[0] for p in parts), dtype=torch.float64)))
-    if not accumulate:
-        return total, None
-    stats = parts[0][1]
-    for p in parts[1:]:
-        stats.absorb(p[1])
-    return total, stats.total()
+    return _run_lanes(feats, fused, lane, accumulate)
 
 
 def _fused_labels(
