@@ -72,13 +72,13 @@ def test_e_block_centred_equals_the_torch_float32_block():
     X, params, _, _ = _problem(dtype=torch.float32)
     coef, c = gaussian.cholesky_coefficients(params, "full")
     P = em_cholesky.factors(coef)
-    z = X[:200].unsqueeze(0) - coef.means.unsqueeze(1)
+    z = X[:203].unsqueeze(0) - coef.means.unsqueeze(1)
     y = torch.bmm(z, P)
     logits = (c.double()[:, None] - 0.5 * y.double().square().sum(-1))
     r = torch.softmax(logits, 0)
     k, d = coef.means.shape
     n, s1 = np.zeros(k), np.zeros((k, d))
-    out, work, bits = np.empty((k, 200)), np.empty((2, 200)), np.empty(200, dtype=np.int64)
+    out, work, bits = np.empty((k, 203)), np.empty((2, 203)), np.empty(203, dtype=np.int64)
     w = y.numpy().copy()
     total = kernels.e_block_centred(w, z.numpy(), c.double().numpy(), EXP_FLOOR[4], out, work, bits, n, s1,
                                     True)
@@ -174,6 +174,52 @@ def test_a_hold_keeps_one_thread_from_a_threaded_pass_to_its_end(two_threads):
         seen = []
         lanes.run(feats, blocks, lambda i, b: seen.append(threading.get_ident()))
         assert len(set(seen)) == 2
+    assert torch.get_num_threads() == 2 and not lanes._SWITCH.locked()
+
+
+def test_release_ends_a_hold_early_and_the_next_threaded_pass_takes_it_again(two_threads):
+    feats = Features(torch.zeros(1000, 2), _identity)
+    blocks = [slice(s, s + 100) for s in range(0, 1000, 100)]
+    with lanes.hold():
+        lanes.run(feats, blocks, lambda i, b: None)
+        assert torch.get_num_threads() == 1 and lanes._SWITCH.locked()
+        lanes.release()  # a fallback pass on torch's own threads gets both
+        assert torch.get_num_threads() == 2 and not lanes._SWITCH.locked()
+        lanes.release()  # nothing held: nothing to do
+        assert torch.get_num_threads() == 2 and not lanes._SWITCH.locked()
+        lanes.run(feats, blocks, lambda i, b: None)
+        assert torch.get_num_threads() == 1 and lanes._SWITCH.locked()
+    assert torch.get_num_threads() == 2 and not lanes._SWITCH.locked()
+
+
+def test_an_em_step_s_fallback_pass_runs_on_both_torch_threads(two_threads, monkeypatch):
+    """A fallback inside a held iteration (a covariance broke in the M-step) redoes the E-step on
+    torch's own threads (here the exact float32 sums, which take no lanes), not on the one thread
+    the hold kept after the threaded pass."""
+    from bayesclust.inference import em
+
+    X, params, _, _ = _problem(n=4000, dtype=torch.float32)
+    fam = gaussian.GaussianFamily("full", formulation="cholesky")
+    feats = Features(X, _identity, chunk_size=256)
+    m_step, broke, seen = gaussian.GaussianFamily.m_step, [], []
+
+    def breaks_once(self, G, p):
+        if not broke:
+            broke.append(True)
+            raise gaussian.NotPositiveDefiniteError("a covariance broke")
+        return m_step(self, G, p)
+
+    inner = em.e_step
+
+    def spy(*args, **kw):
+        seen.append((torch.get_num_threads(), kw.get("exact")))
+        return inner(*args, **kw)
+
+    monkeypatch.setattr(gaussian.GaussianFamily, "m_step", breaks_once)
+    monkeypatch.setattr(em, "e_step", spy)
+    state = {"params": params}
+    em.em_step(fam, feats)(state, 0)
+    assert seen == [(2, False), (2, True)]  # the threaded pass, then the fallback's exact sums
     assert torch.get_num_threads() == 2 and not lanes._SWITCH.locked()
 
 

@@ -203,6 +203,7 @@ def em_step(family: EMFamily, feats: Features, n_total: int | None = None) -> Ca
                 fam = _fallback(fam, feats.d, params.means.dtype)
                 if fam is None:
                     raise
+                lanes.release()  # the fallback's passes may run on torch's threads, not in lanes
                 if fam.feature_dim(feats.d) != fts.q:  # a new map (phi = x): not cached
                     fts = feats.remapped(fam.feature_map)
                     state["formulation"] = "cholesky"

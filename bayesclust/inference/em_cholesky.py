@@ -269,10 +269,7 @@ def e_step(
 def fused_passes(n: int, k: int, d: int, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a fit of n in-memory rows (D features, K full covariances) would run its Cholesky passes
     fused in lanes (as :func:`_lane_pass` decides for each pass)."""
-    return (
-        torch.device(device).type == "cpu" and dtype == torch.float64
-        and torch.get_num_threads() == lanes.LANES and n * k * d >= LANE_MIN_ELEMENTS
-    )
+    return dtype == torch.float64 and lanes.on_cpu_threads(device) and n * k * d >= LANE_MIN_ELEMENTS
 
 
 def _lane_pass(feats: Features, coef: CholeskyCoefficients) -> tuple[list[slice], float] | None:

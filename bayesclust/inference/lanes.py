@@ -66,23 +66,35 @@ def hold() -> Iterator[None]:
         yield
     finally:
         _HELD.active = False
-        restore, _HELD.restore = getattr(_HELD, "restore", None), None
-        if restore is not None:
-            torch.set_num_threads(restore)
-            _SWITCH.release()
+        release()
+
+
+def release() -> None:
+    """End this thread's hold on torch's thread count early (restore it, free the switch); the hold's
+    block goes on, and its next threaded pass takes the switch again. For work inside a hold that
+    runs on torch's own threads, such as a rare fallback pass."""
+    restore, _HELD.restore = getattr(_HELD, "restore", None), None
+    if restore is not None:
+        torch.set_num_threads(restore)
+        _SWITCH.release()
+
+
+def on_cpu_threads(device: torch.device | str) -> bool:
+    """Whether passes on ``device`` could run their lanes in threads: the CPU, with exactly ``LANES``
+    torch threads (the case measured: more threads keep torch's own split). :func:`threaded` adds the
+    pass's own conditions."""
+    return torch.device(device).type == "cpu" and _threads() == LANES
 
 
 def threaded(
     feats: Features, n_blocks: int, work: float = float("inf"), min_work: float | None = None
 ) -> bool:
-    """Whether a pass over ``feats`` runs its lanes in threads: rows in memory on the CPU (a view of
-    X or of a whole cache, so blocks share no buffer), exactly ``LANES`` torch threads (the case
-    measured: more threads keep torch's own split), enough blocks and ``work >= min_work`` (the pass's
-    own threshold, in its own units of work; default ``MIN_WORK``)."""
+    """Whether a pass over ``feats`` runs its lanes in threads: rows in memory (a view of X or of a
+    whole cache, so blocks share no buffer) where :func:`on_cpu_threads` holds, enough blocks and
+    ``work >= min_work`` (the pass's own threshold, in its own units of work; default ``MIN_WORK``)."""
     return (
         feats.cached
-        and feats.X.device.type == "cpu"
-        and _threads() == LANES
+        and on_cpu_threads(feats.X.device)
         and n_blocks >= MIN_BLOCKS
         and work >= (MIN_WORK if min_work is None else min_work)
     )
