@@ -68,6 +68,15 @@ def test_e_block_equals_the_torch_block():
     assert total2 == total and np.array_equal(w2, u.numpy()) and not n2.any() and not s2.any()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_centre_is_the_rows_minus_each_mean(dtype):
+    rng = np.random.default_rng(3)
+    x, mu = rng.normal(size=(203, 7)).astype(dtype), rng.normal(size=(3, 7)).astype(dtype)
+    z = np.empty((3, 203, 7), dtype=dtype)
+    kernels.centre(x, mu, z)
+    np.testing.assert_array_equal(z, x[None] - mu[:, None])
+
+
 def test_e_block_centred_equals_the_torch_float32_block():
     X, params, _, _ = _problem(dtype=torch.float32)
     coef, c = gaussian.cholesky_coefficients(params, "full")

@@ -3,11 +3,12 @@ Numba: single-threaded and without the GIL, so that each lane of :mod:`lanes` ru
 single-threaded torch products.
 
 A block's products stay in torch (BLAS): float64 ``u = x P_k`` (K, m, D) and ``sum w w^T``; float32
-``z = x - mu_k``, ``y = z P_k`` and ``sum (r z) z^T``. Between them the torch path takes about a dozen
-operations (the ``b_k`` subtraction, the norm and its scaling, the softmax, the square root of r, the
-weighting, the first moments, the counts), each a pass over its array and a dispatch. Here one call
-(:func:`e_block`; float32: :func:`e_block_centred`, whose responsibilities and first moments are taken
-in float64) reads the rows once for their log densities and once more to weigh them. Numba has no
+``y = z P_k`` and ``sum (r z) z^T``, with ``z = x - mu_k`` from :func:`centre` (one pass, in place of
+torch's broadcast subtraction). Between them the torch path takes about a dozen operations (the
+``b_k`` subtraction, the norm and its scaling, the softmax, the square root of r, the weighting, the
+first moments, the counts), each a pass over its array and a dispatch. Here one call (:func:`e_block`;
+float32: :func:`e_block_centred`, whose responsibilities and first moments are taken in float64) reads
+the rows once for their log densities and once more to weigh them. Numba has no
 vector exp without SVML, so :func:`_exp_rows` has its own.
 
 Sums run in a fixed order (rows in order within a block), so results do not depend on threads. The
@@ -135,6 +136,19 @@ def e_block(u, b, c, floor, logits, work, bits, n, s1, weigh):  # pragma: no cov
     if weigh:
         weigh_rows(u, logits, b, n, s1)
     return total
+
+
+@njit(nogil=True, fastmath=_FLAGS, cache=True)
+def centre(x, mu, z):  # pragma: no cover - compiled
+    """``z[k, i] = x[i] - mu[k]`` for x (m, D) and z (K, m, D), both contiguous, and mu (K, D)."""
+    k_, m, d_ = z.shape
+    xf = x.reshape(m * d_)
+    for k in range(k_):
+        zf, muk = z[k].reshape(m * d_), mu[k]
+        for i in range(m):
+            base = i * d_
+            for d in range(d_):
+                zf[base + d] = xf[base + d] - muk[d]
 
 
 @njit(nogil=True, fastmath=_FLAGS, cache=True)

@@ -15,8 +15,8 @@ from ``feats(slice)``, which is x itself in this formulation (in memory, out of 
 a distributed fit).
 
 Full covariances in memory on the CPU run their passes in :mod:`lanes` (from ``LANE_MIN_ELEMENTS``):
-each block is its products in torch (float64: ``u = x P_k``; float32: ``z = x - mu_k`` and
-``y = z P_k``) and the statistics' product, and between them one compiled kernel
+each block is its products in torch (float64: ``u = x P_k``; float32: ``y = z P_k`` of
+``z = x - mu_k``, a kernel's) and the statistics' product, and between them one compiled kernel
 (:func:`_cholesky_kernels.e_block`, ``e_block_centred``) in place of some twenty torch operations, each
 a pass over its array and a dispatch under the GIL.
 """
@@ -343,7 +343,7 @@ def _centred_block(
     k, d = P.shape[0], P.shape[1]
     m = sl.stop - sl.start
     z = feats.scratch(f"rows2{lane}", (k, m, d), P)
-    torch.sub(feats(sl).unsqueeze(0), coef.means.unsqueeze(1), out=z)
+    kernels.centre(feats(sl).numpy(), coef.means.numpy(), z.numpy())
     return z, torch.bmm(z, P, out=feats.scratch(f"rows{lane}", (k, m, d), P))
 
 
