@@ -5,7 +5,9 @@ bandwidth (a 512 MiB tensor copy, best of 5), then, for the bayesclust rows of a
 output at the given D, the FLOPs and bytes one EM iteration needs in the formulation
 ``models.gaussian.choose_formulation`` picks, the roofline time max(FLOPs / rate, bytes / bandwidth)
 and the share of it the measured whole fit reached (measured seconds / iterations, so fixed costs of
-a short fit count against it).
+a short fit count against it). The square-product rate is not what products of this shape reach:
+each shape's block products (their sizes as the fit takes them, two blocks at a time as the two
+lanes run them) are timed too, and the share of the roofline at that rate is printed beside.
 
     flock /tmp/bayesclust_bench.lock .venv/bin/python benchmarks/roofline.py grid_output.txt --ds 32,128
 """
@@ -21,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayesclust.inference import em_cholesky  # noqa: E402
+from bayesclust.inference import em, em_cholesky  # noqa: E402
 from bayesclust.inference.streaming import cache_fits  # noqa: E402
 from bayesclust.models import gaussian  # noqa: E402
 
@@ -41,6 +43,40 @@ def bandwidth(mib: int = 512, repeats: int = 5) -> float:
     dst.copy_(src)
     best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
     return 2 * src.numel() * 4 / best / 1e9
+
+
+def block_rate(form: str, d: int, k: int, itemsize: int, repeats: int = 7) -> float:
+    """GFLOP/s of one iteration's block products at the shapes the fit gives them, two blocks at a time
+    on torch's threads (as the two lanes run them). Features: phi (m, Q) @ A (Q, K) and r^T phi;
+    Cholesky: x P_k, then the scatter (float64: over column halves, as ``em_cholesky._Whitened``)."""
+    dtype = torch.float64 if itemsize == 8 else torch.float32
+    if form == "features":
+        q = gaussian.feature_dim(d, "full")
+        m = em.block_rows(q, itemsize, 1 << 16)
+        phi, A, r = (torch.randn(*s, dtype=dtype) for s in ((2, m, q), (2, q, k), (2, k, m)))
+        outs = torch.empty(2, m, k, dtype=dtype), torch.empty(2, k, q, dtype=dtype)
+
+        def products() -> None:
+            torch.bmm(phi, A, out=outs[0])
+            torch.bmm(r, phi, out=outs[1])
+
+        flops = 2 * 4.0 * m * q * k
+    else:
+        m = em_cholesky.block_rows(k, d, 8, 1 << 16, em_cholesky._LANE_BLOCK_BYTES)
+        h = d // 2 if itemsize == 8 and d >= em_cholesky.SPLIT_MIN_D else 0
+        x, P = torch.randn(2, 1, m, d, dtype=dtype), torch.randn(1, k, d, d, dtype=dtype).triu()
+        w = torch.randn(2 * k, m, d, dtype=dtype)
+        u, Sa, Sb = (torch.empty(*s, dtype=dtype) for s in ((2, k, m, d), (2 * k, h, h), (2 * k, d, d - h)))
+
+        def products() -> None:
+            torch.matmul(x, P, out=u)
+            if h:
+                torch.bmm(w[:, :, :h].transpose(1, 2), w[:, :, :h], out=Sa)
+            torch.bmm(w.transpose(1, 2), w[:, :, h:], out=Sb)
+
+        flops = 2 * 2.0 * m * k * (d * d + h * h + d * (d - h))
+    products()
+    return flops / min(_timed(products) for _ in range(repeats)) / 1e9
 
 
 def _timed(fn) -> float:
@@ -79,8 +115,9 @@ def main() -> None:
     print(f"# roofline {stamp} UTC | threads {torch.get_num_threads()} | "
           f"sgemm {rates[4]:.0f} GFLOP/s | dgemm {rates[8]:.0f} GFLOP/s | copy bandwidth {bw:.1f} GB/s")
     print("| N | D | K | dtype | iters | formulation | GFLOP / iter | GB / iter | roofline s / iter | "
-          "measured s / iter | share of roofline |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "measured s / iter | share of roofline | block-product GFLOP/s | share at that rate |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    shape_rates: dict[tuple[str, int, int, int], float] = {}
     ds = {int(v) for v in a.ds.split(",")}
     for line in Path(a.grid).read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -91,8 +128,13 @@ def main() -> None:
         form, flops, nbytes = iteration_cost(n, d, k, size)
         roof = max(flops / (rates[size] * 1e9), nbytes / (bw * 1e9))
         measured = float(cells[6].split()[0]) / iters
+        key = (form, d, k, size)
+        if key not in shape_rates:
+            shape_rates[key] = block_rate(form, d, k, size)
+        shaped = max(flops / (shape_rates[key] * 1e9), nbytes / (bw * 1e9))
         print(f"| {n:.0e} | {d} | {k} | {dtype} | {iters} | {form} | {flops / 1e9:.2f} | "
-              f"{nbytes / 1e9:.2f} | {roof:.4f} | {measured:.4f} | {roof / measured:.0%} |")
+              f"{nbytes / 1e9:.2f} | {roof:.4f} | {measured:.4f} | {roof / measured:.0%} | "
+              f"{shape_rates[key]:.0f} | {shaped / measured:.0%} |")
 
 
 if __name__ == "__main__":
