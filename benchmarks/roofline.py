@@ -6,8 +6,8 @@ output at the given D, the FLOPs and bytes one EM iteration needs in the formula
 ``models.gaussian.choose_formulation`` picks, the roofline time max(FLOPs / rate, bytes / bandwidth)
 and the share of it the measured whole fit reached (measured seconds / iterations, so fixed costs of
 a short fit count against it). The square-product rate is not what products of this shape reach:
-each shape's block products (their sizes as the fit takes them, two blocks at a time as the two
-lanes run them) are timed too, and the share of the roofline at that rate is printed beside.
+each shape's block products (their sizes as the fit takes them, run in lanes as the fit runs them)
+are timed too, and the share of the roofline at that rate is printed beside.
 
     flock /tmp/bayesclust_bench.lock .venv/bin/python benchmarks/roofline.py grid_output.txt --ds 32,128
 """
@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayesclust.inference import em, em_cholesky  # noqa: E402
-from bayesclust.inference.streaming import cache_fits  # noqa: E402
+from bayesclust.inference import em, em_cholesky, lanes  # noqa: E402
+from bayesclust.inference.streaming import Features, cache_fits  # noqa: E402
 from bayesclust.models import gaussian  # noqa: E402
 
 
@@ -45,38 +45,45 @@ def bandwidth(mib: int = 512, repeats: int = 5) -> float:
     return 2 * src.numel() * 4 / best / 1e9
 
 
-def block_rate(form: str, d: int, k: int, itemsize: int, repeats: int = 7) -> float:
-    """GFLOP/s of one iteration's block products at the shapes the fit gives them, two blocks at a time
-    on torch's threads (as the two lanes run them). Features: phi (m, Q) @ A (Q, K) and r^T phi;
-    Cholesky: x P_k, then the scatter (float64: over column halves, as ``em_cholesky._Whitened``)."""
+def block_rate(form: str, d: int, k: int, itemsize: int, repeats: int = 5, per_lane: int = 8) -> float:
+    """GFLOP/s of one iteration's block products at the shapes the fit gives them, run as the fit runs
+    them: ``lanes.run`` over blocks, each lane a thread of single-threaded torch with buffers of its
+    own. Features: phi (m, Q) @ A (Q, K) and r^T phi; Cholesky: x P_k, then the scatter (float64:
+    over column halves, as ``em_cholesky._Whitened``)."""
     dtype = torch.float64 if itemsize == 8 else torch.float32
     if form == "features":
         q = gaussian.feature_dim(d, "full")
         m = em.block_rows(q, itemsize, 1 << 16)
-        phi, A, r = (torch.randn(*s, dtype=dtype) for s in ((2, m, q), (2, q, k), (2, k, m)))
-        outs = torch.empty(2, m, k, dtype=dtype), torch.empty(2, k, q, dtype=dtype)
+        shapes = [(m, q), (q, k), (k, m), (m, k), (k, q)]
+        flops = 4.0 * m * q * k
 
-        def products() -> None:
-            torch.bmm(phi, A, out=outs[0])
-            torch.bmm(r, phi, out=outs[1])
-
-        flops = 2 * 4.0 * m * q * k
+        def products(a: list[torch.Tensor]) -> None:
+            torch.mm(a[0], a[1], out=a[3])
+            torch.mm(a[2], a[0], out=a[4])
     else:
         m = em_cholesky.block_rows(k, d, 8, 1 << 16, em_cholesky._LANE_BLOCK_BYTES)
         h = d // 2 if itemsize == 8 and d >= em_cholesky.SPLIT_MIN_D else 0
-        x, P = torch.randn(2, 1, m, d, dtype=dtype), torch.randn(1, k, d, d, dtype=dtype).triu()
-        w = torch.randn(2 * k, m, d, dtype=dtype)
-        u, Sa, Sb = (torch.empty(*s, dtype=dtype) for s in ((2, k, m, d), (2 * k, h, h), (2 * k, d, d - h)))
+        shapes = [(m, d), (k, d, d), (k, m, d), (k, h, h), (k, d, d - h)]
+        flops = 2.0 * m * k * (d * d + h * h + d * (d - h))
 
-        def products() -> None:
-            torch.matmul(x, P, out=u)
+        def products(a: list[torch.Tensor]) -> None:
+            x, P, w, Sa, Sb = a
+            torch.matmul(x, P, out=w)
             if h:
                 torch.bmm(w[:, :, :h].transpose(1, 2), w[:, :, :h], out=Sa)
             torch.bmm(w.transpose(1, 2), w[:, :, h:], out=Sb)
 
-        flops = 2 * 2.0 * m * k * (d * d + h * h + d * (d - h))
-    products()
-    return flops / min(_timed(products) for _ in range(repeats)) / 1e9
+    arrays = [[torch.randn(*s, dtype=dtype) for s in shapes] for _ in range(lanes.LANES)]
+    blocks = [slice(i, i + 1) for i in range(lanes.LANES * per_lane)]
+    feats = Features(torch.zeros(len(blocks), 1), lambda x, out=None: x)
+
+    def lane(i: int, mine: list[slice]) -> None:
+        for _ in mine:
+            products(arrays[i])
+
+    lanes.run(feats, blocks, lane)
+    best = min(_timed(lambda: lanes.run(feats, blocks, lane)) for _ in range(repeats))
+    return flops * len(blocks) / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -89,19 +96,21 @@ def iteration_cost(n: int, d: int, k: int, itemsize: int) -> tuple[str, float, f
     """(formulation, FLOPs, bytes) of one EM iteration on full covariances.
 
     Features: the E-step's (n x Q) @ (Q x K) and the statistics' (K x n) @ (n x Q) products, 4 n Q K
-    FLOPs; phi(X) read by both (plus written once an iteration when it is not cached). Cholesky: the
-    E-step's (n x D) @ (D x K D) (2 n K D^2 FLOPs) and the per-component scatter (2 n K D^2 in
-    float32; 1.5 n K D^2 in float64, whose symmetric sums skip a quarter); the (n, K D) product written
-    and read, X read three times."""
+    FLOPs. Cholesky: the E-step's (n x D) @ (D x K D) (2 n K D^2 FLOPs) and the per-component scatter
+    (2 n K D^2 in float32; 1.5 n K D^2 in float64, whose symmetric sums skip a quarter). Bytes: what
+    must come from memory, the data (phi(X) where it is cached, else X) read once: both products of a
+    block, and the arrays between them, take the block while it is in cache (1-4 MiB blocks; this
+    script counted a (n, K D) array written and read, and X read three times, before 2026-12-07
+    19:45 UTC, a roofline bound by memory that the cached blocks never meet)."""
     q = gaussian.feature_dim(d, "full")
     cached = cache_fits(n, q, itemsize)
     dtype = torch.float64 if itemsize == 8 else torch.float32
     fused = em_cholesky.fused_passes(n, k, d, torch.device("cpu"), dtype)  # as the estimator decides
     form = gaussian.choose_formulation("full", d, k, itemsize, cached, fused)
     if form == "features":
-        return form, 4.0 * n * q * k, (2 + (0 if cached else 1)) * n * q * itemsize
+        return form, 4.0 * n * q * k, n * (q if cached else d) * itemsize
     scatter = 1.5 if itemsize == 8 and d >= em_cholesky.SPLIT_MIN_D else 2.0
-    return form, (2.0 + scatter) * n * k * d * d, (3 * n * d + 2 * n * k * d) * itemsize
+    return form, (2.0 + scatter) * n * k * d * d, n * d * itemsize
 
 
 def main() -> None:
