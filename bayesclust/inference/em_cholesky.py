@@ -337,14 +337,16 @@ def _run_lanes(
 
 
 def _centred_block(
-    feats: Features, sl: slice, coef: CholeskyCoefficients, P: torch.Tensor, lane: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``z = x - mu_k`` and ``y = z P_k`` (K, m, D) of the rows ``sl`` in lane ``lane``'s buffers."""
+    feats: Features, sl: slice, coef: CholeskyCoefficients, P: torch.Tensor, lane: int, c64: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``z = x - mu_k`` and ``y = z P_k`` (K, m, D) of the rows ``sl``, and an uninitialised (K, m)
+    float64 array (``c64``'s dtype) for their log densities, in lane ``lane``'s buffers."""
     k, d = P.shape[0], P.shape[1]
     m = sl.stop - sl.start
     z = feats.scratch(f"rows2{lane}", (k, m, d), P)
     kernels.centre(feats(sl).numpy(), coef.means.numpy(), z.numpy())
-    return z, torch.bmm(z, P, out=feats.scratch(f"rows{lane}", (k, m, d), P))
+    y = torch.bmm(z, P, out=feats.scratch(f"rows{lane}", (k, m, d), P))
+    return z, y, feats.scratch(f"logits{lane}", (k, m), c64)
 
 
 def _fused_centred_e_step(
@@ -353,19 +355,17 @@ def _fused_centred_e_step(
 ) -> tuple[float, torch.Tensor | None]:
     """:func:`e_step` in lanes for float32 (rows centred on each component, :class:`CentredSums`),
     each block two products, :func:`kernels.e_block_centred` and the second moments' product."""
-    cv = c.double().numpy()
-    k = coef.means.shape[0]
-    floor = EXP_FLOOR[4]
+    c64 = c.double()
+    cv, floor = c64.numpy(), EXP_FLOOR[4]
 
     def lane(i: int, blocks: list[slice]) -> tuple[float, CentredSums]:
         stats = CentredSums(coef.means)
         rows = max((sl.stop - sl.start for sl in blocks), default=0)
-        flat, work, bits = np.empty(k * rows), np.empty((2, rows)), np.empty(rows, dtype=np.int64)
+        work, bits = np.empty((2, rows)), np.empty(rows, dtype=np.int64)
         total = 0.0
         for sl in blocks:
-            z, y = _centred_block(feats, sl, coef, P, i)
-            logits = flat[: k * y.shape[1]].reshape(k, y.shape[1])
-            total += kernels.e_block_centred(y.numpy(), z.numpy(), cv, floor, logits, work, bits,
+            z, y, logits = _centred_block(feats, sl, coef, P, i, c64)
+            total += kernels.e_block_centred(y.numpy(), z.numpy(), cv, floor, logits.numpy(), work, bits,
                                              stats.n.numpy(), stats.s1.numpy(), accumulate)
             if accumulate:  # y now holds r z
                 stats.S += torch.bmm(y.transpose(1, 2), z).double()
@@ -379,14 +379,14 @@ def _fused_labels(
 ) -> Callable[[int, Iterable[slice]], None]:
     """:func:`argmax_chunks`'s lane, fused."""
     if coef.dtype != torch.float64:
-        cv, k = c.double().numpy(), coef.means.shape[0]
+        c64 = c.double()
+        cv = c64.numpy()
 
         def centred(i: int, blocks: Iterable[slice]) -> None:
             for sl in blocks:
-                y = _centred_block(feats, sl, coef, P, i)[1]
-                logits = np.empty((k, y.shape[1]))
-                kernels.centred_log_density(y.numpy(), cv, logits)
-                labels[sl] = torch.max(torch.from_numpy(logits), 0).indices
+                _, y, logits = _centred_block(feats, sl, coef, P, i, c64)
+                kernels.centred_log_density(y.numpy(), cv, logits.numpy())
+                labels[sl] = torch.max(logits, 0).indices
 
         return centred
     b, cv = coef.b.numpy(), c.contiguous().numpy()
