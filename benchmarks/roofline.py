@@ -62,9 +62,9 @@ def block_rate(form: str, d: int, k: int, itemsize: int, repeats: int = 5, per_l
             torch.mm(a[2], a[0], out=a[4])
     else:
         m = em_cholesky.block_rows(k, d, 8, 1 << 16, em_cholesky._LANE_BLOCK_BYTES)
-        h = d // 2 if itemsize == 8 and d >= em_cholesky.SPLIT_MIN_D else 0
+        h = _scatter_half(d, itemsize)
         shapes = [(m, d), (k, d, d), (k, m, d), (k, h, h), (k, d, d - h)]
-        flops = 2.0 * m * k * (d * d + h * h + d * (d - h))
+        flops = _cholesky_flops(m, d, k, h)
 
         def products(a: list[torch.Tensor]) -> None:
             x, P, w, Sa, Sb = a
@@ -84,6 +84,17 @@ def block_rate(form: str, d: int, k: int, itemsize: int, repeats: int = 5, per_l
     lanes.run(feats, blocks, lane)
     best = min(_timed(lambda: lanes.run(feats, blocks, lane)) for _ in range(repeats))
     return flops * len(blocks) / best / 1e9
+
+
+def _scatter_half(d: int, itemsize: int) -> int:
+    """The first column half h of the float64 scatter (``em_cholesky._Whitened``; 0: one product)."""
+    return d // 2 if itemsize == 8 and d >= em_cholesky.SPLIT_MIN_D else 0
+
+
+def _cholesky_flops(rows: int, d: int, k: int, h: int) -> float:
+    """FLOPs of the Cholesky form's products over ``rows`` rows: x P_k, 2 rows K D^2, and the scatter
+    over column halves, 2 rows K (h^2 + D (D - h)) (3/4 of 2 rows K D^2 at h = D / 2)."""
+    return 2.0 * rows * k * (d * d + h * h + d * (d - h))
 
 
 def _timed(fn) -> float:
@@ -109,8 +120,7 @@ def iteration_cost(n: int, d: int, k: int, itemsize: int) -> tuple[str, float, f
     form = gaussian.choose_formulation("full", d, k, itemsize, cached, fused)
     if form == "features":
         return form, 4.0 * n * q * k, n * (q if cached else d) * itemsize
-    scatter = 1.5 if itemsize == 8 and d >= em_cholesky.SPLIT_MIN_D else 2.0
-    return form, (2.0 + scatter) * n * k * d * d, n * d * itemsize
+    return form, _cholesky_flops(n, d, k, _scatter_half(d, itemsize)), n * d * itemsize
 
 
 def main() -> None:
