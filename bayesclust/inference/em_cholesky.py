@@ -209,12 +209,17 @@ class _Whitened:
         self.s1.baddbmm_(root, w)
         self.add_products(w)
 
+    def operands(self, w: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(sum, left, right)`` of ``sum w w^T``'s blocks for weighted rows w (K, m, D): each block is
+        ``sum += left @ right`` (views of w, so a lane makes them once for its buffer)."""
+        h = self.h
+        whole = [(self.Sb, w.transpose(1, 2), w[:, :, h:])]
+        return [(self.Sa, w[:, :, :h].transpose(1, 2), w[:, :, :h])] + whole if h else whole
+
     def add_products(self, w: torch.Tensor) -> None:
         """``sum w w^T`` of the weighted rows w (K, m, D), in its two blocks."""
-        h = self.h
-        if h:
-            self.Sa.baddbmm_(w[:, :, :h].transpose(1, 2), w[:, :, :h])
-        self.Sb.baddbmm_(w.transpose(1, 2), w[:, :, h:])
+        for S, left, right in self.operands(w):
+            S.baddbmm_(left, right)
 
     def absorb(self, other: _Whitened) -> _Whitened:
         """These sums plus ``other``'s (same coefficients)."""
@@ -286,13 +291,50 @@ def _lane_pass(feats: Features, coef: CholeskyCoefficients) -> tuple[list[slice]
     return (slices, work) if lanes.threaded(feats, len(slices), work, LANE_MIN_ELEMENTS) else None
 
 
-def _fused_block(feats: Features, sl: slice, P: torch.Tensor, lane: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``u = x P_k`` (K, m, D) of the rows ``sl`` and an uninitialised (K, m) array for their
-    log densities, in lane ``lane``'s buffers (float64, CPU)."""
-    k, d = P.shape[0], P.shape[1]
-    m = sl.stop - sl.start
-    u = torch.matmul(feats(sl), P, out=feats.scratch(f"rows{lane}", (k, m, d), P))
-    return u, feats.scratch(f"logits{lane}", (k, m), P)
+class _LaneArrays(dict):
+    """Lane ``lane``'s arrays for one fused pass, by block length: ``arrays[m]`` (:class:`_Block`, made at
+    the pass's first block of m rows; a pass's blocks have at most two lengths). Making the views for
+    every block instead was some 15-20 us of Python a block, 7% of a 256-row block at D = 32, K = 16."""
+
+    def __init__(
+        self, feats: Features, lane: int, P: torch.Tensor, centred: bool,
+        stats: _Whitened | CentredSums | None = None,
+    ) -> None:
+        super().__init__()
+        self.feats, self.lane, self.P, self.centred, self.stats = feats, lane, P, centred, stats
+
+    def __missing__(self, m: int) -> _Block:
+        block = self[m] = _Block(self.feats, self.lane, m, self.P, self.centred, self.stats)
+        return block
+
+
+class _Block:
+    """One lane's buffers for blocks of m rows (:meth:`Features.scratch` slots named by the lane) and
+    their views, made once: ``rows`` (K, m, D) (float64: ``u = x P_k``; float32: ``y = z P_k``) and
+    ``rows_np``; float32's centred rows ``z = x - mu_k`` and ``z_np``; the (K, m) float64
+    ``logits_t`` and ``logits`` (numpy); and ``ops``, the statistics' products ``(sum, left, right)``
+    over these buffers (float64: :meth:`_Whitened.operands`; float32: ``(S, y^T, z)`` into ``out``)."""
+
+    def __init__(
+        self, feats: Features, lane: int, m: int, P: torch.Tensor, centred: bool,
+        stats: _Whitened | CentredSums | None,
+    ) -> None:
+        k, d = P.shape[0], P.shape[1]
+        self.rows = feats.scratch(f"rows{lane}", (k, m, d), P)
+        self.rows_np = self.rows.numpy()
+        self.logits_t = feats.scratch(f"logits{lane}", (k, m), _FLOAT64)
+        self.logits = self.logits_t.numpy()
+        self.z = feats.scratch(f"rows2{lane}", (k, m, d), P) if centred else None
+        self.z_np = None if self.z is None else self.z.numpy()
+        self.out = feats.scratch(f"sums{lane}", (k, d, d), P) if centred else None
+        self.ops: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        if isinstance(stats, _Whitened):
+            self.ops = stats.operands(self.rows)
+        elif stats is not None:
+            self.ops = [(stats.S, self.rows.transpose(1, 2), self.z)]
+
+
+_FLOAT64 = torch.empty(0, dtype=torch.float64)  # the dtype and device of the lanes' (K, m) logits
 
 
 def _fused_e_step(
@@ -309,12 +351,14 @@ def _fused_e_step(
         n, s1 = stats.n.numpy(), stats.s1.view(stats.s1.shape[0], -1).numpy()
         rows = max((sl.stop - sl.start for sl in blocks), default=0)
         work, bits = np.empty((2, rows)), np.empty(rows, dtype=np.int64)
+        arrays, X = _LaneArrays(feats, i, P, False, stats if accumulate else None), feats.cache
         total = 0.0
         for sl in blocks:
-            u, logits = _fused_block(feats, sl, P, i)
-            total += kernels.e_block(u.numpy(), b, cv, floor, logits.numpy(), work, bits, n, s1, accumulate)
-            if accumulate:
-                stats.add_products(u)
+            a = arrays[sl.stop - sl.start]
+            torch.matmul(X[sl], P, out=a.rows)
+            total += kernels.e_block(a.rows_np, b, cv, floor, a.logits, work, bits, n, s1, accumulate)
+            for S, left, right in a.ops:
+                S.baddbmm_(left, right)
         return total, stats
 
     return _run_lanes(feats, fused, lane, accumulate)
@@ -336,17 +380,10 @@ def _run_lanes(
     return total, stats.total()
 
 
-def _centred_block(
-    feats: Features, sl: slice, coef: CholeskyCoefficients, P: torch.Tensor, lane: int, c64: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``z = x - mu_k`` and ``y = z P_k`` (K, m, D) of the rows ``sl``, and an uninitialised (K, m)
-    float64 array (``c64``'s dtype) for their log densities, in lane ``lane``'s buffers."""
-    k, d = P.shape[0], P.shape[1]
-    m = sl.stop - sl.start
-    z = feats.scratch(f"rows2{lane}", (k, m, d), P)
-    kernels.centre(feats(sl).numpy(), coef.means.numpy(), z.numpy())
-    y = torch.bmm(z, P, out=feats.scratch(f"rows{lane}", (k, m, d), P))
-    return z, y, feats.scratch(f"logits{lane}", (k, m), c64)
+def _centred_block(a: _Block, x: torch.Tensor, means: np.ndarray, P: torch.Tensor) -> None:
+    """``z = x - mu_k`` and ``y = z P_k`` (K, m, D) of the rows x (m, D) into the block's buffers."""
+    kernels.centre(x.numpy(), means, a.z_np)
+    torch.bmm(a.z, P, out=a.rows)
 
 
 def _fused_centred_e_step(
@@ -355,20 +392,22 @@ def _fused_centred_e_step(
 ) -> tuple[float, torch.Tensor | None]:
     """:func:`e_step` in lanes for float32 (rows centred on each component, :class:`CentredSums`),
     each block two products, :func:`kernels.e_block_centred` and the second moments' product."""
-    c64 = c.double()
-    cv, floor = c64.numpy(), EXP_FLOOR[4]
+    cv, floor, means = c.double().numpy(), EXP_FLOOR[4], coef.means.numpy()
 
     def lane(i: int, blocks: list[slice]) -> tuple[float, CentredSums]:
         stats = CentredSums(coef.means)
+        n, s1 = stats.n.numpy(), stats.s1.numpy()
         rows = max((sl.stop - sl.start for sl in blocks), default=0)
         work, bits = np.empty((2, rows)), np.empty(rows, dtype=np.int64)
+        arrays, X = _LaneArrays(feats, i, P, True, stats if accumulate else None), feats.cache
         total = 0.0
         for sl in blocks:
-            z, y, logits = _centred_block(feats, sl, coef, P, i, c64)
-            total += kernels.e_block_centred(y.numpy(), z.numpy(), cv, floor, logits.numpy(), work, bits,
-                                             stats.n.numpy(), stats.s1.numpy(), accumulate)
-            if accumulate:  # y now holds r z
-                stats.S += torch.bmm(y.transpose(1, 2), z).double()
+            a = arrays[sl.stop - sl.start]
+            _centred_block(a, X[sl], means, P)
+            total += kernels.e_block_centred(a.rows_np, a.z_np, cv, floor, a.logits, work, bits, n, s1,
+                                             accumulate)
+            for S, left, right in a.ops:  # y now holds r z
+                S += torch.bmm(left, right, out=a.out)
         return total, stats
 
     return _run_lanes(feats, fused, lane, accumulate)
@@ -378,24 +417,28 @@ def _fused_labels(
     feats: Features, coef: CholeskyCoefficients, c: torch.Tensor, P: torch.Tensor, labels: torch.Tensor
 ) -> Callable[[int, Iterable[slice]], None]:
     """:func:`argmax_chunks`'s lane, fused."""
+    cv = c.double().contiguous().numpy()
     if coef.dtype != torch.float64:
-        c64 = c.double()
-        cv = c64.numpy()
+        means = coef.means.numpy()
 
         def centred(i: int, blocks: Iterable[slice]) -> None:
+            arrays = _LaneArrays(feats, i, P, True)
             for sl in blocks:
-                _, y, logits = _centred_block(feats, sl, coef, P, i, c64)
-                kernels.centred_log_density(y.numpy(), cv, logits.numpy())
-                labels[sl] = torch.max(logits, 0).indices
+                a = arrays[sl.stop - sl.start]
+                _centred_block(a, feats.cache[sl], means, P)
+                kernels.centred_log_density(a.rows_np, cv, a.logits)
+                labels[sl] = torch.max(a.logits_t, 0).indices
 
         return centred
-    b, cv = coef.b.numpy(), c.contiguous().numpy()
+    b = coef.b.numpy()
 
     def lane(i: int, blocks: Iterable[slice]) -> None:
+        arrays = _LaneArrays(feats, i, P, False)
         for sl in blocks:
-            u, logits = _fused_block(feats, sl, P, i)
-            kernels.log_density(u.numpy(), b, cv, logits.numpy())
-            labels[sl] = torch.max(logits, 0).indices
+            a = arrays[sl.stop - sl.start]
+            torch.matmul(feats.cache[sl], P, out=a.rows)
+            kernels.log_density(a.rows_np, b, cv, a.logits)
+            labels[sl] = torch.max(a.logits_t, 0).indices
 
     return lane
 
