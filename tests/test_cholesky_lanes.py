@@ -302,7 +302,14 @@ def test_auto_takes_the_fused_cholesky_form_only_where_its_passes_would_run_fuse
 
     assert em_cholesky.fused_passes(5000, 16, 32, torch.device("cpu"), torch.float64)
     assert form(dtype="float64") == "cholesky"  # K = D / 2: fused passes, no feature cache to build
-    assert form(dtype="float32") == "features"
+    assert form(dtype="float32") == "features"  # float32 fused up to K = D / 4
+    assert not em_cholesky.fused_passes(5000, 16, 32, torch.device("cpu"), torch.float32)  # counts half
+    assert em_cholesky.fused_passes(10_000, 16, 32, torch.device("cpu"), torch.float32)
+    assert not em_cholesky.fused_passes(10_000, 16, 32, torch.device("cpu"), torch.float16)
+    X16 = np.random.default_rng(5).normal(size=(80_000, 16))  # N K D / 2 = 2.56e6 at K = 4
+    f32 = dict(max_iter=1, tol=0, random_state=0, dtype="float32")
+    assert bc.GaussianMixture(4, **f32).fit(X16).formulation_ == "cholesky"  # K = D / 4, fused
+    assert bc.GaussianMixture(4, **f32).fit(X16[:40_000]).formulation_ == "features"  # not fused
     torch.set_num_threads(1)
     assert not em_cholesky.fused_passes(5000, 16, 32, torch.device("cpu"), torch.float64)
     assert form(dtype="float64") == "features"

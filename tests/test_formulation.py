@@ -111,7 +111,11 @@ def test_choose_formulation_follows_the_measured_crossover():
                        (64, 16, "cholesky"), (64, 32, "features")):
         assert choose("full", d, k, 8, **fused) == form
     assert choose("full", 8, 2, 8, **fused) == "features"
-    assert choose("full", 32, 16, 4, **fused) == "features"  # float32: no fused passes
+    # float32 fused: from D = 16 too, but up to K = D / 4 (the map's products run at twice the rate)
+    for d, k, form in ((16, 4, "cholesky"), (16, 5, "features"), (24, 6, "cholesky"), (32, 8, "cholesky"),
+                       (32, 16, "features"), (8, 2, "features")):
+        assert choose("full", d, k, 4, **fused) == form
+    assert choose("full", 16, 4, 4, cached=True) == "features"  # not fused: the D >= 32 floor
     assert choose("tied", 16, 2, 8, cached=True, fused=True) == "features"
     assert choose("full", 32, 16, 8, cached=True) == "features"  # not fused: the measured rule
     assert choose("full", gaussian.CHOLESKY_MIN_D, 10_000, 4, cached=True) == "cholesky"

@@ -273,8 +273,10 @@ def e_step(
 
 def fused_passes(n: int, k: int, d: int, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a fit of n in-memory rows (D features, K full covariances) would run its Cholesky passes
-    fused in lanes (as :func:`_lane_pass` decides for each pass)."""
-    return dtype == torch.float64 and lanes.on_cpu_threads(device) and n * k * d >= LANE_MIN_ELEMENTS
+    fused in lanes (as :func:`_lane_pass` decides for each pass, a float32 element counted as half)."""
+    itemsize = {torch.float64: 8, torch.float32: 4}.get(dtype)
+    work = n * k * d * (itemsize or 0) / 8
+    return itemsize is not None and lanes.on_cpu_threads(device) and work >= LANE_MIN_ELEMENTS
 
 
 def _lane_pass(feats: Features, coef: CholeskyCoefficients) -> tuple[list[slice], float] | None:

@@ -42,11 +42,12 @@ FORMULATIONS = ("auto", "features", "cholesky")
 # - recomputed every pass (phi(X) larger than the cache), the map also writes N Q values a pass,
 #   and Cholesky wins from smaller D / K, in float64 (twice the bytes) sooner;
 # - from CHOLESKY_MIN_D on, Q ~ D^2 / 2 columns a row make the map's blocks too large to hold.
-# - float64 full covariances whose Cholesky passes run fused in lanes (``fused``, em_cholesky) drop
-#   most of that form's elementwise cost: with phi(X) cached, Cholesky then wins from D = 16 and up to
-#   K = D / 2 while D <= 32 (no cache to build either: 449 MB at N = 10^5, D = 32).
+# - full covariances whose Cholesky passes run fused in lanes (``fused``, em_cholesky) drop most of
+#   that form's elementwise cost: with phi(X) cached, Cholesky then wins from D = 16, in float64 up to
+#   K = D / 2 while D <= 32 (no cache to build either: 449 MB at N = 10^5, D = 32), in float32 up to
+#   K = D / 4 (its feature map's products run at twice the float64 rate).
 # Cholesky when D >= 32 and K <= D / CHOLESKY_D_PER_K[case], or D >= CHOLESKY_MIN_D; fused: also from
-# D = 16, and K <= D / 2 up to FUSED_HALF_MAX_D with phi(X) cached.
+# D = 16, and in float64 K <= D / 2 up to FUSED_HALF_MAX_D with phi(X) cached.
 CHOLESKY_MIN_D = 256
 CHOLESKY_D_PER_K = {"cached": 4.0, "float32": 4.0, "float64": 2.0}
 CHOLESKY_FLOOR_D = 32
@@ -62,15 +63,16 @@ def choose_formulation(
 ) -> str:
     """The E/M-step form ("features" or "cholesky") that formulation="auto" takes for D features,
     K components, ``itemsize``-byte floats, phi(X) ``cached`` whole or recomputed every pass, and
-    ``fused``: whether float64 full-covariance Cholesky passes would run fused in lanes
+    ``fused``: whether full-covariance Cholesky passes would run fused in lanes
     (:func:`bayesclust.inference.em_cholesky.fused_passes`)."""
     if covariance_type not in ("full", "tied"):
         return "features"
     if d >= CHOLESKY_MIN_D:
         return "cholesky"
-    fused = fused and covariance_type == "full" and itemsize >= 8
+    fused = fused and covariance_type == "full"
     case = "cached" if cached else ("float64" if itemsize >= 8 else "float32")
-    per_k = 2.0 if fused and cached and d <= FUSED_HALF_MAX_D else CHOLESKY_D_PER_K[case]
+    half = fused and cached and d <= FUSED_HALF_MAX_D and itemsize >= 8
+    per_k = 2.0 if half else CHOLESKY_D_PER_K[case]
     floor = FUSED_FLOOR_D if fused else CHOLESKY_FLOOR_D
     return "cholesky" if d >= floor and k * per_k <= d else "features"
 
