@@ -295,8 +295,8 @@ def _lane_pass(feats: Features, coef: CholeskyCoefficients) -> tuple[list[slice]
 
 class _LaneArrays(dict):
     """Lane ``lane``'s arrays for one fused pass, by block length: ``arrays[m]`` (:class:`_Block`, made at
-    the pass's first block of m rows; a pass's blocks have at most two lengths). Making the views for
-    every block instead was some 15-20 us of Python a block, 7% of a 256-row block at D = 32, K = 16."""
+    the pass's first block of m rows; a pass's blocks have at most two lengths), so that a block pays
+    no Python for its buffers' views (benchmarks/results/speed.md)."""
 
     def __init__(
         self, feats: Features, lane: int, P: torch.Tensor, centred: bool,
