@@ -42,11 +42,12 @@ def one_thread():
 def two_threads(monkeypatch):
     """Two torch threads (restored after), and the lanes' work thresholds at 0 (the tests' passes are
     small): passes whose rows are in memory run their lanes in threads (inference.lanes), the Cholesky
-    form's fused (inference.em_cholesky)."""
-    from bayesclust.inference import em_cholesky, lanes
+    form's fused (inference.em_cholesky), the float64 feature form's fused too (inference.em)."""
+    from bayesclust.inference import em, em_cholesky, lanes
 
     monkeypatch.setattr(lanes, "MIN_WORK", 0.0)
     monkeypatch.setattr(em_cholesky, "LANE_MIN_ELEMENTS", 0.0)
+    monkeypatch.setattr(em, "FUSED_MIN_ELEMENTS", 0.0)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield

@@ -7,7 +7,10 @@ import threading
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from bayesclust.inference import _cholesky_kernels as kernels
 from bayesclust.inference import em, em_cholesky, lanes
 from bayesclust.inference.streaming import ChunkSource, Features, SourceFeatures
 from bayesclust.models import gaussian
@@ -162,3 +165,79 @@ def test_fits_in_two_user_threads_leave_the_thread_count_as_it_was(two_threads):
         w.join()
     assert torch.get_num_threads() == 2
     assert len(results) == 2 and all((r == alone).all() for r in results)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 70), st.integers(1, 300), st.floats(0.1, 500.0), st.integers(0, 2**31 - 1))
+def test_normalise_counts_is_the_softmax_its_log_likelihood_and_the_counts(k, m, scale, seed):
+    logits = np.random.default_rng(seed).normal(size=(k, m)) * scale
+    ref = torch.from_numpy(logits)
+    r, n = logits.copy(), np.full(k, 2.0)
+    total = kernels.normalise_counts(r, -700.0, np.empty((2, m)), np.empty(m, dtype=np.int64), n, True)
+    assert total == pytest.approx(float(torch.logsumexp(ref, 0).sum()), rel=1e-13, abs=1e-10)
+    expected = torch.softmax(ref, 0).clamp(min=0).numpy()
+    np.testing.assert_allclose(r, expected, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(n, 2.0 + expected.sum(1), rtol=1e-12)
+    unchanged = np.zeros(k)
+    work, bits = np.empty((2, m)), np.empty(m, dtype=np.int64)
+    kernels.normalise_counts(logits.copy(), -700.0, work, bits, unchanged, False)
+    assert not unchanged.any()
+
+
+def _feature_problem(n=6000, d=3, k=3, seed=0, dtype=torch.float64):
+    rng = np.random.default_rng(seed)
+    X = torch.from_numpy(rng.normal(size=(n, d)) + rng.integers(0, k, n)[:, None] * 3.0).to(dtype)
+    fam = gaussian.GaussianFamily("full", formulation="features")
+    params = gaussian.GMMParams(torch.full((k,), 1 / k, dtype=dtype), X[:k].clone(),
+                                torch.eye(d, dtype=torch.float64).repeat(k, 1, 1))
+    A, c = fam.log_prob_coefficients(params)
+    return Features(X, fam.feature_map, chunk_size=512), A, c, fam, params
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+@pytest.mark.parametrize("k, threads", [(3, True), (3, False), (9, True)])
+def test_fused_feature_e_step_equals_the_torch_lane(two_threads, monkeypatch, accumulate, k, threads):
+    feats, A, c, _, _ = _feature_problem(k=k)
+    if not threads:
+        monkeypatch.setattr(em, "FUSED_MIN_ELEMENTS", float("inf"))  # in turn: K <= FUSED_TURN_MAX_K
+    assert em._fused_slices(feats, A, False, None) is not None
+    ll, G = em.e_step(feats, A, c, accumulate=accumulate)
+    monkeypatch.setattr(em, "_fused_slices", lambda *args: None)
+    ll_t, G_t = em.e_step(feats, A, c, accumulate=accumulate)
+    assert ll == pytest.approx(ll_t, rel=1e-12)
+    if accumulate:
+        torch.testing.assert_close(G, G_t, rtol=1e-10, atol=1e-8)
+    else:
+        assert G is None and G_t is None
+
+
+def test_fused_feature_passes_take_float64_in_memory_without_centred_components(two_threads, monkeypatch):
+    feats, A, c, fam, params = _feature_problem(k=3)
+    threaded = em._fused_slices(feats, A, False, None)
+    assert threaded is not None and threaded[1] == 6000 * 3
+    assert len(threaded[0]) == 6000 // 512 + 1  # (K, m) blocks of 256 KiB, capped at chunk_size rows
+    assert em._fused_slices(feats, A, True, None) is None  # float64 products of float32 blocks
+    centred = em.Centred(torch.tensor([0]), *([None] * 3))
+    assert em._fused_slices(feats, A, False, centred) is None
+    f32, A32, _, _, _ = _feature_problem(k=3, dtype=torch.float32)
+    assert em._fused_slices(f32, A32, False, None) is None  # float32 keeps the torch path
+    source = SourceFeatures(ChunkSource(feats.X.numpy()), fam.feature_map, torch.zeros(3, dtype=A.dtype))
+    assert em._fused_slices(source, A, False, None) is None  # out of core
+    monkeypatch.setattr(em, "FUSED_MIN_ELEMENTS", 6000 * 9 + 1.0)  # below it: in turn, K = 3 <= 4
+    in_turn = em._fused_slices(feats, A, False, None)
+    assert in_turn is not None and len(in_turn[0]) == len(threaded[0])  # chunk_size caps both
+    wide, A9, _, _, _ = _feature_problem(k=9)
+    assert em._fused_slices(wide, A9, False, None) is None  # in turn only up to FUSED_TURN_MAX_K
+
+
+def test_a_fit_with_fused_feature_passes_equals_the_torch_fit(two_threads, monkeypatch):
+    import bayesclust as bc
+
+    X = _feature_problem(n=5000, d=2, k=3, seed=3)[0].X.numpy()
+    kw = dict(max_iter=8, tol=0, random_state=0, dtype="float64", formulation="features")
+    fused = bc.GaussianMixture(3, **kw).fit(X)
+    monkeypatch.setattr(em, "_fused_slices", lambda *args: None)
+    plain = bc.GaussianMixture(3, **kw).fit(X)
+    assert fused.lower_bound_ == pytest.approx(plain.lower_bound_, rel=1e-12)
+    np.testing.assert_allclose(fused.means_, plain.means_, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(fused.labels_, plain.labels_)

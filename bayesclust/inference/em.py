@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from ..models.family import EMFamily
 from ..models.gaussian import CholeskyCoefficients, GMMParams, NotPositiveDefiniteError, cholesky_coefficients
+from . import _cholesky_kernels as kernels
 from . import em_cholesky, lanes
-from .responsibilities import exp_normalise_
+from .responsibilities import EXP_FLOOR, exp_normalise_
 from .streaming import Features, reduce_statistics, weighted_statistics
 
 
@@ -64,9 +66,14 @@ def e_step(
     if isinstance(A, CholeskyCoefficients):
         return em_cholesky.e_step(feats, A, c, accumulate=accumulate)
     exact = exact and A.dtype != torch.float64
-    step = block_rows(A.shape[0], A.element_size(), feats.chunk_size)
-    lane = _feature_lane(feats, A, c, accumulate, exact, centred)
-    parts = lanes.run(feats, list(feats.slices(step)), lane, _work(feats, A, 2 if accumulate else 1))
+    fused = _fused_slices(feats, A, exact, centred)
+    if fused is not None:
+        lane = _fused_feature_lane(feats, A, c, accumulate)
+        parts = lanes.run(feats, fused[0], lane, fused[1], FUSED_MIN_ELEMENTS)
+    else:
+        step = block_rows(A.shape[0], A.element_size(), feats.chunk_size)
+        lane = _feature_lane(feats, A, c, accumulate, exact, centred)
+        parts = lanes.run(feats, list(feats.slices(step)), lane, _work(feats, A, 2 if accumulate else 1))
     total = reduce_statistics(sum(p.total for p in parts))
     if not accumulate:
         return float(total), None
@@ -126,6 +133,72 @@ def _feature_lane(
                     GT += resp.T @ phi
                 counts += resp.sum(0)
         return _LaneSums(total, GT, counts, sums)
+
+    return lane
+
+
+# fused feature-form passes (:func:`_fused_feature_lane`) run their lanes in threads from this many
+# elements N K a pass (:func:`lanes.threaded`), with blocks whose (K, m) float64 responsibilities take
+# _FUSED_BLOCK_BYTES (they stay in cache between the kernel and the second product). Below it they run
+# in turn on torch's threads (blocks of _FUSED_TURN_BYTES, so that each product splits) only up to
+# FUSED_TURN_MAX_K components: there torch's reductions along a short last axis are its slow case,
+# beyond it torch's two threads beat the one-threaded kernel. Whole 5-iteration float64 fits
+# (benchmarks/results/speed.md): threads won at N K = 1.6e6 and lost at 4e5; in turn, K = 4 won,
+# K = 8 was even, K = 16 and 64 lost.
+FUSED_MIN_ELEMENTS = 1e6
+FUSED_TURN_MAX_K = 4
+_FUSED_BLOCK_BYTES = 256 << 10
+_FUSED_TURN_BYTES = 2 << 20
+
+
+def _fused_slices(
+    feats: Features, A: torch.Tensor, exact: bool, centred: Centred | None
+) -> tuple[list[slice], float] | None:
+    """The blocks and work N K of a fused feature-form pass (:func:`_fused_feature_lane`), or None
+    where the pass keeps :func:`_feature_lane`: fused passes take float64 CPU data in memory
+    (``feats.cached``) with no centred components, in threads or, up to ``FUSED_TURN_MAX_K``
+    components, in turn (see ``FUSED_MIN_ELEMENTS``). float32 keeps the torch path, whose rounding its
+    fallbacks (float64 sums, then the Cholesky form) were set against (``exact``: float32 blocks)."""
+    k = A.shape[1]
+    cpu64 = A.device.type == "cpu" and A.dtype == torch.float64
+    if not (feats.cached and cpu64) or exact or centred is not None:
+        return None
+    work = float(feats.n * k)
+
+    def rows(nbytes: int) -> int:
+        return max(256, min(feats.chunk_size, nbytes // (8 * k)))
+
+    small = list(feats.slices(rows(_FUSED_BLOCK_BYTES)))
+    if lanes.threaded(feats, len(small), work, FUSED_MIN_ELEMENTS):
+        return small, work
+    return (list(feats.slices(rows(_FUSED_TURN_BYTES))), work) if k <= FUSED_TURN_MAX_K else None
+
+
+def _fused_feature_lane(
+    feats: Features, A: torch.Tensor, c: torch.Tensor, accumulate: bool
+) -> Callable[[int, list[slice]], _LaneSums]:
+    """:func:`_feature_lane` (float64) with each block's elementwise work in one compiled call: the
+    weighted log densities (K, m) ``= A^T phi^T + c`` (one product),
+    :func:`_cholesky_kernels.normalise_counts` (softmax, log-likelihood and counts, in place) and
+    ``r^T phi`` (the second product), in place of some ten torch operations a block."""
+    k = A.shape[1]
+    AT, ck, floor = A.T, c[:, None], EXP_FLOOR[A.element_size()]
+    X, kw = feats.cache, {"dtype": torch.float64, "device": A.device}
+
+    def lane(i: int, blocks: list[slice]) -> _LaneSums:
+        GT = torch.zeros(k, A.shape[0], **kw) if accumulate else None
+        counts = torch.zeros(k, **kw)
+        n = counts.numpy()
+        rows = max((sl.stop - sl.start for sl in blocks), default=0)
+        work, bits = np.empty((2, rows)), np.empty(rows, dtype=np.int64)
+        total = 0.0
+        for sl in blocks:
+            phi = X[sl]
+            resp = torch.addmm(ck, AT, phi.T, out=feats.scratch(f"logits{i}", (k, phi.shape[0]), A))
+            total += kernels.normalise_counts(resp.numpy(), floor, work, bits, n, accumulate)
+            if GT is not None:
+                GT.addmm_(resp, phi)
+        return _LaneSums(torch.tensor(total, **kw), GT, counts if accumulate else None, None)
 
     return lane
 
