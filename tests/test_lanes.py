@@ -228,6 +228,9 @@ def test_fused_feature_passes_take_float64_in_memory_without_centred_components(
     assert in_turn is not None and len(in_turn[0]) == len(threaded[0])  # chunk_size caps both
     wide, A9, _, _, _ = _feature_problem(k=9)
     assert em._fused_slices(wide, A9, False, None) is None  # in turn only up to FUSED_TURN_MAX_K
+    monkeypatch.setattr(em, "FUSED_MIN_ELEMENTS", 0.0)
+    monkeypatch.setattr(em, "FUSED_MAX_Q", A.shape[0] - 1)  # Q = 10 columns at D = 3
+    assert em._fused_slices(feats, A, False, None) is None
 
 
 def test_a_fit_with_fused_feature_passes_equals_the_torch_fit(two_threads, monkeypatch):

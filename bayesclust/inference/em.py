@@ -144,9 +144,13 @@ def _feature_lane(
 # FUSED_TURN_MAX_K components: there torch's reductions along a short last axis are its slow case,
 # beyond it torch's two threads beat the one-threaded kernel. Whole 5-iteration float64 fits
 # (benchmarks/results/speed.md): threads won at N K = 1.6e6 and lost at 4e5; in turn, K = 4 won,
-# K = 8 was even, K = 16 and 64 lost.
+# K = 8 was even, K = 16 and 64 lost. Fused blocks take their first product as (K, m) = A^T phi^T,
+# 10-40% slower than (m, K) = phi A at one thread (the elementwise kernel vectorises along m): a cost
+# that grows with Q, the saving does not. Up to FUSED_MAX_Q feature columns: Q = 325 (D = 24) gained,
+# Q = 561 (D = 32, K = 64) lost 3-5%.
 FUSED_MIN_ELEMENTS = 1e6
 FUSED_TURN_MAX_K = 4
+FUSED_MAX_Q = 400
 _FUSED_BLOCK_BYTES = 256 << 10
 _FUSED_TURN_BYTES = 2 << 20
 
@@ -156,12 +160,13 @@ def _fused_slices(
 ) -> tuple[list[slice], float] | None:
     """The blocks and work N K of a fused feature-form pass (:func:`_fused_feature_lane`), or None
     where the pass keeps :func:`_feature_lane`: fused passes take float64 CPU data in memory
-    (``feats.cached``) with no centred components, in threads or, up to ``FUSED_TURN_MAX_K``
-    components, in turn (see ``FUSED_MIN_ELEMENTS``). float32 keeps the torch path, whose rounding its
-    fallbacks (float64 sums, then the Cholesky form) were set against (``exact``: float32 blocks)."""
+    (``feats.cached``), at most ``FUSED_MAX_Q`` feature columns and no centred components, in threads
+    or, up to ``FUSED_TURN_MAX_K`` components, in turn (see ``FUSED_MIN_ELEMENTS``). float32 keeps the
+    torch path, whose rounding its fallbacks (float64 sums, then the Cholesky form) were set against
+    (``exact``: float32 blocks)."""
     k = A.shape[1]
     cpu64 = A.device.type == "cpu" and A.dtype == torch.float64
-    if not (feats.cached and cpu64) or exact or centred is not None:
+    if not (feats.cached and cpu64) or A.shape[0] > FUSED_MAX_Q or exact or centred is not None:
         return None
     work = float(feats.n * k)
 
