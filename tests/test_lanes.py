@@ -195,7 +195,7 @@ def _feature_problem(n=6000, d=3, k=3, seed=0, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("accumulate", [True, False])
-@pytest.mark.parametrize("k, threads", [(3, True), (3, False), (9, True)])
+@pytest.mark.parametrize("k, threads", [(3, True), (3, False), (9, True)])  # (m, K) copied, direct, direct
 def test_fused_feature_e_step_equals_the_torch_lane(two_threads, monkeypatch, accumulate, k, threads):
     feats, A, c, _, _ = _feature_problem(k=k)
     if not threads:

@@ -68,7 +68,8 @@ def e_step(
     exact = exact and A.dtype != torch.float64
     fused = _fused_slices(feats, A, exact, centred)
     if fused is not None:
-        lane = _fused_feature_lane(feats, A, c, accumulate)
+        in_turn = not lanes.threaded(feats, len(fused[0]), fused[1], FUSED_MIN_ELEMENTS)
+        lane = _fused_feature_lane(feats, A, c, accumulate, in_turn)
         parts = lanes.run(feats, fused[0], lane, fused[1], FUSED_MIN_ELEMENTS)
     else:
         step = block_rows(A.shape[0], A.element_size(), feats.chunk_size)
@@ -151,6 +152,9 @@ def _feature_lane(
 FUSED_MIN_ELEMENTS = 1e6
 FUSED_TURN_MAX_K = 4
 FUSED_MAX_Q = 400
+# at one thread the (K, m) product ran several times slower than (m, K) for K = 4 (0.26 s of a 0.44 s
+# fit at N = 10^6, D = 8), where (m, K) and a copy won; from K = 16 the (K, m) product won
+FUSED_DIRECT_MIN_K = 8
 _FUSED_BLOCK_BYTES = 256 << 10
 _FUSED_TURN_BYTES = 2 << 20
 
@@ -180,14 +184,15 @@ def _fused_slices(
 
 
 def _fused_feature_lane(
-    feats: Features, A: torch.Tensor, c: torch.Tensor, accumulate: bool
+    feats: Features, A: torch.Tensor, c: torch.Tensor, accumulate: bool, in_turn: bool
 ) -> Callable[[int, list[slice]], _LaneSums]:
     """:func:`_feature_lane` (float64) with each block's elementwise work in one compiled call: the
-    weighted log densities (K, m) ``= A^T phi^T + c`` (one product),
+    weighted log densities (K, m) (one product ``A^T phi^T + c``; in lanes in threads (``in_turn``
+    False) below ``FUSED_DIRECT_MIN_K`` components taken as (m, K) and copied),
     :func:`_cholesky_kernels.normalise_counts` (softmax, log-likelihood and counts, in place) and
     ``r^T phi`` (the second product), in place of some ten torch operations a block."""
-    k = A.shape[1]
-    AT, ck, floor = A.T, c[:, None], EXP_FLOOR[A.element_size()]
+    k, floor, AT, ck = A.shape[1], EXP_FLOOR[A.element_size()], A.T, c[:, None]
+    direct = in_turn or k >= FUSED_DIRECT_MIN_K
     X, kw = feats.cache, {"dtype": torch.float64, "device": A.device}
 
     def lane(i: int, blocks: list[slice]) -> _LaneSums:
@@ -199,7 +204,11 @@ def _fused_feature_lane(
         total = 0.0
         for sl in blocks:
             phi = X[sl]
-            resp = torch.addmm(ck, AT, phi.T, out=feats.scratch(f"logits{i}", (k, phi.shape[0]), A))
+            resp = feats.scratch(f"resp{i}", (k, phi.shape[0]), A)
+            if direct:
+                torch.addmm(ck, AT, phi.T, out=resp)
+            else:
+                resp.copy_(torch.addmm(c, phi, A, out=feats.scratch(f"logits{i}", (phi.shape[0], k), A)).T)
             total += kernels.normalise_counts(resp.numpy(), floor, work, bits, n, accumulate)
             if GT is not None:
                 GT.addmm_(resp, phi)
