@@ -146,7 +146,7 @@ def _feature_lane(
 # beyond it torch's two threads beat the one-threaded kernel. Whole 5-iteration float64 fits
 # (benchmarks/results/speed.md): threads won at N K = 1.6e6 and lost at 4e5; in turn, K = 4 won,
 # K = 8 was even, K = 16 and 64 lost. Fused blocks take their first product as (K, m) = A^T phi^T,
-# 10-40% slower than (m, K) = phi A at one thread (the elementwise kernel vectorises along m): a cost
+# 8-42% slower than (m, K) = phi A at one thread (the elementwise kernel vectorises along m): a cost
 # that grows with Q, the saving does not. Up to FUSED_MAX_Q feature columns: Q = 325 (D = 24) gained,
 # Q = 561 (D = 32, K = 64) lost 3-5%.
 FUSED_MIN_ELEMENTS = 1e6
