@@ -214,7 +214,7 @@ def test_fused_feature_e_step_equals_the_torch_lane(two_threads, monkeypatch, ac
 def test_fused_feature_passes_take_float64_in_memory_without_centred_components(two_threads, monkeypatch):
     feats, A, c, fam, params = _feature_problem(k=3)
     threaded = em._fused_slices(feats, A, False, None)
-    assert threaded is not None and threaded[1] == 6000 * 3
+    assert threaded is not None and threaded[1:] == (6000 * 3, True)
     assert len(threaded[0]) == 6000 // 512 + 1  # (K, m) blocks of 256 KiB, capped at chunk_size rows
     assert em._fused_slices(feats, A, True, None) is None  # float64 products of float32 blocks
     centred = em.Centred(torch.tensor([0]), *([None] * 3))
@@ -225,7 +225,8 @@ def test_fused_feature_passes_take_float64_in_memory_without_centred_components(
     assert em._fused_slices(source, A, False, None) is None  # out of core
     monkeypatch.setattr(em, "FUSED_MIN_ELEMENTS", 6000 * 9 + 1.0)  # below it: in turn, K = 3 <= 4
     in_turn = em._fused_slices(feats, A, False, None)
-    assert in_turn is not None and len(in_turn[0]) == len(threaded[0])  # chunk_size caps both
+    assert in_turn is not None and not in_turn[2]
+    assert len(in_turn[0]) == len(threaded[0])  # chunk_size caps both
     wide, A9, _, _, _ = _feature_problem(k=9)
     assert em._fused_slices(wide, A9, False, None) is None  # in turn only up to FUSED_TURN_MAX_K
     monkeypatch.setattr(em, "FUSED_MIN_ELEMENTS", 0.0)

@@ -5,7 +5,9 @@ A family writes every component's weighted log density as one matmul on its feat
 product per chunk and the M-step needs only the statistics G (K, Q + 1) = r^T [phi(X), 1]
 (responsibilities r (n, K)). Memory is O(chunk x (Q + K)), never O(N x K x D), and there is no
 Python loop over components. :func:`em_step` is the engine Step; the totals go through
-``streaming.reduce_statistics`` (the distributed seam).
+``streaming.reduce_statistics`` (the distributed seam). float64 blocks in memory take their
+elementwise work (softmax, log-likelihood, counts) in one compiled call between the two products
+(:func:`_fused_feature_lane`).
 """
 
 from __future__ import annotations
@@ -68,9 +70,9 @@ def e_step(
     exact = exact and A.dtype != torch.float64
     fused = _fused_slices(feats, A, exact, centred)
     if fused is not None:
-        in_turn = not lanes.threaded(feats, len(fused[0]), fused[1], FUSED_MIN_ELEMENTS)
-        lane = _fused_feature_lane(feats, A, c, accumulate, in_turn)
-        parts = lanes.run(feats, fused[0], lane, fused[1], FUSED_MIN_ELEMENTS)
+        slices, work, threads = fused
+        lane = _fused_feature_lane(feats, A, c, accumulate, not threads)
+        parts = lanes.run(feats, slices, lane, work, FUSED_MIN_ELEMENTS)
     else:
         step = block_rows(A.shape[0], A.element_size(), feats.chunk_size)
         lane = _feature_lane(feats, A, c, accumulate, exact, centred)
@@ -152,8 +154,8 @@ def _feature_lane(
 FUSED_MIN_ELEMENTS = 1e6
 FUSED_TURN_MAX_K = 4
 FUSED_MAX_Q = 400
-# at one thread the (K, m) product ran several times slower than (m, K) for K = 4 (0.26 s of a 0.44 s
-# fit at N = 10^6, D = 8), where (m, K) and a copy won; from K = 16 the (K, m) product won
+# in lanes in threads below this K the (K, m) product is taken as (m, K) and copied: at K = 4 it took
+# 0.26 s of a 0.44 s fit (N = 10^6, D = 8, cProfile), and the copy won; at K = 16 the copy lost
 FUSED_DIRECT_MIN_K = 8
 _FUSED_BLOCK_BYTES = 256 << 10
 _FUSED_TURN_BYTES = 2 << 20
@@ -161,8 +163,9 @@ _FUSED_TURN_BYTES = 2 << 20
 
 def _fused_slices(
     feats: Features, A: torch.Tensor, exact: bool, centred: Centred | None
-) -> tuple[list[slice], float] | None:
-    """The blocks and work N K of a fused feature-form pass (:func:`_fused_feature_lane`), or None
+) -> tuple[list[slice], float, bool] | None:
+    """The blocks, work N K and whether its lanes run in threads of a fused feature-form pass
+    (:func:`_fused_feature_lane`), or None
     where the pass keeps :func:`_feature_lane`: fused passes take float64 CPU data in memory
     (``feats.cached``), at most ``FUSED_MAX_Q`` feature columns and no centred components, in threads
     or, up to ``FUSED_TURN_MAX_K`` components, in turn (see ``FUSED_MIN_ELEMENTS``). float32 keeps the
@@ -179,8 +182,8 @@ def _fused_slices(
 
     small = list(feats.slices(rows(_FUSED_BLOCK_BYTES)))
     if lanes.threaded(feats, len(small), work, FUSED_MIN_ELEMENTS):
-        return small, work
-    return (list(feats.slices(rows(_FUSED_TURN_BYTES))), work) if k <= FUSED_TURN_MAX_K else None
+        return small, work, True
+    return (list(feats.slices(rows(_FUSED_TURN_BYTES))), work, False) if k <= FUSED_TURN_MAX_K else None
 
 
 def _fused_feature_lane(
