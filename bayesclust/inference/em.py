@@ -207,11 +207,12 @@ def _fused_feature_lane(
         total = 0.0
         for sl in blocks:
             phi = X[sl]
-            resp = feats.scratch(f"resp{i}", (k, phi.shape[0]), A)
-            if direct:
-                torch.addmm(ck, AT, phi.T, out=resp)
+            m = phi.shape[0]
+            if direct:  # in the labels pass's slot, as the torch lane's logits
+                resp = torch.addmm(ck, AT, phi.T, out=feats.scratch(f"logits{i}", (k, m), A))
             else:
-                resp.copy_(torch.addmm(c, phi, A, out=feats.scratch(f"logits{i}", (phi.shape[0], k), A)).T)
+                logits = torch.addmm(c, phi, A, out=feats.scratch(f"logits{i}", (m, k), A))
+                resp = feats.scratch(f"resp{i}", (k, m), A).copy_(logits.T)
             total += kernels.normalise_counts(resp.numpy(), floor, work, bits, n, accumulate)
             if GT is not None:
                 GT.addmm_(resp, phi)
