@@ -19,7 +19,9 @@ of work (an EM iteration, with its small M-step), so no worker is left spinning.
 Block ``b`` goes to lane ``b % LANES``, each lane sums its blocks in order and the callers add the
 lanes' sums in lane order: the blocks' sums are added in one order whether the lanes ran in threads
 or one after the other (the rounding inside one block's torch operations may still depend on their
-thread count).
+thread count). Passes that fuse their blocks only where the lanes run in threads (the Cholesky form's,
+:mod:`em_cholesky`) or that size their blocks by it (the float64 feature form's, :mod:`em`) differ
+from their one-thread form by rounding: a fit's last digits may depend on torch's thread count.
 """
 
 from __future__ import annotations
