@@ -165,12 +165,11 @@ def _fused_slices(
     feats: Features, A: torch.Tensor, exact: bool, centred: Centred | None
 ) -> tuple[list[slice], float, bool] | None:
     """The blocks, work N K and whether its lanes run in threads of a fused feature-form pass
-    (:func:`_fused_feature_lane`), or None
-    where the pass keeps :func:`_feature_lane`: fused passes take float64 CPU data in memory
-    (``feats.cached``), at most ``FUSED_MAX_Q`` feature columns and no centred components, in threads
-    or, up to ``FUSED_TURN_MAX_K`` components, in turn (see ``FUSED_MIN_ELEMENTS``). float32 keeps the
-    torch path, whose rounding its fallbacks (float64 sums, then the Cholesky form) were set against
-    (``exact``: float32 blocks)."""
+    (:func:`_fused_feature_lane`), or None where the pass keeps :func:`_feature_lane`: fused passes
+    take float64 CPU data in memory (``feats.cached``), at most ``FUSED_MAX_Q`` feature columns and no
+    centred components, in threads or, up to ``FUSED_TURN_MAX_K`` components, in turn (see
+    ``FUSED_MIN_ELEMENTS``). float32 keeps the torch path, whose rounding its fallbacks (float64 sums,
+    then the Cholesky form) were set against (``exact``: float32 blocks)."""
     k = A.shape[1]
     cpu64 = A.device.type == "cpu" and A.dtype == torch.float64
     if not (feats.cached and cpu64) or A.shape[0] > FUSED_MAX_Q or exact or centred is not None:

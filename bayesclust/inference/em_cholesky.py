@@ -271,12 +271,18 @@ def e_step(
     return float(total), None if stats is None else stats.total()
 
 
+def _lane_work(n: int, k: int, d: int, itemsize: int) -> float:
+    """A fused pass's work: elements N K D of its rows u, a float32 one counted as half."""
+    return float(n * k * d) * itemsize / 8
+
+
 def fused_passes(n: int, k: int, d: int, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a fit of n in-memory rows (D features, K full covariances) would run its Cholesky passes
-    fused in lanes (as :func:`_lane_pass` decides for each pass, a float32 element counted as half)."""
-    itemsize = {torch.float64: 8, torch.float32: 4}.get(dtype)
-    work = n * k * d * (itemsize or 0) / 8
-    return itemsize is not None and lanes.on_cpu_threads(device) and work >= LANE_MIN_ELEMENTS
+    fused in lanes (as :func:`_lane_pass` decides for each pass)."""
+    if dtype not in (torch.float64, torch.float32):
+        return False
+    work = _lane_work(n, k, d, torch.finfo(dtype).bits // 8)
+    return lanes.on_cpu_threads(device) and work >= LANE_MIN_ELEMENTS
 
 
 def _lane_pass(feats: Features, coef: CholeskyCoefficients) -> tuple[list[slice], float] | None:
@@ -289,7 +295,7 @@ def _lane_pass(feats: Features, coef: CholeskyCoefficients) -> tuple[list[slice]
         return None
     # float64: u; float32: z and y, two arrays of half the bytes
     slices = list(feats.slices(block_rows(k, d, 8, feats.chunk_size, _LANE_BLOCK_BYTES)))
-    work = float(feats.n * k * d) * coef.element_size() / 8  # a float32 element counted as half
+    work = _lane_work(feats.n, k, d, coef.element_size())
     return (slices, work) if lanes.threaded(feats, len(slices), work, LANE_MIN_ELEMENTS) else None
 
 
@@ -299,36 +305,36 @@ class _LaneArrays(dict):
     no Python for its buffers' views (benchmarks/results/speed.md)."""
 
     def __init__(
-        self, feats: Features, lane: int, P: torch.Tensor, centred: bool,
-        stats: _Whitened | CentredSums | None = None,
+        self, feats: Features, lane: int, P: torch.Tensor, stats: _Whitened | CentredSums | None = None
     ) -> None:
         super().__init__()
-        self.feats, self.lane, self.P, self.centred, self.stats = feats, lane, P, centred, stats
+        self.feats, self.lane, self.P, self.stats = feats, lane, P, stats
 
     def __missing__(self, m: int) -> _Block:
-        block = self[m] = _Block(self.feats, self.lane, m, self.P, self.centred, self.stats)
+        block = self[m] = _Block(self.feats, self.lane, m, self.P, self.stats)
         return block
 
 
 class _Block:
     """One lane's buffers for blocks of m rows (:meth:`Features.scratch` slots named by the lane) and
     their views, made once: ``rows`` (K, m, D) (float64: ``u = x P_k``; float32: ``y = z P_k``) and
-    ``rows_np``; float32's centred rows ``z = x - mu_k`` and ``z_np``; the (K, m) float64
-    ``logits_t`` and ``logits`` (numpy); and ``ops``, the statistics' products ``(sum, left, right)``
-    over these buffers (float64: :meth:`_Whitened.operands`; float32: ``(S, y^T, z)`` into ``out``)."""
+    ``rows_np``; float32's centred rows ``z = x - mu_k`` and ``z_np`` (factors P not float64); the
+    (K, m) float64 ``logits_t`` and ``logits`` (numpy); and ``ops``, the statistics' products
+    ``(sum, left, right)`` over these buffers (float64: :meth:`_Whitened.operands`; float32:
+    ``(S, y^T, z)`` into ``out``), none without ``stats``."""
 
     def __init__(
-        self, feats: Features, lane: int, m: int, P: torch.Tensor, centred: bool,
-        stats: _Whitened | CentredSums | None,
+        self, feats: Features, lane: int, m: int, P: torch.Tensor, stats: _Whitened | CentredSums | None
     ) -> None:
         k, d = P.shape[0], P.shape[1]
+        centred = P.dtype != torch.float64
         self.rows = feats.scratch(f"rows{lane}", (k, m, d), P)
         self.rows_np = self.rows.numpy()
         self.logits_t = feats.scratch(f"logits{lane}", (k, m), _FLOAT64)
         self.logits = self.logits_t.numpy()
         self.z = feats.scratch(f"rows2{lane}", (k, m, d), P) if centred else None
         self.z_np = None if self.z is None else self.z.numpy()
-        self.out = feats.scratch(f"sums{lane}", (k, d, d), P) if centred else None
+        self.out = feats.scratch(f"sums{lane}", (k, d, d), P) if centred and stats is not None else None
         self.ops: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         if isinstance(stats, _Whitened):
             self.ops = stats.operands(self.rows)
@@ -353,7 +359,7 @@ def _fused_e_step(
         n, s1 = stats.n.numpy(), stats.s1.view(stats.s1.shape[0], -1).numpy()
         rows = max((sl.stop - sl.start for sl in blocks), default=0)
         work, bits = np.empty((2, rows)), np.empty(rows, dtype=np.int64)
-        arrays, X = _LaneArrays(feats, i, P, False, stats if accumulate else None), feats.cache
+        arrays, X = _LaneArrays(feats, i, P, stats if accumulate else None), feats.cache
         total = 0.0
         for sl in blocks:
             a = arrays[sl.stop - sl.start]
@@ -401,7 +407,7 @@ def _fused_centred_e_step(
         n, s1 = stats.n.numpy(), stats.s1.numpy()
         rows = max((sl.stop - sl.start for sl in blocks), default=0)
         work, bits = np.empty((2, rows)), np.empty(rows, dtype=np.int64)
-        arrays, X = _LaneArrays(feats, i, P, True, stats if accumulate else None), feats.cache
+        arrays, X = _LaneArrays(feats, i, P, stats if accumulate else None), feats.cache
         total = 0.0
         for sl in blocks:
             a = arrays[sl.stop - sl.start]
@@ -424,7 +430,7 @@ def _fused_labels(
         means = coef.means.numpy()
 
         def centred(i: int, blocks: Iterable[slice]) -> None:
-            arrays = _LaneArrays(feats, i, P, True)
+            arrays = _LaneArrays(feats, i, P)
             for sl in blocks:
                 a = arrays[sl.stop - sl.start]
                 _centred_block(a, feats.cache[sl], means, P)
@@ -435,7 +441,7 @@ def _fused_labels(
     b = coef.b.numpy()
 
     def lane(i: int, blocks: Iterable[slice]) -> None:
-        arrays = _LaneArrays(feats, i, P, False)
+        arrays = _LaneArrays(feats, i, P)
         for sl in blocks:
             a = arrays[sl.stop - sl.start]
             torch.matmul(feats.cache[sl], P, out=a.rows)
