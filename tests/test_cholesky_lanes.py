@@ -310,6 +310,11 @@ def test_auto_takes_the_fused_cholesky_form_only_where_its_passes_would_run_fuse
     f32 = dict(max_iter=1, tol=0, random_state=0, dtype="float32")
     assert bc.GaussianMixture(4, **f32).fit(X16).formulation_ == "cholesky"  # K = D / 4, fused
     assert bc.GaussianMixture(4, **f32).fit(X16[:40_000]).formulation_ == "features"  # not fused
+    X8 = np.random.default_rng(6).normal(size=(80_000, 8))  # N K D = 2.56e6 at K = 4
+    f64 = dict(max_iter=1, tol=0, random_state=0, dtype="float64")
+    assert bc.GaussianMixture(4, **f64).fit(X8).formulation_ == "cholesky"  # K = D / 2, fused, from D = 4
+    assert bc.GaussianMixture(5, **f64).fit(X8).formulation_ == "features"  # K > D / 2
+    assert bc.GaussianMixture(4, **f64).fit(X8[:40_000]).formulation_ == "features"  # not fused
     torch.set_num_threads(1)
     assert not em_cholesky.fused_passes(5000, 16, 32, torch.device("cpu"), torch.float64)
     assert form(dtype="float64") == "features"

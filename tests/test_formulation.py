@@ -104,13 +104,16 @@ def test_choose_formulation_follows_the_measured_crossover():
     assert choose("full", 64, 32, 4, cached=False) == "features"
     assert choose("tied", 16, 2, 8, cached=False) == "features"  # below D = 32: always the map
     assert choose("full", 16, 4, 8, cached=True) == "features"
-    # float64 full covariances whose Cholesky passes run fused: from D = 16, and up to K = D / 2 with
-    # phi(X) cached while D <= 32
+    # float64 full covariances whose Cholesky passes run fused, with phi(X) cached: from D = 4, up to
+    # K = D / 2 while D <= 32
     fused = dict(cached=True, fused=True)
     for d, k, form in ((16, 8, "cholesky"), (16, 9, "features"), (32, 16, "cholesky"), (32, 17, "features"),
-                       (64, 16, "cholesky"), (64, 32, "features")):
+                       (64, 16, "cholesky"), (64, 32, "features"), (8, 4, "cholesky"), (8, 5, "features"),
+                       (6, 3, "cholesky"), (4, 2, "cholesky"), (4, 3, "features"), (3, 1, "features"),
+                       (2, 1, "features")):
         assert choose("full", d, k, 8, **fused) == form
-    assert choose("full", 8, 2, 8, **fused) == "features"
+    assert choose("full", 8, 2, 8, cached=True) == "features"  # not fused (small N K D): the map
+    assert choose("full", 8, 2, 8, cached=False, fused=True) == "features"  # not cached: from D = 16
     # float32 fused: from D = 16 too, but up to K = D / 4 (the map's products run at twice the rate)
     for d, k, form in ((16, 4, "cholesky"), (16, 5, "features"), (24, 6, "cholesky"), (32, 8, "cholesky"),
                        (32, 16, "features"), (8, 2, "features")):

@@ -43,15 +43,17 @@ FORMULATIONS = ("auto", "features", "cholesky")
 #   and Cholesky wins from smaller D / K, in float64 (twice the bytes) sooner;
 # - from CHOLESKY_MIN_D on, Q ~ D^2 / 2 columns a row make the map's blocks too large to hold.
 # - full covariances whose Cholesky passes run fused in lanes (``fused``, em_cholesky) drop most of
-#   that form's elementwise cost: with phi(X) cached, Cholesky then wins from D = 16, in float64 up to
-#   K = D / 2 while D <= 32 (no cache to build either: 449 MB at N = 10^5, D = 32), in float32 up to
-#   K = D / 4 (its feature map's products run at twice the float64 rate).
+#   that form's elementwise cost: with phi(X) cached, Cholesky then wins in float64 up to K = D / 2
+#   while D <= 32 (no cache to build either: 449 MB at N = 10^5, D = 32), from D = 4 (whole fits:
+#   N = 10^6, D = 8, K = 2 to 4 1.5-2.2x; D = 4, K = 2 1.3-1.4x; K above D / 2 even or slower), and
+#   in float32 from D = 16 up to K = D / 4 (its feature map's products run at twice the float64 rate).
 # Cholesky when D >= 32 and K <= D / CHOLESKY_D_PER_K[case], or D >= CHOLESKY_MIN_D; fused: also from
-# D = 16, and in float64 K <= D / 2 up to FUSED_HALF_MAX_D with phi(X) cached.
+# D = FUSED_FLOOR_D (float64 with phi(X) cached: FUSED_HALF_FLOOR_D, K <= D / 2 up to FUSED_HALF_MAX_D).
 CHOLESKY_MIN_D = 256
 CHOLESKY_D_PER_K = {"cached": 4.0, "float32": 4.0, "float64": 2.0}
 CHOLESKY_FLOOR_D = 32
 FUSED_FLOOR_D = 16
+FUSED_HALF_FLOOR_D = 4
 FUSED_HALF_MAX_D = 32
 # the share of a covariance that the feature map's float32 sums may lose to cancellation (worst case)
 # before the component's statistics are taken centred on its mean (:func:`cancelling_components`)
@@ -73,7 +75,7 @@ def choose_formulation(
     case = "cached" if cached else ("float64" if itemsize >= 8 else "float32")
     half = fused and cached and d <= FUSED_HALF_MAX_D and itemsize >= 8
     per_k = 2.0 if half else CHOLESKY_D_PER_K[case]
-    floor = FUSED_FLOOR_D if fused else CHOLESKY_FLOOR_D
+    floor = FUSED_HALF_FLOOR_D if half else FUSED_FLOOR_D if fused else CHOLESKY_FLOOR_D
     return "cholesky" if d >= floor and k * per_k <= d else "features"
 
 
