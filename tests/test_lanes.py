@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bayesclust.inference import _cholesky_kernels as kernels
+from bayesclust.inference import _feature_kernels as feature_kernels
 from bayesclust.inference import em, em_cholesky, lanes
 from bayesclust.inference.streaming import ChunkSource, Features, SourceFeatures
 from bayesclust.models import gaussian
@@ -167,8 +168,8 @@ def test_fits_in_two_user_threads_leave_the_thread_count_as_it_was(two_threads):
     assert len(results) == 2 and all((r == alone).all() for r in results)
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.integers(1, 70), st.integers(1, 300), st.floats(0.1, 500.0), st.integers(0, 2**31 - 1))
+@settings(max_examples=40, deadline=None)  # m past several of _normalise's 512-row tiles
+@given(st.integers(1, 70), st.integers(1, 1300), st.floats(0.1, 500.0), st.integers(0, 2**31 - 1))
 def test_normalise_counts_is_the_softmax_its_log_likelihood_and_the_counts(k, m, scale, seed):
     logits = np.random.default_rng(seed).normal(size=(k, m)) * scale
     ref = torch.from_numpy(logits)
@@ -194,13 +195,23 @@ def _feature_problem(n=6000, d=3, k=3, seed=0, dtype=torch.float64):
     return Features(X, fam.feature_map, chunk_size=512), A, c, fam, params
 
 
+# mode: what _fused_slices takes; (K, settings): "threads" below FUSED_DIRECT_MIN_K copies (m, K) logits
+_MODES = {"rows": (3, {}), "threads": (3, {"FUSED_ROWS_MAX_Q": 0}), "threads direct": (9, {}),
+          "turn": (3, {"FUSED_ROWS_MAX_Q": 0, "FUSED_MIN_ELEMENTS": float("inf")})}
+
+
+def _patch(monkeypatch, settings):
+    for name, value in settings.items():
+        monkeypatch.setattr(lanes if name.startswith("lanes.") else em, name.split(".")[-1], value)
+
+
 @pytest.mark.parametrize("accumulate", [True, False])
-@pytest.mark.parametrize("k, threads", [(3, True), (3, False), (9, True)])  # (m, K) copied, direct, direct
-def test_fused_feature_e_step_equals_the_torch_lane(two_threads, monkeypatch, accumulate, k, threads):
+@pytest.mark.parametrize("mode", list(_MODES))
+def test_fused_feature_e_step_equals_the_torch_lane(two_threads, monkeypatch, accumulate, mode):
+    k, settings = _MODES[mode]
     feats, A, c, _, _ = _feature_problem(k=k)
-    if not threads:
-        monkeypatch.setattr(em, "FUSED_MIN_ELEMENTS", float("inf"))  # in turn: K <= FUSED_TURN_MAX_K
-    assert em._fused_slices(feats, A, False, None) is not None
+    _patch(monkeypatch, settings)
+    assert em._fused_slices(feats, A, False, None)[2] == mode.split()[0]
     ll, G = em.e_step(feats, A, c, accumulate=accumulate)
     monkeypatch.setattr(em, "_fused_slices", lambda *args: None)
     ll_t, G_t = em.e_step(feats, A, c, accumulate=accumulate)
@@ -211,10 +222,25 @@ def test_fused_feature_e_step_equals_the_torch_lane(two_threads, monkeypatch, ac
         assert G is None and G_t is None
 
 
+def test_rows_passes_sum_their_blocks_in_one_order_whichever_lane_took_them(two_threads, monkeypatch):
+    feats, A, c, _, _ = _feature_problem(n=9000, k=4, seed=2)
+    blocks, _, mode = em._fused_slices(feats, A, False, None)
+    assert mode == "rows" and lanes.threaded(feats, len(blocks))
+    (sums,) = em._rows_pass(feats, A, c, True, blocks)
+    monkeypatch.setattr(lanes, "MIN_BLOCKS", 10**9)  # one lane on the caller's thread takes them all
+    (alone,) = em._rows_pass(feats, A, c, True, blocks)
+    assert sums.total == alone.total
+    assert torch.equal(sums.GT, alone.GT) and torch.equal(sums.counts, alone.counts)
+
+
 def test_fused_feature_passes_take_float64_in_memory_without_centred_components(two_threads, monkeypatch):
     feats, A, c, fam, params = _feature_problem(k=3)
+    rows = em._fused_slices(feats, A, False, None)
+    assert rows is not None and rows[1:] == (6000 * 3, "rows")  # Q = 10 <= FUSED_ROWS_MAX_Q, K <= 4
+    assert len(rows[0]) == 6000 // 512 + 1  # blocks of _ROWS_BLOCK rows, capped at chunk_size
+    monkeypatch.setattr(em, "FUSED_ROWS_MAX_Q", 0)
     threaded = em._fused_slices(feats, A, False, None)
-    assert threaded is not None and threaded[1:] == (6000 * 3, True)
+    assert threaded is not None and threaded[1:] == (6000 * 3, "threads")
     assert len(threaded[0]) == 6000 // 512 + 1  # (K, m) blocks of 256 KiB, capped at chunk_size rows
     assert em._fused_slices(feats, A, True, None) is None  # float64 products of float32 blocks
     centred = em.Centred(torch.tensor([0]), *([None] * 3))
@@ -225,13 +251,67 @@ def test_fused_feature_passes_take_float64_in_memory_without_centred_components(
     assert em._fused_slices(source, A, False, None) is None  # out of core
     monkeypatch.setattr(em, "FUSED_MIN_ELEMENTS", 6000 * 9 + 1.0)  # below it: in turn, K = 3 <= 4
     in_turn = em._fused_slices(feats, A, False, None)
-    assert in_turn is not None and not in_turn[2]
+    assert in_turn is not None and in_turn[2] == "turn"
     assert len(in_turn[0]) == len(threaded[0])  # chunk_size caps both
     wide, A9, _, _, _ = _feature_problem(k=9)
     assert em._fused_slices(wide, A9, False, None) is None  # in turn only up to FUSED_TURN_MAX_K
     monkeypatch.setattr(em, "FUSED_MIN_ELEMENTS", 0.0)
     monkeypatch.setattr(em, "FUSED_MAX_Q", A.shape[0] - 1)  # Q = 10 columns at D = 3
     assert em._fused_slices(feats, A, False, None) is None
+
+
+def test_rows_mode_takes_few_columns_and_components_in_threads(two_threads, monkeypatch):
+    wide, A4, _, _, _ = _feature_problem(d=4, k=4)  # Q = 15
+    assert em._fused_slices(wide, A4, False, None)[2] == "rows"
+    monkeypatch.setattr(lanes, "MIN_BLOCKS", 10**9)  # lanes in turn: the in-turn form
+    assert em._fused_slices(wide, A4, False, None)[2] == "turn"
+    monkeypatch.setattr(lanes, "MIN_BLOCKS", 4)
+    monkeypatch.setattr(em, "FUSED_MIN_ELEMENTS", 6000 * 4 + 1.0)  # below it: the in-turn form
+    assert em._fused_slices(wide, A4, False, None)[2] == "turn"
+    monkeypatch.setattr(em, "FUSED_MIN_ELEMENTS", 0.0)
+    five, A5, _, _, _ = _feature_problem(d=3, k=5)  # K above FUSED_ROWS_MAX_K
+    assert em._fused_slices(five, A5, False, None)[2] == "threads"
+    big, A6, _, _, _ = _feature_problem(d=6, k=2)  # Q = 28 above FUSED_ROWS_MAX_Q
+    assert em._fused_slices(big, A6, False, None)[2] == "threads"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 21), st.integers(1, 700), st.floats(0.01, 30.0),
+       st.integers(0, 2**31 - 1))
+def test_feature_rows_is_the_softmax_its_statistics_and_log_likelihood(k, q, m, scale, seed):
+    rng = np.random.default_rng(seed)
+    phi, A, c = rng.normal(size=(m, q)), rng.normal(size=(q, k)) * scale, rng.normal(size=k) * scale
+    tile = feature_kernels.TILE
+    n, G = np.full(k, 1.0), np.full((k, q), 1.0)
+    args = (np.empty(k * tile), np.empty(q * tile), np.empty((2, tile)), np.empty(tile, dtype=np.int64))
+    total = feature_kernels.feature_rows(phi, A, c, -700.0, *args, n, G, True)
+    logits = torch.from_numpy(phi @ A + c)
+    assert total == pytest.approx(float(torch.logsumexp(logits, 1).sum()), rel=1e-12, abs=1e-9)
+    r = torch.softmax(logits, 1).numpy()
+    np.testing.assert_allclose(n, 1.0 + r.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(G, 1.0 + r.T @ phi, rtol=1e-10, atol=1e-9)
+    unchanged = np.zeros((k, q))
+    feature_kernels.feature_rows(phi, A, c, -700.0, *args, n, unchanged, False)
+    assert not unchanged.any()
+    labels = np.empty(m, dtype=np.int64)
+    feature_kernels.feature_argmax(phi, A, c, args[0], args[1], labels)
+    np.testing.assert_array_equal(labels, np.argmax(phi @ A + c, 1))
+
+
+def test_labels_pass_takes_the_rows_kernel_for_few_columns_and_equals_torch(two_threads, monkeypatch):
+    feats, A, c, _, _ = _feature_problem(k=7)
+    assert em._rows_labels(feats, A, None) is not None
+    labels = em.argmax_chunks(feats, A, c)
+    monkeypatch.setattr(em, "FUSED_MIN_ELEMENTS", float("inf"))  # the kernel on the caller's thread
+    torch.testing.assert_close(labels, em.argmax_chunks(feats, A, c), rtol=0, atol=0)
+    assert em._rows_labels(feats, A, em.Centred(torch.tensor([0]), *([None] * 3))) is None
+    f32, A32, c32, _, _ = _feature_problem(k=7, dtype=torch.float32)
+    assert em._rows_labels(f32, A32, None) is None
+    wide, A4, _, _, _ = _feature_problem(d=4, k=2)  # Q = 15
+    assert em._rows_labels(wide, A4, None) is None
+    monkeypatch.setattr(em, "FUSED_LABELS_MAX_K", 6)
+    assert em._rows_labels(feats, A, None) is None
+    torch.testing.assert_close(labels, em.argmax_chunks(feats, A, c), rtol=0, atol=0)
 
 
 def test_a_fit_with_fused_feature_passes_equals_the_torch_fit(two_threads, monkeypatch):
@@ -241,6 +321,7 @@ def test_a_fit_with_fused_feature_passes_equals_the_torch_fit(two_threads, monke
     kw = dict(max_iter=8, tol=0, random_state=0, dtype="float64", formulation="features")
     fused = bc.GaussianMixture(3, **kw).fit(X)
     monkeypatch.setattr(em, "_fused_slices", lambda *args: None)
+    monkeypatch.setattr(em, "_rows_labels", lambda *args: None)
     plain = bc.GaussianMixture(3, **kw).fit(X)
     assert fused.lower_bound_ == pytest.approx(plain.lower_bound_, rel=1e-12)
     np.testing.assert_allclose(fused.means_, plain.means_, rtol=1e-10, atol=1e-10)

@@ -97,42 +97,51 @@ def _exp_rows(x, floor, bits):  # pragma: no cover - compiled
         x[i] *= two_t[i]
 
 
+_NORMALISE_TILE = 512  # rows a tile of :func:`_normalise`: its (K, t) values stay in L1 / L2 between passes
+
+
 @njit(nogil=True, fastmath=_FLAGS, cache=True)
 def _normalise(logits, floor, work, bits):  # pragma: no cover - compiled
     """Weighted log densities (K, m) float64 -> responsibilities in place (relative ones below
     ``exp(floor)`` floored, as :func:`bayesclust.inference.responsibilities.exp_normalise_`); returns
-    the rows' summed log-likelihood. ``work`` (2, >= m) float64, ``bits`` (>= m,) int64."""
+    the rows' summed log-likelihood. ``work`` (2, >= min(m, 512)) float64, ``bits`` (>= min(m, 512),)
+    int64. Rows go in tiles, so that the passes over a tile (peak, exp, sum, scaling) read it from
+    cache, not from memory."""
     k_, m = logits.shape
-    peak, norm = work[0], work[1]
-    for i in range(m):
-        peak[i] = logits[0, i]
-        norm[i] = 0.0
-    for k in range(1, k_):
-        for i in range(m):
-            peak[i] = max(peak[i], logits[k, i])
-    for k in range(k_):
-        row = logits[k]
-        for i in range(m):
-            row[i] -= peak[i]
-        _exp_rows(row, floor, bits)
-        for i in range(m):
-            norm[i] += row[i]
     total = 0.0
-    for i in range(m):
-        total += peak[i]
     # sum_i log(norm_i) as the logs of products of ``group`` norms (each in [1, K]: the peak's term is
     # 1), so that the loop vectorises and takes one libm log per group, not one per row
     group = max(1, int(1000.0 / max(1.0, math.log2(k_))))
-    for start in range(0, m, group):
-        p = 1.0
-        for i in range(start, min(m, start + group)):
-            p *= norm[i]
-        total += math.log(p)
-    for i in range(m):
-        norm[i] = 1.0 / norm[i]
-    for k in range(k_):
-        for i in range(m):
-            logits[k, i] *= norm[i]
+    for s in range(0, m, _NORMALISE_TILE):
+        t = min(m, s + _NORMALISE_TILE) - s
+        peak, norm = work[0, :t], work[1, :t]
+        for i in range(t):
+            peak[i] = logits[0, s + i]
+            norm[i] = 0.0
+        for k in range(1, k_):
+            row = logits[k, s : s + t]
+            for i in range(t):
+                peak[i] = max(peak[i], row[i])
+        for k in range(k_):
+            row = logits[k, s : s + t]
+            for i in range(t):
+                row[i] -= peak[i]
+            _exp_rows(row, floor, bits)
+            for i in range(t):
+                norm[i] += row[i]
+        for i in range(t):
+            total += peak[i]
+        for start in range(0, t, group):
+            p = 1.0
+            for i in range(start, min(t, start + group)):
+                p *= norm[i]
+            total += math.log(p)
+        for i in range(t):
+            norm[i] = 1.0 / norm[i]
+        for k in range(k_):
+            row = logits[k, s : s + t]
+            for i in range(t):
+                row[i] *= norm[i]
     return total
 
 

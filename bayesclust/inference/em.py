@@ -21,6 +21,7 @@ import torch
 from ..models.family import EMFamily
 from ..models.gaussian import CholeskyCoefficients, GMMParams, NotPositiveDefiniteError, cholesky_coefficients
 from . import _cholesky_kernels as kernels
+from . import _feature_kernels as feature_kernels
 from . import em_cholesky, lanes
 from .responsibilities import EXP_FLOOR, exp_normalise_
 from .streaming import Features, reduce_statistics, weighted_statistics
@@ -70,9 +71,12 @@ def e_step(
     exact = exact and A.dtype != torch.float64
     fused = _fused_slices(feats, A, exact, centred)
     if fused is not None:
-        slices, work, threads = fused
-        lane = _fused_feature_lane(feats, A, c, accumulate, not threads)
-        parts = lanes.run(feats, slices, lane, work, FUSED_MIN_ELEMENTS)
+        slices, work, mode = fused
+        if mode == "rows":
+            parts = _rows_pass(feats, A, c, accumulate, slices)
+        else:
+            lane = _fused_feature_lane(feats, A, c, accumulate, mode)
+            parts = lanes.run(feats, slices, lane, work, FUSED_MIN_ELEMENTS)
     else:
         step = block_rows(A.shape[0], A.element_size(), feats.chunk_size)
         lane = _feature_lane(feats, A, c, accumulate, exact, centred)
@@ -159,42 +163,60 @@ FUSED_MAX_Q = 400
 FUSED_DIRECT_MIN_K = 8
 _FUSED_BLOCK_BYTES = 256 << 10
 _FUSED_TURN_BYTES = 2 << 20
+# up to FUSED_ROWS_MAX_Q feature columns and FUSED_ROWS_MAX_K components, passes whose lanes run in
+# threads (from FUSED_MIN_ELEMENTS) take each block whole in one compiled call (:func:`_rows_pass`),
+# products included: there BLAS runs the block's (m, Q) x (Q, K) products at a few GFLOP/s. Blocks of
+# _ROWS_BLOCK rows. Measured (benchmarks/results/speed.md): one thread, 8,192 rows, Q = 6 to 15 at
+# K = 2 and 4 took 1.25-2.5x less time than the fused block above, at K = 8 even or slower; whole
+# fits at N = 10^6 1.2-1.5x faster; at N = 10^5, in threads, no faster and more spread.
+FUSED_ROWS_MAX_Q = 21
+FUSED_ROWS_MAX_K = 4
+# the labels pass (:func:`argmax_chunks`) takes :func:`_feature_kernels.feature_argmax` up to these
+# (one thread against torch's two at N = 5 10^4: 1.1-1.9x faster at Q <= 10, K <= 16; 0.8x at Q = 15)
+FUSED_LABELS_MAX_Q = 10
+FUSED_LABELS_MAX_K = 16
+_ROWS_BLOCK = 4096
 
 
 def _fused_slices(
     feats: Features, A: torch.Tensor, exact: bool, centred: Centred | None
-) -> tuple[list[slice], float, bool] | None:
-    """The blocks, work N K and whether its lanes run in threads of a fused feature-form pass
-    (:func:`_fused_feature_lane`), or None where the pass keeps :func:`_feature_lane`: fused passes
-    take float64 CPU data in memory (``feats.cached``), at most ``FUSED_MAX_Q`` feature columns and no
-    centred components, in threads or, up to ``FUSED_TURN_MAX_K`` components, in turn (see
+) -> tuple[list[slice], float, str] | None:
+    """The blocks, work N K and mode of a fused feature-form pass, or None where the pass keeps
+    :func:`_feature_lane`: fused passes take float64 CPU data in memory (``feats.cached``), at most
+    ``FUSED_MAX_Q`` feature columns and no centred components. Modes: "rows" (:func:`_rows_pass`, in
+    threads, up to ``FUSED_ROWS_MAX_Q`` columns and ``FUSED_ROWS_MAX_K`` components), "threads" or,
+    up to ``FUSED_TURN_MAX_K`` components, "turn" (:func:`_fused_feature_lane`; see
     ``FUSED_MIN_ELEMENTS``). float32 keeps the torch path, whose rounding its fallbacks (float64 sums,
     then the Cholesky form) were set against (``exact``: float32 blocks)."""
-    k = A.shape[1]
+    q, k = A.shape
     cpu64 = A.device.type == "cpu" and A.dtype == torch.float64
-    if not (feats.cached and cpu64) or A.shape[0] > FUSED_MAX_Q or exact or centred is not None:
+    if not (feats.cached and cpu64) or q > FUSED_MAX_Q or exact or centred is not None:
         return None
     work = float(feats.n * k)
+    if q <= FUSED_ROWS_MAX_Q and k <= FUSED_ROWS_MAX_K:
+        blocks = list(feats.slices(min(feats.chunk_size, _ROWS_BLOCK)))
+        if lanes.threaded(feats, len(blocks), work, FUSED_MIN_ELEMENTS):
+            return blocks, work, "rows"
 
     def rows(nbytes: int) -> int:
         return max(256, min(feats.chunk_size, nbytes // (8 * k)))
 
     small = list(feats.slices(rows(_FUSED_BLOCK_BYTES)))
     if lanes.threaded(feats, len(small), work, FUSED_MIN_ELEMENTS):
-        return small, work, True
-    return (list(feats.slices(rows(_FUSED_TURN_BYTES))), work, False) if k <= FUSED_TURN_MAX_K else None
+        return small, work, "threads"
+    return (list(feats.slices(rows(_FUSED_TURN_BYTES))), work, "turn") if k <= FUSED_TURN_MAX_K else None
 
 
 def _fused_feature_lane(
-    feats: Features, A: torch.Tensor, c: torch.Tensor, accumulate: bool, in_turn: bool
+    feats: Features, A: torch.Tensor, c: torch.Tensor, accumulate: bool, mode: str
 ) -> Callable[[int, list[slice]], _LaneSums]:
     """:func:`_feature_lane` (float64) with each block's elementwise work in one compiled call: the
-    weighted log densities (K, m) (one product ``A^T phi^T + c``; in lanes in threads (``in_turn``
-    False) below ``FUSED_DIRECT_MIN_K`` components taken as (m, K) and copied),
+    weighted log densities (K, m) (one product ``A^T phi^T + c``; in lanes in threads (``mode``
+    "threads") below ``FUSED_DIRECT_MIN_K`` components taken as (m, K) and copied),
     :func:`_cholesky_kernels.normalise_counts` (softmax, log-likelihood and counts, in place) and
     ``r^T phi`` (the second product), in place of some ten torch operations a block."""
     k, floor, AT, ck = A.shape[1], EXP_FLOOR[A.element_size()], A.T, c[:, None]
-    direct = in_turn or k >= FUSED_DIRECT_MIN_K
+    direct = mode == "turn" or k >= FUSED_DIRECT_MIN_K
     X, kw = feats.cache, {"dtype": torch.float64, "device": A.device}
 
     def lane(i: int, blocks: list[slice]) -> _LaneSums:
@@ -220,6 +242,35 @@ def _fused_feature_lane(
     return lane
 
 
+def _rows_pass(
+    feats: Features, A: torch.Tensor, c: torch.Tensor, accumulate: bool, blocks: list[slice]
+) -> list[_LaneSums]:
+    """A fused pass in the "rows" mode (:func:`_fused_slices`): each block whole in
+    :func:`_feature_kernels.feature_rows` (log densities, softmax, log-likelihood, counts and
+    ``r^T phi``). The lanes take blocks from one queue as they free up (a lane slowed by another
+    thread on its core takes fewer), and each block's sums go to its own row, added in block order
+    at the end: the sums do not depend on which lane took a block. One :class:`_LaneSums`."""
+    (q, k), floor, kw = A.shape, EXP_FLOOR[8], {"dtype": torch.float64, "device": A.device}
+    coef, const, X = np.ascontiguousarray(A.numpy()), np.ascontiguousarray(c.numpy()), feats.cache
+    step, n_blocks = blocks[0].stop - blocks[0].start, len(blocks)
+    totals, counts, G = np.zeros(n_blocks), np.zeros((n_blocks, k)), np.zeros((n_blocks, k, q))
+
+    def lane(i: int, queue: Iterable[slice]) -> None:
+        tile = feature_kernels.TILE
+        lg, pt, work = np.empty(k * tile), np.empty(q * tile), np.empty((2, tile))
+        bits = np.empty(tile, dtype=np.int64)
+        for sl in queue:
+            b = sl.start // step
+            totals[b] = feature_kernels.feature_rows(
+                X[sl].numpy(), coef, const, floor, lg, pt, work, bits, counts[b], G[b], accumulate)
+
+    lanes.run(feats, blocks, lane, shared=True)
+    total = torch.tensor(float(totals.sum()), **kw)
+    if not accumulate:
+        return [_LaneSums(total, None, None, None)]
+    return [_LaneSums(total, torch.from_numpy(G.sum(0)), torch.from_numpy(counts.sum(0)), None)]
+
+
 def log_resp_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted log densities (N, K) and per-point log-likelihood (N,), chunked."""
     if isinstance(A, CholeskyCoefficients):
@@ -243,6 +294,9 @@ def argmax_chunks(
     if isinstance(A, CholeskyCoefficients):
         return em_cholesky.argmax_chunks(feats, A, c)
     labels = torch.empty(feats.n, dtype=torch.long, device=A.device)
+    rows = _rows_labels(feats, A, centred)
+    if rows is not None:
+        return _rows_argmax(feats, A, c, rows, labels)
 
     def lane(i: int, blocks: Iterable[slice]) -> None:
         for sl in blocks:
@@ -254,6 +308,35 @@ def argmax_chunks(
 
     lanes.run(feats, list(feats.slices(block_rows(A.shape[0], A.element_size(), feats.chunk_size))), lane,
               _work(feats, A, 1), shared=True)
+    return labels
+
+
+def _rows_labels(feats: Features, A: torch.Tensor, centred: Centred | None) -> list[slice] | None:
+    """The blocks of a labels pass that takes :func:`_feature_kernels.feature_argmax` (float64 CPU data
+    in memory, at most ``FUSED_LABELS_MAX_Q`` feature columns and ``FUSED_LABELS_MAX_K`` components,
+    no centred components), or None."""
+    q, k = A.shape
+    if not (feats.cached and A.device.type == "cpu" and A.dtype == torch.float64) or centred is not None:
+        return None
+    if q > FUSED_LABELS_MAX_Q or k > FUSED_LABELS_MAX_K:
+        return None
+    return list(feats.slices(min(feats.chunk_size, _ROWS_BLOCK)))
+
+
+def _rows_argmax(
+    feats: Features, A: torch.Tensor, c: torch.Tensor, blocks: list[slice], labels: torch.Tensor
+) -> torch.Tensor:
+    """``labels`` (N,) of :func:`argmax_chunks` by :func:`_feature_kernels.feature_argmax`, the lanes
+    taking ``blocks`` from one queue, in threads from ``FUSED_MIN_ELEMENTS``."""
+    (q, k), X, out = A.shape, feats.cache, labels.numpy()
+    coef, const = np.ascontiguousarray(A.numpy()), np.ascontiguousarray(c.numpy())
+
+    def lane(i: int, queue: Iterable[slice]) -> None:
+        lg, pt = np.empty(k * feature_kernels.TILE), np.empty(q * feature_kernels.TILE)
+        for sl in queue:
+            feature_kernels.feature_argmax(X[sl].numpy(), coef, const, lg, pt, out[sl])
+
+    lanes.run(feats, blocks, lane, float(feats.n * k), FUSED_MIN_ELEMENTS, shared=True)
     return labels
 
 
