@@ -7,7 +7,8 @@ product per chunk and the M-step needs only the statistics G (K, Q + 1) = r^T [p
 Python loop over components. :func:`em_step` is the engine Step; the totals go through
 ``streaming.reduce_statistics`` (the distributed seam). float64 blocks in memory take their
 elementwise work (softmax, log-likelihood, counts) in one compiled call between the two products
-(:func:`_fused_feature_lane`).
+(:func:`_fused_feature_lane`); with few feature columns and components, the whole block, products
+included, and the labels pass's argmax too (:mod:`_feature_kernels`).
 """
 
 from __future__ import annotations
