@@ -80,22 +80,30 @@ def _tile_statistics(pt, r, n, G):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, fastmath=_FLAGS, cache=True)
+def _tile(phi, s, t, A, c, pt, lg):  # pragma: no cover - compiled
+    """Rows ``s:s + t`` of phi (m, Q) transposed into ``pt`` as (Q, t), and their weighted log densities
+    (K, t) into ``lg`` (:func:`_tile_logits`); returns both views."""
+    q_, k_ = A.shape
+    tile = pt[: q_ * t].reshape(q_, t)
+    for i in range(t):
+        for q in range(q_):
+            tile[q, i] = phi[s + i, q]
+    logits = lg[: k_ * t].reshape(k_, t)
+    _tile_logits(tile, A, c, logits)
+    return tile, logits
+
+
+@njit(nogil=True, fastmath=_FLAGS, cache=True)
 def feature_rows(phi, A, c, floor, lg, pt, work, bits, n, G, accumulate):  # pragma: no cover - compiled
     """One block of the float64 feature-form E-step: rows phi (m, Q) (C-contiguous), coefficients
     A (Q, K) and c (K,); returns the rows' summed log-likelihood and, if ``accumulate``, adds the
     counts ``sum_i r[i, k]`` to n (K,) and ``r^T phi`` to G (K, Q). Work arrays: lg (>= K TILE,),
     pt (>= Q TILE,), work (2, >= TILE) float64, bits (>= TILE,) int64."""
-    m, q_ = phi.shape
-    k_ = A.shape[1]
+    m = phi.shape[0]
     total = 0.0
     for s in range(0, m, TILE):
         t = min(m, s + TILE) - s
-        tile = pt[: q_ * t].reshape(q_, t)
-        for i in range(t):
-            for q in range(q_):
-                tile[q, i] = phi[s + i, q]
-        logits = lg[: k_ * t].reshape(k_, t)
-        _tile_logits(tile, A, c, logits)
+        tile, logits = _tile(phi, s, t, A, c, pt, lg)
         total += _normalise(logits, floor, work, bits)
         if accumulate:
             _tile_statistics(tile, logits, n, G)
@@ -106,16 +114,10 @@ def feature_rows(phi, A, c, floor, lg, pt, work, bits, n, G, accumulate):  # pra
 def feature_argmax(phi, A, c, lg, pt, labels):  # pragma: no cover - compiled
     """``labels[i] = argmax_k phi[i] . A[:, k] + c[k]`` (the first maximum) for rows phi (m, Q)
     (C-contiguous), A (Q, K), c (K,), labels (m,) int64; work arrays lg (>= K TILE,), pt (>= Q TILE,)."""
-    m, q_ = phi.shape
-    k_ = A.shape[1]
+    m, k_ = phi.shape[0], A.shape[1]
     for s in range(0, m, TILE):
         t = min(m, s + TILE) - s
-        tile = pt[: q_ * t].reshape(q_, t)
-        for i in range(t):
-            for q in range(q_):
-                tile[q, i] = phi[s + i, q]
-        logits = lg[: k_ * t].reshape(k_, t)
-        _tile_logits(tile, A, c, logits)
+        tile, logits = _tile(phi, s, t, A, c, pt, lg)
         best, arg = logits[0], labels[s : s + t]
         for i in range(t):
             arg[i] = 0

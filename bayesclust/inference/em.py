@@ -179,6 +179,12 @@ FUSED_LABELS_MAX_K = 16
 _ROWS_BLOCK = 4096
 
 
+def _compiled_rows(feats: Features, A: torch.Tensor, centred: Centred | None) -> bool:
+    """Whether a pass may take the compiled feature-form kernels: float64 CPU data in memory
+    (``feats.cached``) and no centred components."""
+    return feats.cached and A.device.type == "cpu" and A.dtype == torch.float64 and centred is None
+
+
 def _fused_slices(
     feats: Features, A: torch.Tensor, exact: bool, centred: Centred | None
 ) -> tuple[list[slice], float, str] | None:
@@ -190,8 +196,7 @@ def _fused_slices(
     ``FUSED_MIN_ELEMENTS``). float32 keeps the torch path, whose rounding its fallbacks (float64 sums,
     then the Cholesky form) were set against (``exact``: float32 blocks)."""
     q, k = A.shape
-    cpu64 = A.device.type == "cpu" and A.dtype == torch.float64
-    if not (feats.cached and cpu64) or q > FUSED_MAX_Q or exact or centred is not None:
+    if not _compiled_rows(feats, A, centred) or q > FUSED_MAX_Q or exact:
         return None
     work = float(feats.n * k)
     if q <= FUSED_ROWS_MAX_Q and k <= FUSED_ROWS_MAX_K:
@@ -317,9 +322,7 @@ def _rows_labels(feats: Features, A: torch.Tensor, centred: Centred | None) -> l
     in memory, at most ``FUSED_LABELS_MAX_Q`` feature columns and ``FUSED_LABELS_MAX_K`` components,
     no centred components), or None."""
     q, k = A.shape
-    if not (feats.cached and A.device.type == "cpu" and A.dtype == torch.float64) or centred is not None:
-        return None
-    if q > FUSED_LABELS_MAX_Q or k > FUSED_LABELS_MAX_K:
+    if not _compiled_rows(feats, A, centred) or q > FUSED_LABELS_MAX_Q or k > FUSED_LABELS_MAX_K:
         return None
     return list(feats.slices(min(feats.chunk_size, _ROWS_BLOCK)))
 
