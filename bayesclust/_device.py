@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import random
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+HOST_BLAS = ("auto", "torch", "numpy")
 HUGE_PAGE_BYTES = 8 << 20  # host arrays from this size on ask the kernel for transparent huge pages
 
 
@@ -118,3 +120,50 @@ def empty_rows(n: int, q: int, like: torch.Tensor) -> torch.Tensor:
     buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     buf.madvise(mmap.MADV_HUGEPAGE)
     return torch.frombuffer(buf, dtype=like.dtype).view(n, q)
+
+
+def host_blas() -> str:
+    """Which library's BLAS runs the small batched CPU products of the fused EM passes: "torch" or
+    "numpy". The environment variable ``BAYESCLUST_HOST_BLAS`` ("auto", "torch", "numpy") says so;
+    "auto" takes numpy's OpenBLAS where torch's BLAS is MKL and the CPU is not Intel's (MKL's float64
+    batched small products ran there well below OpenBLAS's, benchmarks/results/speed.md) and numpy's
+    BLAS threads can be limited (:func:`numpy_blas_controllers`), else torch."""
+    choice = os.environ.get("BAYESCLUST_HOST_BLAS", "auto") or "auto"
+    if choice not in HOST_BLAS:
+        raise ValueError(
+            f"BAYESCLUST_HOST_BLAS={choice!r} is not supported; use one of {', '.join(HOST_BLAS)}."
+        )
+    if choice != "auto":
+        return choice
+    return _auto_host_blas()
+
+
+@functools.cache
+def _auto_host_blas() -> str:
+    vendor = cpu_vendor()
+    if vendor in ("", "GenuineIntel") or not torch.backends.mkl.is_available():
+        return "torch"
+    return "numpy" if numpy_blas_controllers() else "torch"
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...) where /proc/cpuinfo says, else ""."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def numpy_blas_controllers() -> tuple[Any, ...]:
+    """threadpoolctl's controllers of the OpenBLAS libraries loaded with numpy (empty if none): the
+    lanes set them to one thread while they run (:func:`bayesclust.inference.lanes.run`)."""
+    from threadpoolctl import ThreadpoolController
+
+    np.ones((2, 2)) @ np.ones((2, 2))  # numpy's BLAS is loaded with numpy; this only makes sure
+    return tuple(ThreadpoolController().select(internal_api="openblas").lib_controllers)

@@ -98,12 +98,15 @@ def test_e_block_centred_equals_the_torch_float32_block():
     np.testing.assert_allclose(s1, (r.unsqueeze(-1) * z.double()).sum(1).numpy(), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("blas", ["torch", "numpy"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("accumulate", [True, False])
-def test_fused_e_step_and_labels_equal_the_torch_passes(two_threads, monkeypatch, accumulate, dtype):
+def test_fused_e_step_and_labels_equal_the_torch_passes(two_threads, monkeypatch, accumulate, dtype, blas):
     # float32: the kernel takes the responsibilities and first moments in float64, the torch path in
-    # float32, so the two agree to float32 rounding
-    X, _, coef, c = _problem(n=6000, d=7, k=4, seed=1, dtype=dtype)
+    # float32, so the two agree to float32 rounding. ``blas``: the lanes' products in torch's or numpy's
+    # BLAS (_device.host_blas), d = 9 so that float64 takes its split sums with torch, whole with numpy
+    monkeypatch.setenv("BAYESCLUST_HOST_BLAS", blas)
+    X, _, coef, c = _problem(n=6000, d=9, k=4, seed=1, dtype=dtype)
     tol = dict(rel=1e-13) if dtype == torch.float64 else dict(rel=1e-6)
     feats = Features(X, _identity, chunk_size=512)
     assert em_cholesky._lane_pass(feats, coef) is not None
@@ -145,10 +148,12 @@ def test_fused_passes_take_float64_full_covariances_in_memory_above_the_threshol
     assert em_cholesky._lane_pass(feats32, coef32) is not None
 
 
+@pytest.mark.parametrize("blas", ["torch", "numpy"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_a_fit_with_fused_passes_equals_the_torch_fit(two_threads, monkeypatch, dtype):
+def test_a_fit_with_fused_passes_equals_the_torch_fit(two_threads, monkeypatch, dtype, blas):
     import bayesclust as bc
 
+    monkeypatch.setenv("BAYESCLUST_HOST_BLAS", blas)
     X = _problem(n=5000, d=6, k=3, seed=2)[0].numpy()
     runs = []
     for name in ("_fused_e_step", "_fused_centred_e_step"):
@@ -335,3 +340,34 @@ def test_lanes_run_in_turn_when_no_lane_thread_can_start(two_threads, monkeypatc
                     lambda i, b: callers.append(threading.get_ident()) or i)
     assert out == [0, 1] and callers == [threading.get_ident()] * 2
     assert torch.get_num_threads() == 2 and not lanes._SWITCH.locked()
+
+
+def test_lanes_that_call_numpy_s_blas_hold_it_at_one_thread_and_restore_it(two_threads, monkeypatch):
+    from bayesclust._device import numpy_blas_controllers
+
+    controllers = numpy_blas_controllers()
+    if not controllers:
+        pytest.skip("numpy's BLAS here is not an OpenBLAS that threadpoolctl can set")
+    before = [c.num_threads for c in controllers]
+    feats = Features(torch.zeros(4096, 2, dtype=torch.float64), _identity, chunk_size=256)
+    seen = []
+
+    def lane(i, blocks):
+        seen.append([c.num_threads for c in controllers])
+        return list(blocks)
+
+    slices = list(feats.slices(256))
+    for blas, inside in (("numpy", [1] * len(controllers)), ("torch", before)):
+        monkeypatch.setenv("BAYESCLUST_HOST_BLAS", blas)
+        seen.clear()
+        assert sum(len(p) for p in lanes.run(feats, slices, lane)) == len(slices)
+        assert seen == [inside] * lanes.LANES
+        assert [c.num_threads for c in controllers] == before
+
+    def fails(i, blocks):
+        raise RuntimeError("a lane failed")
+
+    monkeypatch.setenv("BAYESCLUST_HOST_BLAS", "numpy")
+    with pytest.raises(RuntimeError, match="a lane failed"):
+        lanes.run(feats, slices, fails)
+    assert [c.num_threads for c in controllers] == before

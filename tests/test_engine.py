@@ -169,6 +169,28 @@ def test_device_and_dtype_resolution_errors():
         make_generator("seed")
 
 
+def test_host_blas_follows_the_environment_and_picks_numpy_only_off_intel_with_mkl(monkeypatch):
+    from bayesclust import _device
+
+    for choice in ("torch", "numpy"):
+        monkeypatch.setenv("BAYESCLUST_HOST_BLAS", choice)
+        assert _device.host_blas() == choice
+    monkeypatch.setenv("BAYESCLUST_HOST_BLAS", "openblas")
+    with pytest.raises(ValueError, match="BAYESCLUST_HOST_BLAS='openblas' is not supported; use one of auto"):
+        _device.host_blas()
+    monkeypatch.setenv("BAYESCLUST_HOST_BLAS", "auto")
+    cases = [("GenuineIntel", True, ("lib",), "torch"), ("", True, ("lib",), "torch"),
+             ("AuthenticAMD", False, ("lib",), "torch"), ("AuthenticAMD", True, (), "torch"),
+             ("AuthenticAMD", True, ("lib",), "numpy"), ("HygonGenuine", True, ("lib",), "numpy")]
+    for vendor, mkl, controllers, expected in cases:
+        _device._auto_host_blas.cache_clear()
+        monkeypatch.setattr(_device, "cpu_vendor", lambda v=vendor: v)
+        monkeypatch.setattr(_device.torch.backends.mkl, "is_available", lambda m=mkl: m)
+        monkeypatch.setattr(_device, "numpy_blas_controllers", lambda c=controllers: c)
+        assert _device.host_blas() == expected, (vendor, mkl, controllers)
+    _device._auto_host_blas.cache_clear()
+
+
 def test_no_warning_when_converged():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

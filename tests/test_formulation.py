@@ -529,7 +529,9 @@ def test_float32_log_densities_keep_a_tight_far_component():
 
 def test_float32_feature_statistics_do_not_lose_digits_with_n():
     # the float32 blocks' sums go into a float64 G: summed in float32 across blocks, the error grew
-    # with N (1.2e-4 relative here, 6.7e-5 at N = 1e6 in the speed grid); now 1.3e-5 (4.3e-6)
+    # with N (1.2e-4 relative here, 6.7e-5 at N = 1e6 in the speed grid); now 1.3e-5 (4.3e-6) on the
+    # Intel VM and 4.7e-5 on the AMD one, where the float32 products round otherwise (float64 products
+    # give 1e-8 there): the bound lies between 4.7e-5 and the old 1.2e-4
     from scipy.special import logsumexp
     from scipy.stats import multivariate_normal
 
@@ -546,7 +548,7 @@ def test_float32_feature_statistics_do_not_lose_digits_with_n():
 
     f32 = bc.GaussianMixture(16, dtype="float32", **kw).fit(X.astype(np.float32))
     f64 = bc.GaussianMixture(16, dtype="float64", **kw).fit(X)
-    assert loglik(f32) == pytest.approx(loglik(f64), rel=3e-5)
+    assert loglik(f32) == pytest.approx(loglik(f64), rel=8e-5)
 
 
 def test_centred_components_take_log_densities_and_statistics_from_centred_rows():

@@ -18,7 +18,10 @@ Full covariances in memory on the CPU run their passes in :mod:`lanes` (from ``L
 each block is its products in torch (float64: ``u = x P_k``; float32: ``y = z P_k`` of
 ``z = x - mu_k``, a kernel's) and the statistics' product, and between them one compiled kernel
 (:func:`_cholesky_kernels.e_block`, ``e_block_centred``) in place of some twenty torch operations, each
-a pass over its array and a dispatch under the GIL.
+a pass over its array and a dispatch under the GIL. The lanes' batched (K, m, D) products run in
+torch's BLAS or in numpy's (:func:`bayesclust._device.host_blas`: where MKL runs them well below the
+BLAS rate, benchmarks/results/speed.md); with numpy the float64 second moments are one symmetric
+product ``w^T w`` instead of :class:`_Whitened`'s split halves.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
+from .._device import host_blas
 from ..models.gaussian import CholeskyCoefficients
 from . import _cholesky_kernels as kernels
 from . import lanes
@@ -190,13 +194,14 @@ class _Whitened:
     second (K, m, D) difference array), in float64: ``sum r y = s1 P_k`` and ``sum r y y^T = P_k^T S_k
     P_k``, mapped back at the end. The symmetric product skips its upper-right block: with
     y = [y_a, y_b] (the first ``D // 2`` columns, the rest), ``y_a^T y_a`` and ``y^T y_b`` hold every
-    entry, for 3/4 of the FLOPs. float32 centres x itself (:class:`CentredSums`)."""
+    entry, for 3/4 of the FLOPs (``split``; numpy's ``w^T w`` is one symmetric rank-m update instead).
+    float32 centres x itself (:class:`CentredSums`)."""
 
-    def __init__(self, coef: CholeskyCoefficients) -> None:
+    def __init__(self, coef: CholeskyCoefficients, split: bool = True) -> None:
         k, d = coef.means.shape
         self.ref, W = coef.means.double(), coef.W.double()
         self.P = W if coef.tied else W.view(d, k, d).transpose(0, 1)  # (D, D) or (K, D, D), upper
-        self.h = d // 2 if d >= SPLIT_MIN_D else 0
+        self.h = d // 2 if split and d >= SPLIT_MIN_D else 0
         kw = {"dtype": torch.float64, "device": W.device}
         self.n, self.s1 = torch.zeros(k, **kw), torch.zeros(k, 1, d, **kw)
         self.Sa, self.Sb = torch.zeros(k, self.h, self.h, **kw), torch.zeros(k, d, d - self.h, **kw)
@@ -302,16 +307,19 @@ def _lane_pass(feats: Features, coef: CholeskyCoefficients) -> tuple[list[slice]
 class _LaneArrays(dict):
     """Lane ``lane``'s arrays for one fused pass, by block length: ``arrays[m]`` (:class:`_Block`, made at
     the pass's first block of m rows; a pass's blocks have at most two lengths), so that a block pays
-    no Python for its buffers' views (benchmarks/results/speed.md)."""
+    no Python for its buffers' views (benchmarks/results/speed.md). ``numpy``: the blocks' products run
+    in numpy's BLAS (:func:`bayesclust._device.host_blas`)."""
 
     def __init__(
-        self, feats: Features, lane: int, P: torch.Tensor, stats: _Whitened | CentredSums | None = None
+        self, feats: Features, lane: int, P: torch.Tensor, stats: _Whitened | CentredSums | None = None,
+        numpy: bool = False,
     ) -> None:
         super().__init__()
-        self.feats, self.lane, self.P, self.stats = feats, lane, P, stats
+        self.feats, self.lane, self.P, self.stats, self.numpy = feats, lane, P, stats, numpy
+        self.P_np = P.numpy() if numpy else None
 
     def __missing__(self, m: int) -> _Block:
-        block = self[m] = _Block(self.feats, self.lane, m, self.P, self.stats)
+        block = self[m] = _Block(self.feats, self.lane, m, self.P, self.stats, self.P_np)
         return block
 
 
@@ -320,29 +328,66 @@ class _Block:
     their views, made once: ``rows`` (K, m, D) (float64: ``u = x P_k``; float32: ``y = z P_k``) and
     ``rows_np``; float32's centred rows ``z = x - mu_k`` and ``z_np`` (factors P not float64); the
     (K, m) float64 ``logits_t`` and ``logits`` (numpy); and ``ops``, the statistics' products
-    ``(sum, left, right)`` over these buffers (float64: :meth:`_Whitened.operands`; float32:
-    ``(S, y^T, z)`` into ``out``), none without ``stats``."""
+    ``(sum, left, right, out)`` over these buffers (float64: :meth:`_Whitened.operands`; float32:
+    ``(S, y^T, z)``), none without ``stats``. With ``P_np`` (factors P as numpy) the products run in
+    numpy, on the buffers' numpy views."""
 
     def __init__(
-        self, feats: Features, lane: int, m: int, P: torch.Tensor, stats: _Whitened | CentredSums | None
+        self, feats: Features, lane: int, m: int, P: torch.Tensor, stats: _Whitened | CentredSums | None,
+        P_np: np.ndarray | None = None,
     ) -> None:
         k, d = P.shape[0], P.shape[1]
         centred = P.dtype != torch.float64
+        self.P, self.P_np = P, P_np
         self.rows = feats.scratch(f"rows{lane}", (k, m, d), P)
         self.rows_np = self.rows.numpy()
         self.logits_t = feats.scratch(f"logits{lane}", (k, m), _FLOAT64)
         self.logits = self.logits_t.numpy()
         self.z = feats.scratch(f"rows2{lane}", (k, m, d), P) if centred else None
         self.z_np = None if self.z is None else self.z.numpy()
-        self.out = feats.scratch(f"sums{lane}", (k, d, d), P) if centred and stats is not None else None
-        self.ops: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        if isinstance(stats, _Whitened):
-            self.ops = stats.operands(self.rows)
-        elif stats is not None:
-            self.ops = [(stats.S, self.rows.transpose(1, 2), self.z)]
+        # a product's result before it is added to the float64 sums (float32 rows, or numpy's products)
+        out = None if stats is None or not (centred or P_np is not None) else feats.scratch(
+            f"sums{lane}", (k, d, d), P)
+        ops = [] if stats is None else (
+            stats.operands(self.rows) if isinstance(stats, _Whitened)
+            else [(stats.S, self.rows.transpose(1, 2), self.z)])
+        if P_np is not None:
+            self.ops = [(S.numpy(), left.numpy(), right.numpy(), out.numpy()) for S, left, right in ops]
+        else:
+            self.ops = [(S, left, right, out) for S, left, right in ops]
+
+    def whiten(self, x: torch.Tensor) -> None:
+        """``u = x P_k`` (K, m, D) of the rows x (m, D) (float64 factors) into ``rows``."""
+        if self.P_np is None:
+            torch.matmul(x, self.P, out=self.rows)
+        else:
+            np.matmul(x.numpy()[None], self.P_np, out=self.rows_np)
+
+    def centre_whiten(self, x: torch.Tensor, means: np.ndarray) -> None:
+        """``z = x - mu_k`` and ``y = z P_k`` (K, m, D) of the rows x (m, D) into ``z`` and ``rows``."""
+        kernels.centre(x.numpy(), means, self.z_np)
+        if self.P_np is None:
+            torch.bmm(self.z, self.P, out=self.rows)
+        else:
+            np.matmul(self.z_np, self.P_np, out=self.rows_np)
+
+    def add_statistics(self) -> None:
+        """The statistics' products of the (weighted) rows, added to the lane's float64 sums."""
+        for S, left, right, out in self.ops:
+            if self.P_np is not None:
+                np.add(S, np.matmul(left, right, out=out), out=S)
+            elif out is None:
+                S.baddbmm_(left, right)
+            else:
+                S += torch.bmm(left, right, out=out)
 
 
 _FLOAT64 = torch.empty(0, dtype=torch.float64)  # the dtype and device of the lanes' (K, m) logits
+
+
+def _numpy_products() -> bool:
+    """Whether the lanes' products run in numpy's BLAS (:func:`bayesclust._device.host_blas`)."""
+    return host_blas() == "numpy"
 
 
 def _fused_e_step(
@@ -352,21 +397,20 @@ def _fused_e_step(
     """:func:`e_step` in lanes, each block a product, :func:`kernels.e_block` and, if ``accumulate``,
     the products of the statistics."""
     b, cv = coef.b.numpy(), c.contiguous().numpy()
-    floor = EXP_FLOOR[8]
+    floor, numpy = EXP_FLOOR[8], _numpy_products()
 
     def lane(i: int, blocks: list[slice]) -> tuple[float, _Whitened]:
-        stats = _Whitened(coef)
+        stats = _Whitened(coef, split=not numpy)
         n, s1 = stats.n.numpy(), stats.s1.view(stats.s1.shape[0], -1).numpy()
         rows = max((sl.stop - sl.start for sl in blocks), default=0)
         work, bits = np.empty((2, rows)), np.empty(rows, dtype=np.int64)
-        arrays, X = _LaneArrays(feats, i, P, stats if accumulate else None), feats.cache
+        arrays, X = _LaneArrays(feats, i, P, stats if accumulate else None, numpy), feats.cache
         total = 0.0
         for sl in blocks:
             a = arrays[sl.stop - sl.start]
-            torch.matmul(X[sl], P, out=a.rows)
+            a.whiten(X[sl])
             total += kernels.e_block(a.rows_np, b, cv, floor, a.logits, work, bits, n, s1, accumulate)
-            for S, left, right in a.ops:
-                S.baddbmm_(left, right)
+            a.add_statistics()
         return total, stats
 
     return _run_lanes(feats, fused, lane, accumulate)
@@ -388,12 +432,6 @@ def _run_lanes(
     return total, stats.total()
 
 
-def _centred_block(a: _Block, x: torch.Tensor, means: np.ndarray, P: torch.Tensor) -> None:
-    """``z = x - mu_k`` and ``y = z P_k`` (K, m, D) of the rows x (m, D) into the block's buffers."""
-    kernels.centre(x.numpy(), means, a.z_np)
-    torch.bmm(a.z, P, out=a.rows)
-
-
 def _fused_centred_e_step(
     feats: Features, coef: CholeskyCoefficients, c: torch.Tensor, P: torch.Tensor,
     fused: tuple[list[slice], float], accumulate: bool,
@@ -401,21 +439,21 @@ def _fused_centred_e_step(
     """:func:`e_step` in lanes for float32 (rows centred on each component, :class:`CentredSums`),
     each block two products, :func:`kernels.e_block_centred` and the second moments' product."""
     cv, floor, means = c.double().numpy(), EXP_FLOOR[4], coef.means.numpy()
+    numpy = _numpy_products()
 
     def lane(i: int, blocks: list[slice]) -> tuple[float, CentredSums]:
         stats = CentredSums(coef.means)
         n, s1 = stats.n.numpy(), stats.s1.numpy()
         rows = max((sl.stop - sl.start for sl in blocks), default=0)
         work, bits = np.empty((2, rows)), np.empty(rows, dtype=np.int64)
-        arrays, X = _LaneArrays(feats, i, P, stats if accumulate else None), feats.cache
+        arrays, X = _LaneArrays(feats, i, P, stats if accumulate else None, numpy), feats.cache
         total = 0.0
         for sl in blocks:
             a = arrays[sl.stop - sl.start]
-            _centred_block(a, X[sl], means, P)
+            a.centre_whiten(X[sl], means)
             total += kernels.e_block_centred(a.rows_np, a.z_np, cv, floor, a.logits, work, bits, n, s1,
                                              accumulate)
-            for S, left, right in a.ops:  # y now holds r z
-                S += torch.bmm(left, right, out=a.out)
+            a.add_statistics()  # y now holds r z
         return total, stats
 
     return _run_lanes(feats, fused, lane, accumulate)
@@ -425,15 +463,15 @@ def _fused_labels(
     feats: Features, coef: CholeskyCoefficients, c: torch.Tensor, P: torch.Tensor, labels: torch.Tensor
 ) -> Callable[[int, Iterable[slice]], None]:
     """:func:`argmax_chunks`'s lane, fused."""
-    cv = c.double().contiguous().numpy()
+    cv, numpy = c.double().contiguous().numpy(), _numpy_products()
     if coef.dtype != torch.float64:
         means = coef.means.numpy()
 
         def centred(i: int, blocks: Iterable[slice]) -> None:
-            arrays = _LaneArrays(feats, i, P)
+            arrays = _LaneArrays(feats, i, P, numpy=numpy)
             for sl in blocks:
                 a = arrays[sl.stop - sl.start]
-                _centred_block(a, feats.cache[sl], means, P)
+                a.centre_whiten(feats.cache[sl], means)
                 kernels.centred_log_density(a.rows_np, cv, a.logits)
                 labels[sl] = torch.max(a.logits_t, 0).indices
 
@@ -441,10 +479,10 @@ def _fused_labels(
     b = coef.b.numpy()
 
     def lane(i: int, blocks: Iterable[slice]) -> None:
-        arrays = _LaneArrays(feats, i, P)
+        arrays = _LaneArrays(feats, i, P, numpy=numpy)
         for sl in blocks:
             a = arrays[sl.stop - sl.start]
-            torch.matmul(feats.cache[sl], P, out=a.rows)
+            a.whiten(feats.cache[sl])
             kernels.log_density(a.rows_np, b, cv, a.logits)
             labels[sl] = torch.max(a.logits_t, 0).indices
 

@@ -35,6 +35,7 @@ from typing import TypeVar
 
 import torch
 
+from .._device import host_blas, numpy_blas_controllers
 from .streaming import Features
 
 LANES = 2  # fixed: results do not depend on the thread count
@@ -157,7 +158,7 @@ class _Queue:
 
 def _in_threads(parts: list[Iterable[slice]], lane: Callable[[int, Iterable[slice]], T]) -> list[T]:
     """The lanes in threads (lane 0 on the caller's thread, the others on the process's lane threads),
-    with torch already at one thread."""
+    with torch already at one thread (and numpy's BLAS, where the lanes call it)."""
     results: list = [None] * LANES
     errors: list[BaseException] = []
 
@@ -169,18 +170,37 @@ def _in_threads(parts: list[Iterable[slice]], lane: Callable[[int, Iterable[slic
         except BaseException as exc:  # re-raised on the caller's thread
             errors.append(exc)
 
-    try:
-        pending = [_workers().submit(work, i) for i in range(1, LANES)]
-    except RuntimeError:  # no new thread work once the interpreter shuts down: the lanes in turn
-        pending = []
-        for i in range(1, LANES):
-            work(i)
-    work(0)
-    for p in pending:
-        p.result()
+    with _numpy_blas_single():
+        try:
+            pending = [_workers().submit(work, i) for i in range(1, LANES)]
+        except RuntimeError:  # no new thread work once the interpreter shuts down: the lanes in turn
+            pending = []
+            for i in range(1, LANES):
+                work(i)
+        work(0)
+        for p in pending:
+            p.result()
     if errors:
         raise errors[0]
     return results
+
+
+@contextmanager
+def _numpy_blas_single() -> Iterator[None]:
+    """numpy's OpenBLAS at one thread while the lanes run, where they call it (:func:`host_blas`):
+    two lanes each splitting their products over every core would oversubscribe them."""
+    if host_blas() != "numpy":
+        yield
+        return
+    controllers = numpy_blas_controllers()
+    counts = [c.num_threads for c in controllers]
+    for c in controllers:
+        c.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for c, n in zip(controllers, counts, strict=True):
+            c.set_num_threads(n)
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
