@@ -222,6 +222,25 @@ def test_fused_feature_e_step_equals_the_torch_lane(two_threads, monkeypatch, ac
         assert G is None and G_t is None
 
 
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_float32_rows_take_the_rows_mode_in_float64(two_threads, monkeypatch, accumulate):
+    feats, A, c, _, _ = _feature_problem(k=3, dtype=torch.float32)
+    assert em._fused_slices(feats, A, False, None)[2] == "rows"
+    assert em._fused_slices(feats, A, True, None)[2] == "rows"  # exact: float64 products, as here
+    ll, G = em.e_step(feats, A, c, accumulate=accumulate)
+    logits = feats.cache.double() @ A.double() + c.double()  # the float32 rows' own log densities
+    assert ll == pytest.approx(float(torch.logsumexp(logits, 1).sum()), rel=1e-12)
+    if accumulate:
+        r = torch.softmax(logits, 1)
+        expected = torch.cat([r.T @ feats.cache.double(), r.sum(0)[:, None]], 1)
+        torch.testing.assert_close(G, expected, rtol=1e-10, atol=1e-8)
+    monkeypatch.setattr(em, "_fused_slices", lambda *args: None)  # the float32 torch lane
+    ll_t, G_t = em.e_step(feats, A, c, accumulate=accumulate)
+    assert ll == pytest.approx(ll_t, rel=1e-5)
+    if accumulate:
+        torch.testing.assert_close(G, G_t, rtol=1e-4, atol=1e-3)
+
+
 def test_rows_passes_sum_their_blocks_in_one_order_whichever_lane_took_them(two_threads, monkeypatch):
     feats, A, c, _, _ = _feature_problem(n=9000, k=4, seed=2)
     blocks, _, mode = em._fused_slices(feats, A, False, None)
@@ -246,7 +265,7 @@ def test_fused_feature_passes_take_float64_in_memory_without_centred_components(
     centred = em.Centred(torch.tensor([0]), *([None] * 3))
     assert em._fused_slices(feats, A, False, centred) is None
     f32, A32, _, _, _ = _feature_problem(k=3, dtype=torch.float32)
-    assert em._fused_slices(f32, A32, False, None) is None  # float32 keeps the torch path
+    assert em._fused_slices(f32, A32, False, None) is None  # outside the rows mode float32 keeps torch
     source = SourceFeatures(ChunkSource(feats.X.numpy()), fam.feature_map, torch.zeros(3, dtype=A.dtype))
     assert em._fused_slices(source, A, False, None) is None  # out of core
     monkeypatch.setattr(em, "FUSED_MIN_ELEMENTS", 6000 * 9 + 1.0)  # below it: in turn, K = 3 <= 4
@@ -306,7 +325,9 @@ def test_labels_pass_takes_the_rows_kernel_for_few_columns_and_equals_torch(two_
     torch.testing.assert_close(labels, em.argmax_chunks(feats, A, c), rtol=0, atol=0)
     assert em._rows_labels(feats, A, em.Centred(torch.tensor([0]), *([None] * 3))) is None
     f32, A32, c32, _, _ = _feature_problem(k=7, dtype=torch.float32)
-    assert em._rows_labels(f32, A32, None) is None
+    assert em._rows_labels(f32, A32, None) is not None  # float32 rows, taken in float64
+    logits = f32.cache.double() @ A32.double() + c32.double()
+    torch.testing.assert_close(em.argmax_chunks(f32, A32, c32), torch.max(logits, 1).indices, rtol=0, atol=0)
     wide, A4, _, _, _ = _feature_problem(d=4, k=2)  # Q = 15
     assert em._rows_labels(wide, A4, None) is None
     monkeypatch.setattr(em, "FUSED_LABELS_MAX_K", 6)

@@ -95,7 +95,8 @@ def _tile(phi, s, t, A, c, pt, lg):  # pragma: no cover - compiled
 
 @njit(nogil=True, fastmath=_FLAGS, cache=True)
 def feature_rows(phi, A, c, floor, lg, pt, work, bits, n, G, accumulate):  # pragma: no cover - compiled
-    """One block of the float64 feature-form E-step: rows phi (m, Q) (C-contiguous), coefficients
+    """One block of the feature-form E-step in float64: rows phi (m, Q) (C-contiguous, float64 or
+    float32, each tile taken into float64), coefficients
     A (Q, K) and c (K,); returns the rows' summed log-likelihood and, if ``accumulate``, adds the
     counts ``sum_i r[i, k]`` to n (K,) and ``r^T phi`` to G (K, Q). Work arrays: lg (>= K TILE,),
     pt (>= Q TILE,), work (2, >= TILE) float64, bits (>= TILE,) int64."""

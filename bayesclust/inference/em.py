@@ -179,10 +179,11 @@ FUSED_LABELS_MAX_K = 16
 _ROWS_BLOCK = 4096
 
 
-def _compiled_rows(feats: Features, A: torch.Tensor, centred: Centred | None) -> bool:
+def _compiled_rows(feats: Features, A: torch.Tensor, centred: Centred | None, float32: bool = False) -> bool:
     """Whether a pass may take the compiled feature-form kernels: float64 CPU data in memory
-    (``feats.cached``) and no centred components."""
-    return feats.cached and A.device.type == "cpu" and A.dtype == torch.float64 and centred is None
+    (``feats.cached``; ``float32``: float32 data too) and no centred components."""
+    dtypes = (torch.float64, torch.float32) if float32 else (torch.float64,)
+    return feats.cached and A.device.type == "cpu" and A.dtype in dtypes and centred is None
 
 
 def _fused_slices(
@@ -191,18 +192,21 @@ def _fused_slices(
     """The blocks, work N K and mode of a fused feature-form pass, or None where the pass keeps
     :func:`_feature_lane`: fused passes take float64 CPU data in memory (``feats.cached``), at most
     ``FUSED_MAX_Q`` feature columns and no centred components. Modes: "rows" (:func:`_rows_pass`, in
-    threads, up to ``FUSED_ROWS_MAX_Q`` columns and ``FUSED_ROWS_MAX_K`` components), "threads" or,
-    up to ``FUSED_TURN_MAX_K`` components, "turn" (:func:`_fused_feature_lane`; see
-    ``FUSED_MIN_ELEMENTS``). float32 keeps the torch path, whose rounding its fallbacks (float64 sums,
-    then the Cholesky form) were set against (``exact``: float32 blocks)."""
+    threads, up to ``FUSED_ROWS_MAX_Q`` columns and ``FUSED_ROWS_MAX_K`` components; float32 rows too,
+    computed in float64), "threads" or, up to ``FUSED_TURN_MAX_K`` components, "turn"
+    (:func:`_fused_feature_lane`; see ``FUSED_MIN_ELEMENTS``). Otherwise float32 keeps the torch path,
+    whose rounding its fallbacks (float64 sums, then the Cholesky form) were set against (``exact``:
+    float32 blocks with float64 products, which the "rows" mode's are)."""
     q, k = A.shape
-    if not _compiled_rows(feats, A, centred) or q > FUSED_MAX_Q or exact:
+    if not _compiled_rows(feats, A, centred, float32=True) or q > FUSED_MAX_Q:
         return None
     work = float(feats.n * k)
     if q <= FUSED_ROWS_MAX_Q and k <= FUSED_ROWS_MAX_K:
         blocks = list(feats.slices(min(feats.chunk_size, _ROWS_BLOCK)))
         if lanes.threaded(feats, len(blocks), work, FUSED_MIN_ELEMENTS):
             return blocks, work, "rows"
+    if A.dtype != torch.float64 or exact:
+        return None
 
     def rows(nbytes: int) -> int:
         return max(256, min(feats.chunk_size, nbytes // (8 * k)))
@@ -253,11 +257,12 @@ def _rows_pass(
 ) -> list[_LaneSums]:
     """A fused pass in the "rows" mode (:func:`_fused_slices`): each block whole in
     :func:`_feature_kernels.feature_rows` (log densities, softmax, log-likelihood, counts and
-    ``r^T phi``). The lanes take blocks from one queue as they free up (a lane slowed by another
-    thread on its core takes fewer), and each block's sums go to its own row, added in block order
-    at the end: the sums do not depend on which lane took a block. One :class:`_LaneSums`."""
+    ``r^T phi``, in float64 for float32 rows too). The lanes take blocks from one queue as they free
+    up (a lane slowed by another thread on its core takes fewer), and each block's sums go to its own
+    row, added in block order at the end: the sums do not depend on which lane took a block. One
+    :class:`_LaneSums`."""
     (q, k), floor, kw = A.shape, EXP_FLOOR[8], {"dtype": torch.float64, "device": A.device}
-    coef, const, X = np.ascontiguousarray(A.numpy()), np.ascontiguousarray(c.numpy()), feats.cache
+    coef, const, X = _float64_coefficients(A, c) + (feats.cache,)
     step, n_blocks = blocks[0].stop - blocks[0].start, len(blocks)
     totals, counts, G = np.zeros(n_blocks), np.zeros((n_blocks, k)), np.zeros((n_blocks, k, q))
 
@@ -275,6 +280,12 @@ def _rows_pass(
     if not accumulate:
         return [_LaneSums(total, None, None, None)]
     return [_LaneSums(total, torch.from_numpy(G.sum(0)), torch.from_numpy(counts.sum(0)), None)]
+
+
+def _float64_coefficients(A: torch.Tensor, c: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """A (Q, K) and c (K,) as contiguous float64 arrays, for the compiled kernels."""
+    return (np.ascontiguousarray(A.numpy(), dtype=np.float64),
+            np.ascontiguousarray(c.numpy(), dtype=np.float64))
 
 
 def log_resp_chunks(feats: Features, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -318,11 +329,11 @@ def argmax_chunks(
 
 
 def _rows_labels(feats: Features, A: torch.Tensor, centred: Centred | None) -> list[slice] | None:
-    """The blocks of a labels pass that takes :func:`_feature_kernels.feature_argmax` (float64 CPU data
-    in memory, at most ``FUSED_LABELS_MAX_Q`` feature columns and ``FUSED_LABELS_MAX_K`` components,
-    no centred components), or None."""
+    """The blocks of a labels pass that takes :func:`_feature_kernels.feature_argmax` (float64 or
+    float32 CPU data in memory, at most ``FUSED_LABELS_MAX_Q`` feature columns and
+    ``FUSED_LABELS_MAX_K`` components, no centred components), or None."""
     q, k = A.shape
-    if not _compiled_rows(feats, A, centred) or q > FUSED_LABELS_MAX_Q or k > FUSED_LABELS_MAX_K:
+    if q > FUSED_LABELS_MAX_Q or k > FUSED_LABELS_MAX_K or not _compiled_rows(feats, A, centred, True):
         return None
     return list(feats.slices(min(feats.chunk_size, _ROWS_BLOCK)))
 
@@ -333,7 +344,7 @@ def _rows_argmax(
     """``labels`` (N,) of :func:`argmax_chunks` by :func:`_feature_kernels.feature_argmax`, the lanes
     taking ``blocks`` from one queue, in threads from ``FUSED_MIN_ELEMENTS``."""
     (q, k), X, out = A.shape, feats.cache, labels.numpy()
-    coef, const = np.ascontiguousarray(A.numpy()), np.ascontiguousarray(c.numpy())
+    coef, const = _float64_coefficients(A, c)
 
     def lane(i: int, queue: Iterable[slice]) -> None:
         lg, pt = np.empty(k * feature_kernels.TILE), np.empty(q * feature_kernels.TILE)
