@@ -114,11 +114,15 @@ def test_choose_formulation_follows_the_measured_crossover():
         assert choose("full", d, k, 8, **fused) == form
     assert choose("full", 8, 2, 8, cached=True) == "features"  # not fused (small N K D): the map
     assert choose("full", 8, 2, 8, cached=False, fused=True) == "features"  # not cached: from D = 16
-    # float32 fused: from D = 16 too, but up to K = D / 4 (the map's products run at twice the rate)
-    for d, k, form in ((16, 4, "cholesky"), (16, 5, "features"), (24, 6, "cholesky"), (32, 8, "cholesky"),
-                       (32, 16, "features"), (8, 2, "features")):
-        assert choose("full", d, k, 4, **fused) == form
+    # float32 fused and cached: from D = 4 too, up to K = min(D / 2, 8); past D = 32, K <= D / 4
+    for d, k, form in ((16, 8, "cholesky"), (16, 9, "features"), (24, 8, "cholesky"), (24, 9, "features"),
+                       (32, 8, "cholesky"), (32, 9, "features"), (32, 16, "features"), (8, 4, "cholesky"),
+                       (8, 5, "features"), (6, 3, "cholesky"), (4, 2, "cholesky"), (4, 3, "features"),
+                       (3, 1, "features"), (64, 16, "cholesky"), (64, 17, "features")):
+        assert choose("full", d, k, 4, **fused) == form, (d, k)
     assert choose("full", 16, 4, 4, cached=True) == "features"  # not fused: the D >= 32 floor
+    assert choose("full", 16, 4, 4, cached=False, fused=True) == "cholesky"  # not cached: K <= D / 4
+    assert choose("full", 16, 5, 4, cached=False, fused=True) == "features"
     assert choose("tied", 16, 2, 8, cached=True, fused=True) == "features"
     assert choose("full", 32, 16, 8, cached=True) == "features"  # not fused: the measured rule
     assert choose("full", gaussian.CHOLESKY_MIN_D, 10_000, 4, cached=True) == "cholesky"

@@ -46,15 +46,18 @@ FORMULATIONS = ("auto", "features", "cholesky")
 #   that form's elementwise cost: with phi(X) cached, Cholesky then wins in float64 up to K = D / 2
 #   while D <= 32 (no cache to build either: 449 MB at N = 10^5, D = 32), from D = 4 (whole fits:
 #   N = 10^6, D = 8, K = 2 to 4 1.5-2.2x; D = 4, K = 2 1.3-1.4x; K above D / 2 even or slower), and
-#   in float32 from D = 16 up to K = D / 4 (its feature map's products run at twice the float64 rate).
+#   in float32 up to K = min(D / 2, 8) (whole fits on an AMD VM: N = 10^6, D = 4 to 16, 1.1-2.3x; the
+#   rule was K <= D / 4 from D = 16, the same at D = 32).
 # Cholesky when D >= 32 and K <= D / CHOLESKY_D_PER_K[case], or D >= CHOLESKY_MIN_D; fused: also from
-# D = FUSED_FLOOR_D (float64 with phi(X) cached: FUSED_HALF_FLOOR_D, K <= D / 2 up to FUSED_HALF_MAX_D).
+# D = FUSED_FLOOR_D; fused with phi(X) cached, from FUSED_HALF_FLOOR_D to FUSED_HALF_MAX_D: K <= D / 2
+# (float32: also K <= FUSED_FLOAT32_MAX_K).
 CHOLESKY_MIN_D = 256
 CHOLESKY_D_PER_K = {"cached": 4.0, "float32": 4.0, "float64": 2.0}
 CHOLESKY_FLOOR_D = 32
 FUSED_FLOOR_D = 16
 FUSED_HALF_FLOOR_D = 4
 FUSED_HALF_MAX_D = 32
+FUSED_FLOAT32_MAX_K = 8
 # the share of a covariance that the feature map's float32 sums may lose to cancellation (worst case)
 # before the component's statistics are taken centred on its mean (:func:`cancelling_components`)
 CANCELLATION_LIMIT = 1e-3
@@ -72,11 +75,12 @@ def choose_formulation(
     if d >= CHOLESKY_MIN_D:
         return "cholesky"
     fused = fused and covariance_type == "full"
+    if fused and cached and FUSED_HALF_FLOOR_D <= d <= FUSED_HALF_MAX_D:
+        top = d / 2 if itemsize >= 8 else min(d / 2, FUSED_FLOAT32_MAX_K)
+        return "cholesky" if k <= top else "features"
     case = "cached" if cached else ("float64" if itemsize >= 8 else "float32")
-    half = fused and cached and d <= FUSED_HALF_MAX_D and itemsize >= 8
-    per_k = 2.0 if half else CHOLESKY_D_PER_K[case]
-    floor = FUSED_HALF_FLOOR_D if half else FUSED_FLOOR_D if fused else CHOLESKY_FLOOR_D
-    return "cholesky" if d >= floor and k * per_k <= d else "features"
+    floor = FUSED_FLOOR_D if fused else CHOLESKY_FLOOR_D
+    return "cholesky" if d >= floor and k * CHOLESKY_D_PER_K[case] <= d else "features"
 
 
 def covariance_shape(covariance_type: str, k: int, d: int) -> tuple[int, ...]:
