@@ -160,10 +160,36 @@ def cpu_vendor() -> str:
 
 
 @functools.cache
-def numpy_blas_controllers() -> tuple[Any, ...]:
-    """threadpoolctl's controllers of the OpenBLAS libraries loaded with numpy (empty if none): the
-    lanes set them to one thread while they run (:func:`bayesclust.inference.lanes.run`)."""
-    from threadpoolctl import ThreadpoolController
+def numpy_blas_controllers() -> tuple[tuple[Any, Any], ...]:
+    """``(get, set)`` of the thread count of every OpenBLAS loaded in this process (numpy's, scipy's),
+    found in /proc/self/maps (empty where there is none or no such file): the lanes set them to one
+    thread while they run (:func:`bayesclust.inference.lanes.run`). Read straight from the libraries:
+    threadpoolctl's scan of every loaded library took some 13 ms, a short fit's worth."""
+    import ctypes
 
     np.ones((2, 2)) @ np.ones((2, 2))  # numpy's BLAS is loaded with numpy; this only makes sure
-    return tuple(ThreadpoolController().select(internal_api="openblas").lib_controllers)
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return ()
+    found = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))  # only a library already loaded
+        except OSError:
+            continue
+        for prefix, suffix in _OPENBLAS_NAMES:
+            get = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
+            put = getattr(lib, f"{prefix}set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                get.restype, get.argtypes, put.restype, put.argtypes = ctypes.c_int, [], None, [ctypes.c_int]
+                found.append((get, put))
+                break
+    return tuple(found)
+
+
+# OpenBLAS's thread-count functions are openblas_{get,set}_num_threads, renamed in scipy's builds
+_OPENBLAS_NAMES = (
+    ("scipy_openblas_", "64_"), ("scipy_openblas_", ""), ("openblas_", "64_"), ("openblas_", ""),
+)

@@ -193,14 +193,14 @@ def _numpy_blas_single() -> Iterator[None]:
         yield
         return
     controllers = numpy_blas_controllers()
-    counts = [c.num_threads for c in controllers]
-    for c in controllers:
-        c.set_num_threads(1)
+    counts = [get() for get, _ in controllers]
+    for _, put in controllers:
+        put(1)
     try:
         yield
     finally:
-        for c, n in zip(controllers, counts, strict=True):
-            c.set_num_threads(n)
+        for (_, put), n in zip(controllers, counts, strict=True):
+            put(n)
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
