@@ -1,6 +1,7 @@
 """The machine's roofline beside GMM-EM's measured time (issue 17).
 
-Measures this machine's matmul rate (float32 and float64, square 4096 products, best of 5) and memory
+Measures this machine's matmul rate (float32 and float64, square 4096 products in torch's BLAS and in
+numpy's, the best of 5 of either) and memory
 bandwidth (a 512 MiB tensor copy, best of 5), then, for the bayesclust rows of a ``bench_gmm --grid``
 output at the given D, the FLOPs and bytes one EM iteration needs in the formulation
 ``models.gaussian.choose_formulation`` picks, the roofline time max(FLOPs / rate, bytes / bandwidth)
@@ -19,20 +20,25 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bayesclust._device import host_blas  # noqa: E402
 from bayesclust.inference import em, em_cholesky, lanes  # noqa: E402
 from bayesclust.inference.streaming import Features, cache_fits  # noqa: E402
 from bayesclust.models import gaussian  # noqa: E402
 
 
 def matmul_rate(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
-    """Best GFLOP/s of an (n x n) @ (n x n) product."""
+    """Best GFLOP/s of an (n x n) @ (n x n) product, in torch's BLAS or numpy's, whichever is faster."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    an, bn = a.numpy(), b.numpy()
+    best = float("inf")
+    for product in (lambda: a @ b, lambda: an @ bn):
+        product()
+        best = min(best, *(_timed(product) for _ in range(repeats)))
     return 2 * n ** 3 / best / 1e9
 
 
@@ -60,6 +66,16 @@ def block_rate(form: str, d: int, k: int, itemsize: int, repeats: int = 5, per_l
         def products(a: list[torch.Tensor]) -> None:
             torch.mm(a[0], a[1], out=a[3])
             torch.mm(a[2], a[0], out=a[4])
+    elif host_blas() == "numpy":  # the lanes' products in numpy (em_cholesky._Block)
+        m = em_cholesky.block_rows(k, d, 8, 1 << 16, em_cholesky._LANE_BLOCK_BYTES)
+        symmetric = itemsize == 8  # float64: w^T w, one symmetric product; float32: y^T z
+        shapes = [(m, d), (k, d, d), (k, m, d), (k, m, d), (k, d, d)]
+        flops = _cholesky_flops(m, d, k, 0, symmetric)
+
+        def products(a: list[torch.Tensor]) -> None:
+            x, P, w, z, S = (t.numpy() for t in a)
+            np.matmul(x[None], P, out=w)
+            np.matmul(w.transpose(0, 2, 1), w if symmetric else z, out=S)
     else:
         m = em_cholesky.block_rows(k, d, 8, 1 << 16, em_cholesky._LANE_BLOCK_BYTES)
         h = _scatter_half(d, itemsize)
@@ -87,14 +103,18 @@ def block_rate(form: str, d: int, k: int, itemsize: int, repeats: int = 5, per_l
 
 
 def _scatter_half(d: int, itemsize: int) -> int:
-    """The first column half h of the float64 scatter (``em_cholesky._Whitened``; 0: one product)."""
-    return d // 2 if itemsize == 8 and d >= em_cholesky.SPLIT_MIN_D else 0
+    """The first column half h of the float64 scatter (``em_cholesky._Whitened``; 0: one product, as
+    in float32 and where the lanes' products run in numpy, ``_device.host_blas``)."""
+    split = itemsize == 8 and d >= em_cholesky.SPLIT_MIN_D and host_blas() != "numpy"
+    return d // 2 if split else 0
 
 
-def _cholesky_flops(rows: int, d: int, k: int, h: int) -> float:
+def _cholesky_flops(rows: int, d: int, k: int, h: int, symmetric: bool = False) -> float:
     """FLOPs of the Cholesky form's products over ``rows`` rows: x P_k, 2 rows K D^2, and the scatter
-    over column halves, 2 rows K (h^2 + D (D - h)) (3/4 of 2 rows K D^2 at h = D / 2)."""
-    return 2.0 * rows * k * (d * d + h * h + d * (d - h))
+    over column halves, 2 rows K (h^2 + D (D - h)) (3/4 of 2 rows K D^2 at h = D / 2), or where
+    ``symmetric`` (numpy's ``w^T w``) its D (D + 1) / 2 entries, rows K D (D + 1)."""
+    scatter = d * (d + 1) / 2 if symmetric else h * h + d * (d - h)
+    return 2.0 * rows * k * (d * d + scatter)
 
 
 def _timed(fn) -> float:
@@ -120,7 +140,8 @@ def iteration_cost(n: int, d: int, k: int, itemsize: int) -> tuple[str, float, f
     form = gaussian.choose_formulation("full", d, k, itemsize, cached, fused)
     if form == "features":
         return form, 4.0 * n * q * k, n * (q if cached else d) * itemsize
-    return form, _cholesky_flops(n, d, k, _scatter_half(d, itemsize)), n * d * itemsize
+    symmetric = itemsize == 8 and host_blas() == "numpy"
+    return form, _cholesky_flops(n, d, k, _scatter_half(d, itemsize), symmetric), n * d * itemsize
 
 
 def main() -> None:
