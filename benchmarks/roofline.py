@@ -68,9 +68,9 @@ def block_rate(form: str, d: int, k: int, itemsize: int, repeats: int = 5, per_l
             torch.mm(a[2], a[0], out=a[4])
     elif host_blas() == "numpy":  # the lanes' products in numpy (em_cholesky._Block)
         m = em_cholesky.block_rows(k, d, 8, 1 << 16, em_cholesky._LANE_BLOCK_BYTES)
-        symmetric = itemsize == 8  # float64: w^T w, one symmetric product; float32: y^T z
+        h, symmetric = _scatter(d, itemsize)  # float64: w^T w, one symmetric product; float32: y^T z
         shapes = [(m, d), (k, d, d), (k, m, d), (k, m, d), (k, d, d)]
-        flops = _cholesky_flops(m, d, k, 0, symmetric)
+        flops = _cholesky_flops(m, d, k, h, symmetric)
 
         def products(a: list[torch.Tensor]) -> None:
             x, P, w, z, S = (t.numpy() for t in a)
@@ -78,7 +78,7 @@ def block_rate(form: str, d: int, k: int, itemsize: int, repeats: int = 5, per_l
             np.matmul(w.transpose(0, 2, 1), w if symmetric else z, out=S)
     else:
         m = em_cholesky.block_rows(k, d, 8, 1 << 16, em_cholesky._LANE_BLOCK_BYTES)
-        h = _scatter_half(d, itemsize)
+        h = _scatter(d, itemsize)[0]
         shapes = [(m, d), (k, d, d), (k, m, d), (k, h, h), (k, d, d - h)]
         flops = _cholesky_flops(m, d, k, h)
 
@@ -102,11 +102,15 @@ def block_rate(form: str, d: int, k: int, itemsize: int, repeats: int = 5, per_l
     return flops * len(blocks) / best / 1e9
 
 
-def _scatter_half(d: int, itemsize: int) -> int:
-    """The first column half h of the float64 scatter (``em_cholesky._Whitened``; 0: one product, as
-    in float32 and where the lanes' products run in numpy, ``_device.host_blas``)."""
-    split = itemsize == 8 and d >= em_cholesky.SPLIT_MIN_D and host_blas() != "numpy"
-    return d // 2 if split else 0
+def _scatter(d: int, itemsize: int) -> tuple[int, bool]:
+    """How the fit takes the scatter: (h, symmetric). h is the first column half of the float64 scatter
+    over column halves (``em_cholesky._Whitened``; 0: one product); ``symmetric``: one symmetric
+    ``w^T w``, as float64 takes it where the lanes' products run in numpy (``_device.host_blas``)."""
+    if itemsize != 8:
+        return 0, False
+    if host_blas() == "numpy":
+        return 0, True
+    return (d // 2 if d >= em_cholesky.SPLIT_MIN_D else 0), False
 
 
 def _cholesky_flops(rows: int, d: int, k: int, h: int, symmetric: bool = False) -> float:
@@ -140,8 +144,7 @@ def iteration_cost(n: int, d: int, k: int, itemsize: int) -> tuple[str, float, f
     form = gaussian.choose_formulation("full", d, k, itemsize, cached, fused)
     if form == "features":
         return form, 4.0 * n * q * k, n * (q if cached else d) * itemsize
-    symmetric = itemsize == 8 and host_blas() == "numpy"
-    return form, _cholesky_flops(n, d, k, _scatter_half(d, itemsize), symmetric), n * d * itemsize
+    return form, _cholesky_flops(n, d, k, *_scatter(d, itemsize)), n * d * itemsize
 
 
 def main() -> None:

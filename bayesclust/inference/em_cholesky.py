@@ -315,7 +315,7 @@ class _LaneArrays(dict):
         numpy: bool = False,
     ) -> None:
         super().__init__()
-        self.feats, self.lane, self.P, self.stats, self.numpy = feats, lane, P, stats, numpy
+        self.feats, self.lane, self.P, self.stats = feats, lane, P, stats
         self.P_np = P.numpy() if numpy else None
 
     def __missing__(self, m: int) -> _Block:
